@@ -1,0 +1,82 @@
+"""Audio loading: any format libsndfile reads (wav, flac, ogg, mp3), down-mixed and resampled.
+
+Whisper's front end (see openai/whisper ``audio.py``) fixes the constants below; everything else in
+the package derives its frame arithmetic from them.
+"""
+import io
+import logging
+import os
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .errors import UserError
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000  # Hz: the rate every Whisper model was trained on
+CHUNK_SECONDS = 30  # seconds: the fixed input window of the encoder
+N_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE  # 480000 samples in one window
+HOP_LENGTH = 160  # samples between log-mel frames: 10 ms at 16 kHz
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 log-mel frames in one window
+MEL_FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
+ENCODER_STRIDE = 2  # the encoder's second convolution has stride 2
+ENCODER_FRAMES = N_FRAMES // ENCODER_STRIDE  # 1500 encoder positions in one window
+ENCODER_FRAMES_PER_SECOND = MEL_FRAMES_PER_SECOND // ENCODER_STRIDE  # 50: one frame every 20 ms
+
+
+def load_audio(source, sampling_rate=SAMPLE_RATE):
+    """Read ``source`` (a path, raw file bytes, or a file object) as mono float32 at ``sampling_rate``.
+
+    Multi-channel audio is averaged to mono; other rates are resampled with soxr (high quality).
+    Raises :class:`UserError` naming the file when libsndfile cannot read it.
+    """
+    name = source if isinstance(source, (str, os.PathLike)) else "<audio bytes>"
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    try:
+        data, rate = sf.read(source, dtype="float32", always_2d=True)
+    except Exception as exc:  # libsndfile raises several types (LibsndfileError, RuntimeError, TypeError)
+        raise UserError(f"cannot read audio {name}: {exc}") from exc
+    audio = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # (samples,)
+    return resample(audio, rate, sampling_rate)
+
+
+def resample(audio, orig_rate, target_rate=SAMPLE_RATE):
+    """Resample a mono float32 array from ``orig_rate`` to ``target_rate`` (no-op when equal)."""
+    if orig_rate == target_rate:
+        return np.ascontiguousarray(audio, dtype=np.float32)
+    return soxr.resample(audio, orig_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
+
+
+def audio_info(path):
+    """Return ``(duration_seconds, sample_rate, channels)`` from the file header, without decoding."""
+    try:
+        info = sf.info(path)
+    except Exception as exc:
+        raise UserError(f"cannot read audio {path}: {exc}") from exc
+    return info.frames / info.samplerate, info.samplerate, info.channels
+
+
+def encode_wav(audio, sampling_rate):
+    """Encode a mono float array as 16-bit PCM WAV bytes (how datasets store decoded audio)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(audio, -1.0, 1.0), sampling_rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def decode_example_audio(value, sampling_rate=SAMPLE_RATE):
+    """Decode one value of a datasets ``Audio(decode=False)`` column (or an already-decoded dict).
+
+    Accepts ``{"bytes": ..., "path": ...}``, ``{"array": ..., "sampling_rate": ...}`` or a path.
+    """
+    if isinstance(value, (str, os.PathLike)):
+        return load_audio(value, sampling_rate)
+    if value.get("array") is not None:
+        return resample(np.asarray(value["array"], dtype=np.float32), value["sampling_rate"], sampling_rate)
+    if value.get("bytes"):
+        return load_audio(value["bytes"], sampling_rate)
+    if value.get("path"):
+        return load_audio(value["path"], sampling_rate)
+    raise UserError("an audio value holds neither bytes, a path nor an array")

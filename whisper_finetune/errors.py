@@ -1,0 +1,24 @@
+"""User-facing errors.
+
+Library code raises :class:`UserError` (or a subclass) for anything a user can fix: a bad flag, a
+missing file, an invalid corpus. The command-line shims turn it into a one-line message on stderr
+and exit status 2; every other exception is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line without a traceback."""
+
+
+class DataValidationError(UserError):
+    """A corpus failed validation; ``problems`` holds one message per problem found."""
+
+    def __init__(self, problems, max_shown=20):
+        self.problems = list(problems)
+        shown = self.problems[:max_shown]
+        more = len(self.problems) - len(shown)
+        lines = [f"{len(self.problems)} problem(s) found in the source data:"] + [f"  {p}" for p in shown]
+        if more:
+            lines.append(f"  ... and {more} more")
+        lines.append("fix them, or pass --skip_invalid to drop the bad utterances")
+        super().__init__("\n".join(lines))

@@ -1,0 +1,85 @@
+"""A tiny random Whisper (model + tokenizer + feature extractor), built offline in about a second.
+
+Used by the tests and the benchmarks so that every script can run on a fresh machine without any
+downloaded weights. The tokenizer is a byte-level BPE with no merges (one token per byte) plus the
+full set of Whisper special tokens: ``<|endoftext|>``, ``<|startoftranscript|>``, one token per
+language, ``<|translate|>``, ``<|transcribe|>``, ``<|startoflm|>``, ``<|startofprev|>``,
+``<|nospeech|>``, ``<|notimestamps|>`` and the 1501 timestamp tokens ``<|0.00|>`` .. ``<|30.00|>``.
+"""
+import json
+import os
+
+import numpy as np
+import torch
+from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration,
+                          WhisperProcessor, WhisperTokenizer)
+from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+from .audio import SAMPLE_RATE
+
+TIMESTAMP_STEPS = 1501  # <|0.00|> .. <|30.00|> in 20 ms steps
+
+
+def _special_tokens(multilingual):
+    languages = [f"<|{code}|>" for code in LANGUAGES] if multilingual else []
+    specials = ["<|endoftext|>", "<|startoftranscript|>", *languages, "<|translate|>", "<|transcribe|>",
+                "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+    return specials + [f"<|{i * 0.02:.2f}|>" for i in range(TIMESTAMP_STEPS)]
+
+
+def build_tiny_whisper(folder, multilingual=True, d_model=64, layers=2, heads=2, seed=0):
+    """Write a tiny random Whisper checkpoint to ``folder`` and return the folder.
+
+    The result loads with ``WhisperForConditionalGeneration.from_pretrained`` and
+    ``WhisperProcessor.from_pretrained`` like a real one (same special tokens, generation config with
+    ``lang_to_id``/``task_to_id``), so decoding, training and scoring code runs unchanged on it.
+    """
+    os.makedirs(folder, exist_ok=True)
+    byte_vocab = {char: i for i, char in enumerate(bytes_to_unicode().values())}
+    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(byte_vocab, f, ensure_ascii=False)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+    specials = _special_tokens(multilingual)
+    tokenizer = WhisperTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"),
+                                 bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
+                                 pad_token="<|endoftext|>", model_max_length=448)
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]}, replace_additional_special_tokens=False)
+    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in specials}
+    eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+    feature_extractor = WhisperFeatureExtractor(feature_size=80, sampling_rate=SAMPLE_RATE)
+    processor = WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+    processor.save_pretrained(folder)
+
+    config = WhisperConfig(vocab_size=len(tokenizer), num_mel_bins=80, d_model=d_model,
+                           encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=heads,
+                           decoder_attention_heads=heads, encoder_ffn_dim=2 * d_model, decoder_ffn_dim=2 * d_model,
+                           max_source_positions=1500, max_target_positions=448, pad_token_id=eot,
+                           bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot)
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config)
+    generation = GenerationConfig(
+        decoder_start_token_id=sot, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot, max_length=448,
+        # Random weights: keep generated text in the byte tokens, so decoded hypotheses are not empty.
+        begin_suppress_tokens=[220, eot], suppress_tokens=sorted(set(ids.values()) - {eot}),
+        is_multilingual=multilingual,
+        no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
+        max_initial_timestamp_index=50,
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]} if multilingual else None,
+        lang_to_id={f"<|{c}|>": ids[f"<|{c}|>"] for c in LANGUAGES} if multilingual else None,
+        alignment_heads=[[layers - 1, 0]],
+        forced_decoder_ids=[[1, None], [2, ids["<|transcribe|>"]]] if multilingual else [[1, ids["<|notimestamps|>"]]],
+    )
+    model.generation_config = generation
+    model.save_pretrained(folder)
+    return folder
+
+
+def synthetic_speech(seconds, sampling_rate=SAMPLE_RATE, seed=0, channels=1):
+    """A deterministic tone-plus-noise signal (float32, ``(samples,)`` or ``(samples, channels)``)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sampling_rate)) / sampling_rate
+    signal = 0.3 * np.sin(2 * np.pi * (200 + 50 * seed) * t) + 0.02 * rng.standard_normal(t.shape)
+    signal = signal.astype(np.float32)
+    return np.stack([signal] * channels, axis=1) if channels > 1 else signal

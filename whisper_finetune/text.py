@@ -1,0 +1,91 @@
+"""Language names and codes, and the text normalisers used for scoring.
+
+Normalisers (chosen by :func:`choose_normalizer`, overridable with ``--normalizer``):
+
+* ``english``: Whisper's English normaliser (spelling, numbers, contractions; ``Mr.`` == ``mister``).
+* ``indic``: for every non-English language. Unicode NFKC, lower-case where the script has case,
+  punctuation and symbols (Unicode categories P* and S*, the danda and double danda included) become
+  spaces, whitespace collapsed. Combining marks (category M: vowel signs, virama, anusvara, nukta)
+  are kept, so a one-vowel-sign error still counts as an error.
+* ``basic``: transformers' ``BasicTextNormalizer``, kept only for comparison with other tools. It
+  turns every combining mark into a space and so scores abugida scripts (Devanagari, Telugu, ...)
+  wrongly; never the default.
+* ``none``: whitespace collapsed, nothing else.
+"""
+import json
+import os
+import re
+import unicodedata
+from functools import lru_cache
+
+from transformers.models.whisper.english_normalizer import BasicTextNormalizer, EnglishTextNormalizer
+from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+from .errors import UserError
+
+NORMALIZERS = ("english", "indic", "basic", "none")
+
+_SPELLING_FILE = os.path.join(os.path.dirname(__file__), "english_spelling.json")  # OpenAI's english.json
+_WHITESPACE = re.compile(r"\s+")
+
+
+def language_code(language):
+    """Map a language name (``Hindi``, ``hindi``) or code (``hi``) to Whisper's code; ``None`` passes.
+
+    Raises :class:`UserError` listing a few accepted values for anything Whisper does not know.
+    """
+    if language is None or str(language).strip().lower() in ("", "none"):
+        return None
+    key = str(language).strip().lower()
+    key = key[2:-2] if key.startswith("<|") and key.endswith("|>") else key
+    if key in LANGUAGES:
+        return key
+    if key in TO_LANGUAGE_CODE:
+        return TO_LANGUAGE_CODE[key]
+    examples = ", ".join(f"{name.title()} ({code})" for code, name in list(LANGUAGES.items())[:6])
+    raise UserError(f"unknown language {language!r}: use a Whisper language name or code, e.g. {examples}; "
+                    f"{len(LANGUAGES)} are accepted")
+
+
+def language_name(code):
+    """The English name Whisper uses for a language code (``hi`` -> ``hindi``)."""
+    return LANGUAGES[code]
+
+
+def indic_normalize(text):
+    """Normalise non-English text without touching combining marks (see the module docstring)."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    kept = [" " if unicodedata.category(ch)[0] in "PS" else ch for ch in text]
+    return _WHITESPACE.sub(" ", "".join(kept)).strip()
+
+
+def no_normalize(text):
+    """Collapse whitespace only."""
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+@lru_cache(maxsize=None)
+def get_normalizer(name):
+    """Return the normaliser called ``name`` (one of :data:`NORMALIZERS`) as a ``str -> str`` function."""
+    if name == "english":
+        with open(_SPELLING_FILE, encoding="utf-8") as f:
+            english = EnglishTextNormalizer(json.load(f))
+        return lambda text: no_normalize(english(text))
+    if name == "indic":
+        return indic_normalize
+    if name == "basic":
+        basic = BasicTextNormalizer()
+        return lambda text: no_normalize(basic(text))
+    if name == "none":
+        return no_normalize
+    raise UserError(f"unknown normalizer {name!r}: choose one of {', '.join(NORMALIZERS)}")
+
+
+def choose_normalizer(language, requested=None, english_only_model=False):
+    """Pick the normaliser: ``requested`` when given, else ``english`` for English, else ``indic``."""
+    if requested:
+        get_normalizer(requested)  # validates the name
+        return requested
+    if english_only_model or language_code(language) == "en":
+        return "english"
+    return "indic"
