@@ -1,0 +1,229 @@
+"""custom_data/data_prep.py: good corpora, every bad input, formats, atomic output."""
+import glob
+import os
+import shutil
+
+import datasets
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import run_script, write_corpus
+from whisper_finetune import data as data_mod
+from whisper_finetune.audio import decode_example_audio
+from whisper_finetune.data import DataPrepConfig, prepare_dataset
+from whisper_finetune.errors import DataValidationError, UserError
+from whisper_finetune.testing import synthetic_speech
+
+SCRIPT = "custom_data/data_prep.py"
+
+
+def prep(source, out, **kwargs):
+    return prepare_dataset(DataPrepConfig(source_data_dir=str(source), output_data_dir=str(out), **kwargs))
+
+
+def leftovers(parent):
+    """Temporary folders data_prep may have left beside the output."""
+    return [p for p in os.listdir(parent) if p.startswith(".")]
+
+
+def test_good_corpus_rows_rate_durations_ids_text(tmp_path):
+    source = write_corpus(str(tmp_path / "src"), n=5, sampling_rate=16000)
+    summary = prep(source, tmp_path / "out")
+    ds = datasets.load_from_disk(str(tmp_path / "out"))
+    assert ds.num_rows == 5 and summary.kept == 5
+    assert set(ds.column_names) == {"id", "audio", "sentence", "duration"}
+    assert ds["id"] == [f"utt{i:04d}" for i in range(5)]
+    assert ds["sentence"][1] == "a dog ran in the park"
+    row = ds[3]
+    assert row["audio"]["sampling_rate"] == 16000
+    assert row["audio"]["array"].shape == (int(1.3 * 16000),)
+    assert row["duration"] == pytest.approx(1.3, abs=1e-3)
+    assert "total audio" in str(summary) and "min 1.00" in str(summary)
+
+
+def test_audio_is_stored_inside_the_dataset(tmp_path):
+    source = write_corpus(str(tmp_path / "src"), n=2)
+    prep(source, tmp_path / "out")
+    shutil.rmtree(source)
+    ds = datasets.load_from_disk(str(tmp_path / "out")).cast_column("audio", datasets.Audio(decode=False))
+    audio = decode_example_audio(ds[0]["audio"])
+    expected = synthetic_speech(1.0, 16000, seed=0)
+    assert np.abs(audio - expected).max() < 1e-3  # 16-bit PCM round trip
+
+
+@pytest.mark.parametrize("rate,channels,fmt", [(44100, 2, "wav"), (8000, 1, "wav"), (48000, 1, "flac"),
+                                               (22050, 1, "ogg"), (44100, 2, "mp3")])
+def test_formats_rates_and_stereo_are_resampled_to_mono(tmp_path, rate, channels, fmt):
+    source = write_corpus(str(tmp_path / "src"), n=2, sampling_rate=rate, channels=channels, fmt=fmt)
+    prep(source, tmp_path / "out", sampling_rate=16000)
+    ds = datasets.load_from_disk(str(tmp_path / "out"))
+    for i, row in enumerate(ds):
+        assert row["audio"]["array"].ndim == 1
+        assert row["duration"] == pytest.approx(1.0 + 0.1 * i, abs=0.06)  # mp3 adds codec padding
+
+
+def test_other_sampling_rate(tmp_path):
+    source = write_corpus(str(tmp_path / "src"), n=2)
+    prep(source, tmp_path / "out", sampling_rate=8000)
+    row = datasets.load_from_disk(str(tmp_path / "out"))[0]
+    assert row["audio"]["sampling_rate"] == 8000 and row["audio"]["array"].shape == (8000,)
+
+
+def test_absolute_and_relative_paths(tmp_path):
+    for relative in (True, False):
+        source = write_corpus(str(tmp_path / f"src{relative}"), n=3, relative=relative)
+        prep(source, tmp_path / f"out{relative}")
+        assert datasets.load_from_disk(str(tmp_path / f"out{relative}")).num_rows == 3
+
+
+def test_num_proc_keeps_corpus_order(tmp_path):
+    source = write_corpus(str(tmp_path / "src"), n=7)
+    prep(source, tmp_path / "out", num_proc=2)
+    assert datasets.load_from_disk(str(tmp_path / "out"))["id"] == [f"utt{i:04d}" for i in range(7)]
+
+
+def _edit(path, transform):
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(transform(lines)) + "\n")
+
+
+def _long_clip(source):
+    sf.write(os.path.join(source, "audio", "utt0002.wav"), synthetic_speech(31, 16000), 16000)
+
+
+def _garbage_clip(source):
+    with open(os.path.join(source, "audio", "utt0002.wav"), "wb") as f:
+        f.write(b"this is not audio at all" * 10)
+
+
+# (name, how to break the corpus, text expected in the error)
+BAD_INPUTS = [
+    ("missing from audio_paths", lambda s: _edit(os.path.join(s, "audio_paths"), lambda l: l[:2] + l[3:]),
+     "text line 3: id utt0002 has no entry in audio_paths"),
+    ("missing from text", lambda s: _edit(os.path.join(s, "text"), lambda l: l[:2] + l[3:]),
+     "audio_paths line 3: id utt0002 has no entry in text"),
+    ("duplicate id", lambda s: _edit(os.path.join(s, "text"), lambda l: l + [l[2]]),
+     "text line 6: id utt0002 repeats line 3"),
+    ("out of order", lambda s: _edit(os.path.join(s, "text"), lambda l: [l[0], l[2], l[1]] + l[3:]),
+     "text line 2: id utt0002"),
+    ("empty transcription", lambda s: _edit(os.path.join(s, "text"), lambda l: l[:2] + ["utt0002"] + l[3:]),
+     "id utt0002 (text line 3, audio_paths line 3): empty transcription"),
+    ("missing audio", lambda s: os.remove(os.path.join(s, "audio", "utt0002.wav")),
+     "id utt0002 (text line 3, audio_paths line 3): audio file audio/utt0002.wav not found"),
+    ("unreadable audio", _garbage_clip, "id utt0002 (text line 3, audio_paths line 3): audio file audio/utt0002.wav "
+                                        "is not readable audio"),
+    ("longer than 30 s", _long_clip, "id utt0002 (text line 3, audio_paths line 3): 31.0 s is longer than"),
+]
+
+
+@pytest.mark.parametrize("name,breaker,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_is_refused_naming_the_utterance(tmp_path, name, breaker, message):
+    source = write_corpus(str(tmp_path / "src"), n=5)
+    breaker(source)
+    with pytest.raises(DataValidationError) as info:
+        prep(source, tmp_path / "out")
+    assert message in str(info.value)
+    assert not os.path.exists(tmp_path / "out") and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("name,breaker,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_skip_invalid_drops_and_lists(tmp_path, name, breaker, message):
+    source = write_corpus(str(tmp_path / "src"), n=5)
+    breaker(source)
+    summary = prep(source, tmp_path / "out", skip_invalid=True)
+    ds = datasets.load_from_disk(str(tmp_path / "out"))
+    assert message in str(summary)
+    if name == "out of order":  # nothing is invalid once matched by id; the order problem is reported
+        assert ds.num_rows == 5
+    else:
+        assert "utt0002" not in ds["id"] and ds.num_rows == summary.kept >= 4
+
+
+def test_script_exits_nonzero_with_one_line_per_problem_and_no_output(tmp_path):
+    source = write_corpus(str(tmp_path / "src"), n=5)
+    _long_clip(source)
+    os.remove(os.path.join(source, "audio", "utt0004.wav"))
+    result = run_script(SCRIPT, "--source_data_dir", source, "--output_data_dir", tmp_path / "out")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "2 problem(s)" in result.stderr and "utt0002" in result.stderr and "utt0004" in result.stderr
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_invalid_utf8_is_a_clear_error(tmp_path):
+    source = write_corpus(str(tmp_path / "src"), n=3)
+    with open(os.path.join(source, "text"), "ab") as f:
+        f.write(b"utt0003 caf\xe9 au lait\n")
+    result = run_script(SCRIPT, "--source_data_dir", source, "--output_data_dir", tmp_path / "out")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "line 4: not valid UTF-8" in result.stderr
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_missing_source_files(tmp_path):
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(UserError, match="no such file"):
+        prep(tmp_path / "empty", tmp_path / "out")
+
+
+def test_refuses_to_overwrite_unless_asked(tmp_path):
+    source = write_corpus(str(tmp_path / "src"), n=2)
+    prep(source, tmp_path / "out")
+    with pytest.raises(UserError, match="already exists; pass --overwrite"):
+        prep(source, tmp_path / "out")
+    write_corpus(source, n=3)
+    prep(source, tmp_path / "out", overwrite=True)
+    assert datasets.load_from_disk(str(tmp_path / "out")).num_rows == 3
+    assert not leftovers(tmp_path)
+
+
+def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
+    source = write_corpus(str(tmp_path / "src"), n=4)
+    calls = {"n": 0}
+    real = data_mod.load_audio
+
+    def flaky(path, rate):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C in the middle of decoding
+        return real(path, rate)
+
+    monkeypatch.setattr(data_mod, "load_audio", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        prep(source, tmp_path / "out")
+    assert not os.path.exists(tmp_path / "out") and not leftovers(tmp_path)
+
+
+def test_shards(tmp_path):
+    source = write_corpus(str(tmp_path / "src"), n=6)
+    prep(source, tmp_path / "out", num_shards=3)
+    assert len(glob.glob(str(tmp_path / "out" / "*.arrow"))) == 3
+    assert datasets.load_from_disk(str(tmp_path / "out")).num_rows == 6
+
+
+def test_help_explains_every_flag():
+    result = run_script(SCRIPT, "-h")
+    assert result.returncode == 0
+    for flag in ("--source_data_dir", "--output_data_dir", "--sampling_rate", "--num_proc", "--skip_invalid",
+                 "--overwrite", "--num_shards", "--max_shard_size"):
+        assert flag in result.stdout
+
+
+def test_script_on_sample_data(tmp_path):
+    result = run_script(SCRIPT, "--source_data_dir", "sample_data", "--output_data_dir", tmp_path / "sample")
+    assert result.returncode == 0, result.stderr
+    assert "utterances kept: 8" in result.stdout
+    assert datasets.load_from_disk(str(tmp_path / "sample")).num_rows == 8
+
+
+@pytest.mark.slow
+def test_shared_formats_and_train_set(shared_data_dir, tmp_path):
+    prep(os.path.join(shared_data_dir, "formats"), tmp_path / "formats")
+    formats = datasets.load_from_disk(str(tmp_path / "formats"))
+    assert formats.num_rows == 5 and all(r["audio"]["sampling_rate"] == 16000 for r in formats)
+    prep(os.path.join(shared_data_dir, "espeak_en", "train"), tmp_path / "train", num_proc=2)
+    train = datasets.load_from_disk(str(tmp_path / "train"))
+    assert train.num_rows == 240 and train.features["audio"].sampling_rate == 16000
