@@ -15,6 +15,7 @@ import os
 import shutil
 import statistics
 import tempfile
+from unittest import mock
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -35,6 +36,8 @@ TEXT_COLUMN_CANDIDATES = ("sentence", "text", "transcription", "transcript", "ra
                           "normalized_text", "raw_text")
 ID_COLUMN_CANDIDATES = ("id", "utt_id", "utterance_id", "audio_id", "segment_id", "path", "file")
 MAX_SECONDS = CHUNK_SECONDS  # longer clips do not fit Whisper's window
+# Rows buffered before each Arrow write: bounds data_prep memory (a row holds one encoded clip).
+WRITER_BATCH_SIZE = 64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,9 +240,12 @@ def prepare_dataset(config: DataPrepConfig) -> PrepSummary:
             _generate_rows, features=_prep_features(config.sampling_rate),
             gen_kwargs={"shards": shards, "sampling_rate": config.sampling_rate},
             num_proc=num_proc if num_proc > 1 else None, cache_dir=os.path.join(work, "cache"),
-            split="train")
+            split="train", writer_batch_size=WRITER_BATCH_SIZE)
         staged = os.path.join(work, "dataset")
-        dataset.save_to_disk(staged, num_shards=config.num_shards, max_shard_size=config.max_shard_size)
+        # save_to_disk copies in batches of datasets.config.DEFAULT_MAX_BATCH_SIZE rows (1000): with a
+        # whole clip per row that is up to ~1 GB; copy in small batches so memory stays flat.
+        with mock.patch.object(datasets.config, "DEFAULT_MAX_BATCH_SIZE", WRITER_BATCH_SIZE):
+            dataset.save_to_disk(staged, num_shards=config.num_shards, max_shard_size=config.max_shard_size)
         durations = list(dataset[DURATION_COLUMN])
         del dataset
         if os.path.exists(out):  # only reached with --overwrite
