@@ -129,7 +129,7 @@ def load_model(path, device="cpu", dtype=torch.float32, attn_implementation="sdp
         if base:
             from peft import PeftModel
 
-            model = WhisperForConditionalGeneration.from_pretrained(base, torch_dtype=dtype,
+            model = WhisperForConditionalGeneration.from_pretrained(base, dtype=dtype,
                                                                     attn_implementation=attn_implementation)
             model = PeftModel.from_pretrained(model, path).merge_and_unload()
             saved = os.path.join(path, "generation_config.json")
@@ -138,7 +138,7 @@ def load_model(path, device="cpu", dtype=torch.float32, attn_implementation="sdp
 
                 model.generation_config = GenerationConfig.from_pretrained(path)
         else:
-            model = WhisperForConditionalGeneration.from_pretrained(path, torch_dtype=dtype,
+            model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype,
                                                                     attn_implementation=attn_implementation)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load a Whisper model from {path}: {str(exc).splitlines()[0]}") from exc

@@ -7,10 +7,10 @@ counted, listed in the result file, and left out of the scores rather than silen
 import json
 import os
 import re
-import tempfile
 
 import jiwer
 
+from .files import atomic_write_text
 from .text import get_normalizer
 
 RESULT_SUFFIX = ".txt"
@@ -57,19 +57,6 @@ def result_stem(model_name, dataset_name, marker=None):
     return "__".join(re.sub(r"[^A-Za-z0-9._-]+", "_", p.strip("/")).strip("_") for p in parts)
 
 
-def _atomic_write(path, text):
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_results(output_dir, stem, ids, references, hypotheses, scores, metadata):
     """Write ``<stem>.txt`` (scores, then ID/REF/HYP per utterance) and ``<stem>.json`` into ``output_dir``.
 
@@ -101,8 +88,8 @@ def write_results(output_dir, stem, ids, references, hypotheses, scores, metadat
     txt_path = os.path.join(output_dir, stem + RESULT_SUFFIX)
     json_path = os.path.join(output_dir, stem + ".json")
     figures = {k: v for k, v in scores.items() if k not in ("normalized_references", "normalized_hypotheses", "scored")}
-    _atomic_write(json_path, json.dumps({**metadata, **figures}, indent=2, ensure_ascii=False) + "\n")
-    _atomic_write(txt_path, "\n".join(header + body))
+    atomic_write_text(json_path, json.dumps({**metadata, **figures}, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(txt_path, "\n".join(header + body))
     return txt_path, json_path
 
 
