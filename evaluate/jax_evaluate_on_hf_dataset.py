@@ -1,0 +1,29 @@
+"""Evaluate a Whisper model on a Hugging Face dataset split with JAX (FlaxWhisper, jit-compiled once, data parallel).
+
+Same flags, data loading, normalisation and result files as evaluate/evaluate_on_hf_dataset.py;
+result files are named <model>__<dataset>_<config>_<split>__jax.txt/.json and also record
+compile_seconds (the one-off jit compilation, kept out of wall_seconds and RTFx). PyTorch weights
+are loaded directly (from_pt). Batches are padded to --batch_size (rounded up to a multiple of the
+device count), so the last batch does not recompile. --half_precision True computes in bfloat16.
+--device all decodes on every local GPU/TPU in parallel (--device -1: every CPU device;
+XLA_FLAGS=--xla_force_host_platform_device_count=N makes N).
+
+examples:
+  python3 evaluate/jax_evaluate_on_hf_dataset.py --hf_model vasista22/whisper-telugu-small --language te \\
+    --dataset "google/fleurs" --config te_in --split test --device 0 --batch_size 16 \\
+    --output_dir jax_predictions_dir --half_precision True
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from whisper_finetune import cli  # noqa: E402
+from whisper_finetune.eval_cli import evaluator_main  # noqa: E402
+
+
+def main(argv=None):
+    return evaluator_main(__doc__, custom=False, argv=argv, backend="jax", result_marker="jax")
+
+
+if __name__ == "__main__":
+    cli.run(main)

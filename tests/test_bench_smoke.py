@@ -1,0 +1,66 @@
+"""Smoke tests of bench/eval_speed.py and bench/train_speed.py on the tiny random model (the real runs are by hand)."""
+import json
+
+import pytest
+
+from conftest import run_script
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("script,flags", [
+    ("bench/eval_speed.py", ["--model", "--data", "--batch_size", "--max_new_tokens", "--num_beams", "--rows",
+                             "--language", "--max_samples", "--num_workers", "--out", "--work_dir"]),
+    ("bench/train_speed.py", ["--model", "--data", "--steps", "--batch_size", "--learning_rate", "--warmup",
+                              "--our_args", "--eval_samples", "--systems", "--out"]),
+])
+def test_help_lists_every_flag(script, flags):
+    result = run_script(script, "-h")
+    assert result.returncode == 0, result.stderr
+    for flag in flags:
+        assert flag in result.stdout
+
+
+def test_eval_speed_rejects_unknown_row_before_work(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    result = run_script("bench/eval_speed.py", "--model", tiny_model_dir, "--data", tiny_dataset_dir, "--language",
+                        "en", "--rows", "pipeline", "faster", "--out", tmp_path / "x.json")
+    assert result.returncode == 2
+    assert "--rows faster" in result.stderr and "ct2_ref_float32" in result.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_eval_speed_pipeline_and_ctranslate2_reference_agree(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    out = tmp_path / "eval.json"
+    result = run_script("bench/eval_speed.py", "--model", tiny_model_dir, "--data", tiny_dataset_dir, "--language",
+                        "en", "--rows", "pipeline", "ct2_ref_float32", "--max_samples", "3", "--batch_size", "2",
+                        "--max_new_tokens", "6", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads(out.read_text())
+    rows = {row["row"]: row for row in payload["rows"]}
+    assert payload["settings"]["clips"] == 3 and payload["settings"]["decoding"] == "greedy (num_beams=1)"
+    assert payload["machine"]["versions"]["ctranslate2"]
+    for row in rows.values():
+        assert row["error"] == "" and row["utterances"] == 3
+        assert row["rtfx"] == pytest.approx(row["audio_s"] / row["wall_s"], rel=0.01)
+        assert row["peak_rss_gb"] > 0
+    assert rows["pipeline"]["vs_a"] == pytest.approx(1.0)
+    # Same greedy decoding of the same weights: the first hypotheses agree word for word.
+    assert rows["pipeline"]["examples"] == rows["ct2_ref_float32"]["examples"]
+    assert all(rows["pipeline"]["examples"])
+    assert "ct2_ref_float32" in result.stdout
+
+
+def test_train_speed_runs_both_trainers(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    out = tmp_path / "train.json"
+    result = run_script("bench/train_speed.py", "--model", tiny_model_dir, "--data", tiny_dataset_dir, "--language",
+                        "en", "--steps", "1", "--batch_size", "2", "--warmup", "0", "--logging_steps", "1",
+                        "--eval_samples", "1", "--eval_max_new_tokens", "2", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads(out.read_text())
+    baseline, ours = payload["rows"]
+    for row in (baseline, ours):
+        assert row["error"] == "", row
+        assert row["samples_per_s"] == pytest.approx(2 / row["train_s"])
+        assert 0 < row["final_loss"] < 100 and row["peak_anon_gb"] > 0
+    assert payload["comparison"]["samples_per_s_ratio"] == pytest.approx(ours["samples_per_s"] / baseline["samples_per_s"])
+    assert "ours/baseline samples/s" in result.stdout

@@ -1,0 +1,259 @@
+"""Fine-tuning (train/*.py, whisper_finetune.training) on the tiny random Whisper."""
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO_ROOT, run_script, write_corpus
+from whisper_finetune import modeling
+from whisper_finetune.errors import UserError
+from whisper_finetune.features import DataCollatorSpeechSeq2SeqWithPadding, clean_text, featurize
+from whisper_finetune.training import PLOT_FILE, SUMMARY_FILE, TrainConfig, check_config, train
+
+CUSTOM = "train/fine-tune_on_custom_dataset.py"
+HF = "train/fine-tune_on_hf_dataset.py"
+QUICK = ("--train_batchsize", 2, "--eval_batchsize", 4, "--max_eval_samples", 4, "--generation_max_new_tokens", 4,
+         "--logging_steps", 1, "--report_to", "none")
+
+
+def quick_config(model, data, out, **overrides):
+    values = dict(model_name=model, train_datasets=(data,), eval_datasets=(data,), output_dir=str(out),
+                  train_batchsize=2, eval_batchsize=4, max_eval_samples=4, generation_max_new_tokens=4,
+                  logging_steps=1, num_steps=4, eval_steps=2, report_to="none", language="hi")
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def summary_of(out):
+    with open(os.path.join(out, SUMMARY_FILE), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def losses(out):
+    with open(os.path.join(out, "trainer_state.json"), encoding="utf-8") as f:
+        return {e["step"]: e["loss"] for e in json.load(f)["log_history"] if "loss" in e}
+
+
+def weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(folder, "model.safetensors"))
+
+
+# --------------------------------------------------------------------------------------------- units
+@pytest.mark.parametrize("multilingual", [True, False])
+def test_labels_start_with_the_prefix_and_collator_masks_padding(tiny_model_dir, tiny_en_model_dir, tiny_dataset_dir,
+                                                                 multilingual):
+    from whisper_finetune.data import DatasetSpec, load_datasets
+    from whisper_finetune.training import _configure_tokenizer
+
+    model_dir = tiny_model_dir if multilingual else tiny_en_model_dir
+    processor = modeling.load_processor(model_dir)
+    _configure_tokenizer(processor.tokenizer, "hi" if multilingual else None, "transcribe", not multilingual)
+    dataset = load_datasets([DatasetSpec(tiny_dataset_dir)], custom=True)[0].select(range(3))
+    features = featurize(dataset, processor, 16000)
+    tok = processor.tokenizer
+    expected = ["<|startoftranscript|>", "<|hi|>", "<|transcribe|>", "<|notimestamps|>"] if multilingual \
+        else ["<|startoftranscript|>", "<|notimestamps|>"]
+    labels = features[0]["labels"]
+    assert tok.convert_ids_to_tokens(labels[:len(expected)]) == expected
+    assert tok.decode(labels, skip_special_tokens=True) == dataset[0]["sentence"]
+    assert labels[-1] == tok.eos_token_id
+    assert features.features["input_features"].dtype == "float16"  # stored compactly
+
+    sot = tok.convert_tokens_to_ids("<|startoftranscript|>")
+    batch = DataCollatorSpeechSeq2SeqWithPadding(sot)(list(features.with_format("numpy")))
+    assert batch["input_features"].shape == (3, 80, 3000) and batch["input_features"].dtype == torch.float32
+    lengths = [len(features[i]["labels"]) for i in range(3)]
+    assert batch["labels"].shape == (3, max(lengths) - 1)  # start token stripped
+    for row, n in zip(batch["labels"], lengths):
+        assert (row[n - 1:] == -100).all() and (row[:n - 1] != -100).all()
+    assert tok.convert_ids_to_tokens(int(batch["labels"][0, 0])) == expected[1]
+
+
+def test_clean_text_options():
+    assert clean_text("Hello, World!") == "Hello, World!"
+    assert clean_text("Hello, World!", lowercase=True, remove_punctuation=True) == "hello world"
+    assert clean_text("नमस्ते। दुनिया", remove_punctuation=True) == "नमस्ते दुनिया"  # vowel signs kept
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model_name": "/no/such/model"}, "--model_name /no/such/model"),
+    ({"train_datasets": ("/no/such/data",)}, "/no/such/data: no such dataset folder"),
+    ({"language": "Klingon"}, "unknown language 'Klingon'"),
+    ({"train_strategy": "forever"}, "--train_strategy forever: choose one of steps, epoch"),
+    ({"save_steps": 3}, "--save_steps 3 must be a multiple of --eval_steps 2"),
+    ({"resume_from_ckpt": "latest"}, "--resume_from_ckpt latest: no checkpoint-N folder"),
+    ({"custom": False, "train_dataset_splits": ("train", "test")}, "--train_datasets (1), --train_dataset_splits (2)"),
+])
+def test_bad_options_are_refused_before_any_work(tiny_model_dir, tiny_dataset_dir, tmp_path, overrides, message):
+    with pytest.raises(UserError, match=None) as info:
+        check_config(quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path / "out", **overrides))
+    assert message in str(info.value)
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_english_only_model_refuses_other_languages(tiny_en_model_dir, tiny_dataset_dir, tmp_path):
+    with pytest.raises(UserError, match="English-only"):
+        check_config(quick_config(tiny_en_model_dir, tiny_dataset_dir, tmp_path / "o", language="Hindi"))
+    check_config(quick_config(tiny_en_model_dir, tiny_dataset_dir, tmp_path / "o", language="English"))
+
+
+def test_empty_dataset_after_filtering_is_an_error(tiny_model_dir, tmp_path):
+    from whisper_finetune.data import DataPrepConfig, prepare_dataset
+
+    source = write_corpus(str(tmp_path / "src"), n=2, sentences=["word " * 100])  # 500 byte tokens > 448
+    data = str(tmp_path / "long")
+    prepare_dataset(DataPrepConfig(source_data_dir=source, output_data_dir=data))
+    with pytest.raises(UserError, match="no utterance left after dropping clips over 30 s and labels over 448"):
+        train(quick_config(tiny_model_dir, data, tmp_path / "out"))
+
+
+# --------------------------------------------------------------------------------------------- scripts
+def test_custom_script_steps_saves_a_self_contained_model(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    from transformers import GenerationConfig, pipeline
+
+    out = str(tmp_path / "op_dir_steps")
+    proc = run_script(CUSTOM, "--model_name", tiny_model_dir, "--language", "Hindi", "--train_datasets",
+                      tiny_dataset_dir, tiny_dataset_dir, "--eval_datasets", tiny_dataset_dir, "--train_strategy",
+                      "steps", "--num_steps", 4, "--eval_steps", 2, "--save_total_limit", 1, "--resume_from_ckpt",
+                      "None", "--output_dir", out, *QUICK)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "precision: fp32 (CPU)" in proc.stderr
+    assert "kept 16, dropped 0 clip(s) over 30 s and 0 label(s) over 448 tokens" in proc.stderr
+    assert "best eval WER:" in proc.stdout
+    summary = summary_of(out)
+    assert summary["global_step"] == 4 and summary["train_samples"] == 16 and summary["eval_samples"] == 4
+    assert summary["samples_trained"] == 8 and summary["samples_per_second"] > 0
+    assert summary["learning_rate"] == modeling.default_learning_rate(
+        modeling.load_model(tiny_model_dir).config, tiny_model_dir)
+    assert os.path.getsize(os.path.join(out, PLOT_FILE)) > 1000
+    # the save limit keeps the best checkpoint (and the last one when they differ)
+    checkpoints = sorted(glob.glob(os.path.join(out, "checkpoint-*")))
+    assert summary["best_checkpoint"] in checkpoints and len(checkpoints) <= 2
+    for folder in [out] + checkpoints:
+        generation = GenerationConfig.from_pretrained(folder)
+        assert (generation.language, generation.task) == ("hi", "transcribe"), folder
+        assert os.path.exists(os.path.join(folder, "preprocessor_config.json"))
+        assert os.path.exists(os.path.join(folder, "tokenizer_config.json"))
+    best = weights(summary["best_checkpoint"])
+    final = weights(out)
+    assert all(torch.equal(best[k], final[k]) for k in final)
+    asr = pipeline("automatic-speech-recognition", model=out)
+    result = asr(np.zeros(16000, dtype=np.float32), generate_kwargs={"max_new_tokens": 3})
+    assert isinstance(result["text"], str)
+    assert asr.model.generation_config.language == "hi"
+
+    again = run_script(CUSTOM, "--model_name", tiny_model_dir, "--train_datasets", tiny_dataset_dir,
+                       "--eval_datasets", tiny_dataset_dir, "--output_dir", out, "--language", "hi")
+    assert again.returncode == 2
+    assert again.stderr.strip().count("\n") == 0 and "holds an earlier run" in again.stderr
+    assert "--overwrite_output_dir True" in again.stderr
+
+
+def test_hf_script_epoch_strategy_with_local_datasets(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    out = str(tmp_path / "op_dir_epoch")
+    bad = run_script(HF, "--model_name", tiny_model_dir, "--language", "hi", "--train_datasets", tiny_dataset_dir,
+                     "--train_dataset_text_columns", "transcription", "--eval_datasets", tiny_dataset_dir,
+                     "--output_dir", out)
+    assert bad.returncode == 2 and "no text column 'transcription'; columns are: id, audio, sentence" in bad.stderr
+    assert not os.path.exists(os.path.join(out, SUMMARY_FILE))
+    mismatched = run_script(HF, "--model_name", tiny_model_dir, "--train_datasets", tiny_dataset_dir,
+                            "--train_dataset_splits", "train", "validation", "--eval_datasets", tiny_dataset_dir,
+                            "--output_dir", out)
+    assert mismatched.returncode == 2 and "--train_datasets (1), --train_dataset_splits (2)" in mismatched.stderr
+
+    from datasets import load_from_disk
+
+    parquet_dir = tmp_path / "parquet"  # a folder load_dataset reads: one parquet file -> split "train"
+    os.makedirs(parquet_dir)
+    load_from_disk(tiny_dataset_dir).rename_column("sentence", "transcription").to_parquet(
+        str(parquet_dir / "data.parquet"))
+    proc = run_script(HF, "--model_name", tiny_model_dir, "--language", "hi", "--train_datasets", tiny_dataset_dir,
+                      "--train_dataset_splits", "train", "--train_dataset_text_columns", "sentence",
+                      "--eval_datasets", parquet_dir, "--eval_dataset_splits", "train",
+                      "--eval_dataset_text_columns", "transcription", "--train_strategy",
+                      "epoch", "--num_epochs", 2, "--train_batchsize", 4, "--eval_batchsize", 4, "--max_eval_samples",
+                      2, "--generation_max_new_tokens", 4, "--lowercase", "True", "--output_dir", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = summary_of(out)
+    assert summary["global_step"] == 4 and summary["epochs"] == 2.0
+    assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(out, "checkpoint-*"))) == \
+        ["checkpoint-2", "checkpoint-4"]
+    assert summary["best_step"] in (2, 4)
+    assert glob.glob(os.path.join(out, "runs", "*", "events.out.tfevents.*"))  # TensorBoard
+
+
+def test_resume_reaches_the_same_step_and_losses(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    full = tmp_path / "full"
+    train(quick_config(tiny_model_dir, tiny_dataset_dir, full, learning_rate=1e-3))
+    resumed = tmp_path / "resumed"
+    os.makedirs(resumed)
+    shutil.copytree(full / "checkpoint-2", resumed / "checkpoint-2")
+    summary = train(quick_config(tiny_model_dir, tiny_dataset_dir, resumed, learning_rate=1e-3,
+                                 resume_from_ckpt="latest"))
+    assert summary["global_step"] == 4 and summary["resumed_from"].endswith("checkpoint-2")
+    full_losses, resumed_losses = losses(full), losses(resumed)
+    assert set(resumed_losses) == {1, 2, 3, 4}  # steps 1-2 come from the checkpoint's history
+    for step in (3, 4):
+        assert resumed_losses[step] == pytest.approx(full_losses[step], rel=1e-4)
+    final_full, final_resumed = weights(full / "checkpoint-4"), weights(resumed / "checkpoint-4")
+    assert all(torch.allclose(final_full[k], final_resumed[k], atol=1e-5) for k in final_full)
+
+
+def test_freeze_encoder_accumulation_and_checkpointing(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    out = tmp_path / "frozen"
+    summary = train(quick_config(tiny_model_dir, tiny_dataset_dir, out, freeze_encoder=True, num_steps=2,
+                                 eval_steps=2, gradient_accumulation_steps=2, gradient_checkpointing=True,
+                                 learning_rate=1e-2))
+    assert summary["global_step"] == 2 and summary["samples_trained"] == 8
+    before, after = weights(tiny_model_dir), weights(out)
+    encoder = [k for k in after if k.startswith("model.encoder.")]
+    decoder = [k for k in after if k.startswith("model.decoder.layers.")]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)
+
+
+def test_lora_saves_a_merged_model_and_the_adapter(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    from transformers import WhisperForConditionalGeneration
+
+    out = tmp_path / "lora"
+    summary = train(quick_config(tiny_model_dir, tiny_dataset_dir, out, lora=True, lora_r=4, lora_alpha=8,
+                                 num_steps=2, eval_steps=2, learning_rate=1e-2))
+    assert summary["global_step"] == 2
+    assert os.path.exists(out / "adapter" / "adapter_config.json")
+    assert not os.path.exists(out / "adapter_config.json")
+    merged = WhisperForConditionalGeneration.from_pretrained(out)
+    assert merged.generation_config.language == "hi"
+    base = weights(tiny_model_dir)
+    name = "model.decoder.layers.0.self_attn.q_proj.weight"
+    assert not torch.allclose(merged.state_dict()[name], base[name])
+    from_adapter = modeling.load_model(str(out / "adapter"))  # merges the adapter into its base
+    assert torch.allclose(from_adapter.state_dict()[name], merged.state_dict()[name], atol=1e-5)
+    assert from_adapter.generation_config.language == "hi"
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_rank_zero_writes(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    out = str(tmp_path / "ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               os.path.join(REPO_ROOT, CUSTOM), "--model_name", tiny_model_dir, "--language", "hi", "--train_datasets",
+               tiny_dataset_dir, "--eval_datasets", tiny_dataset_dir, "--num_steps", 2, "--eval_steps", 2,
+               "--output_dir", out, "--train_batchsize", 2, "--eval_batchsize", 2, "--max_eval_samples", 4,
+               "--generation_max_new_tokens", 4, "--num_proc", 2, "--report_to", "tensorboard"]
+    proc = subprocess.run(list(map(str, command)), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = summary_of(out)
+    assert summary["world_size"] == 2 and summary["global_step"] == 2 and summary["samples_trained"] == 8
+    assert os.path.exists(os.path.join(out, "model.safetensors")) and os.path.exists(os.path.join(out, PLOT_FILE))
+    # one writer: a single TensorBoard event file and one "wrote" line for the plot and the model
+    assert len(glob.glob(os.path.join(out, "runs", "*", "events.out.tfevents.*"))) == 1
+    assert proc.stderr.count("wrote the training curve") == 1
+    assert proc.stdout.count("best eval WER:") == 1

@@ -1,0 +1,249 @@
+"""Batched decoding of 30 s log-mel windows behind one interface: PyTorch, CTranslate2, JAX.
+
+Every backend gets the decoder prompt ``<|startoftranscript|>[<|lang|><|task|>]<|notimestamps|>``
+explicitly (built by :func:`whisper_finetune.modeling.decoder_prompt_ids`): the language the user
+asks for is the language decoded, whatever ``forced_decoder_ids`` a checkpoint carries.
+CTranslate2 and JAX are imported only when asked for.
+"""
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+import numpy as np
+import torch
+
+from . import modeling
+from .errors import UserError
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("pytorch", "ctranslate2", "jax")
+TASKS = ("transcribe", "translate")
+TORCH_COMPUTE_TYPES = {"default": None, "float32": torch.float32, "float16": torch.float16,
+                       "bfloat16": torch.bfloat16}
+CT2_COMPUTE_TYPES = ("default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16",
+                     "float16", "bfloat16", "float32")
+MAX_TARGET_POSITIONS = 448  # Whisper's decoder length: prompt + generated tokens must fit
+CT2_CACHE_ROOT = os.path.join(os.path.expanduser("~"), ".cache", "whisper-finetune", "ct2")
+CT2_STAMP_FILE = "whisper_finetune_stamp.json"
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How to decode; written into result files with ``asdict``."""
+
+    language: Optional[str] = None  # Whisper code, already resolved with modeling.resolve_language
+    task: str = "transcribe"
+    num_beams: int = 1
+    max_new_tokens: int = 128  # per 30 s window
+    batch_size: int = 16
+    backend: str = "pytorch"  # "pytorch" | "ctranslate2" | "jax"
+    compute_type: str = "default"  # ct2: int8/float16/float32/...; pytorch: float32/float16/bfloat16
+    half_precision: bool = False  # jax: bfloat16
+
+
+class Decoder(Protocol):
+    """A loaded model that turns batches of log-mel windows into text."""
+
+    options: DecodingOptions
+    compile_seconds: float  # 0 for eager backends
+
+    def decode(self, features: np.ndarray) -> list:
+        """``features`` (batch, n_mels, 3000) float32 log-mel -> one plain text per row."""
+
+
+def validate_options(options: DecodingOptions):
+    """Check option values before any model is loaded; errors name the flag and list accepted values."""
+    if options.backend not in BACKENDS:
+        raise UserError(f"--backend {options.backend}: choose one of {', '.join(BACKENDS)}")
+    if options.task not in TASKS:
+        raise UserError(f"--task {options.task}: choose one of {', '.join(TASKS)}")
+    if options.num_beams < 1:
+        raise UserError(f"--num_beams {options.num_beams}: must be 1 (greedy) or more")
+    if options.batch_size < 1:
+        raise UserError(f"--batch_size {options.batch_size}: must be at least 1")
+    if not 1 <= options.max_new_tokens <= MAX_TARGET_POSITIONS - 4:
+        raise UserError(f"--max_new_tokens {options.max_new_tokens}: must be between 1 and {MAX_TARGET_POSITIONS - 4}")
+    allowed = CT2_COMPUTE_TYPES if options.backend == "ctranslate2" else tuple(TORCH_COMPUTE_TYPES)
+    if options.backend != "jax" and options.compute_type not in allowed:
+        raise UserError(f"--compute_type {options.compute_type} is not valid with --backend {options.backend}: "
+                        f"choose one of {', '.join(allowed)}")
+
+
+def prompt_ids(processor, generation_config, options: DecodingOptions):
+    """The decoder prompt for ``options`` (language and task tokens only for multilingual models)."""
+    return modeling.decoder_prompt_ids(processor.tokenizer, options.language, options.task, no_timestamps=True,
+                                       english_only=modeling.is_english_only(generation_config))
+
+
+def prompt_text(processor, ids):
+    """The prompt as tokens joined, e.g. ``<|startoftranscript|><|hi|><|transcribe|><|notimestamps|>``."""
+    return "".join(processor.tokenizer.convert_ids_to_tokens(list(ids)))
+
+
+class TorchDecoder:
+    """transformers ``generate`` (SDPA attention, inference mode) with language and task passed explicitly."""
+
+    compile_seconds = 0.0
+
+    def __init__(self, model_path, processor, options: DecodingOptions, device="cpu"):
+        self.options = options
+        self.processor = processor
+        self.device = torch.device(device)
+        dtype = TORCH_COMPUTE_TYPES[options.compute_type]
+        if dtype is None:  # fp16 on GPU is the usual fast choice; CPU stays float32
+            dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.dtype = dtype
+        self.model = modeling.load_model(model_path, self.device, dtype=dtype)
+        modeling.set_language_and_task(self.model, options.language, options.task)
+        self.english_only = modeling.is_english_only(self.model.generation_config)
+        if self.english_only and hasattr(self.model.generation_config, "lang_to_id"):
+            # transformers runs language detection whenever this attribute exists, even when it is None
+            del self.model.generation_config.lang_to_id
+        self.prompt_ids = prompt_ids(processor, self.model.generation_config, options)
+
+    def generate_kwargs(self):
+        """Arguments to ``generate``: the prompt's language and task given explicitly (not via config)."""
+        kwargs = {"max_new_tokens": self.options.max_new_tokens, "num_beams": self.options.num_beams,
+                  "return_timestamps": False}
+        if not self.english_only:
+            kwargs.update(language=self.options.language, task=self.options.task)
+        return kwargs
+
+    @torch.inference_mode()
+    def decode(self, features):
+        inputs = torch.from_numpy(np.ascontiguousarray(features)).to(self.device, self.dtype)  # (B, n_mels, 3000)
+        tokens = self.model.generate(inputs, **self.generate_kwargs())  # (B, generated) prompt stripped
+        return [t.strip() for t in self.processor.batch_decode(tokens, skip_special_tokens=True)]
+
+
+def _weights_stamp(model_path):
+    """Identify a checkpoint's weights by file name, size and mtime (cheap; changes when re-saved)."""
+    entries = []
+    for name in sorted(os.listdir(model_path)):
+        full = os.path.join(model_path, name)
+        if os.path.isfile(full) and (name in modeling.WEIGHT_FILES or name.endswith((".safetensors", ".bin"))
+                                     or name in ("config.json", "generation_config.json")):
+            stat = os.stat(full)
+            entries.append([name, stat.st_size, int(stat.st_mtime_ns)])
+    return entries
+
+
+def ct2_cache_dir(model_path):
+    """Where the converted model lives: ``<checkpoint>.ct2`` beside a local checkpoint when its parent is
+    writable, else ``~/.cache/whisper-finetune/ct2/<hash>`` (Hub ids, read-only folders)."""
+    if os.path.isdir(model_path):
+        absolute = os.path.abspath(model_path).rstrip("/")
+        if os.access(os.path.dirname(absolute), os.W_OK):
+            return absolute + ".ct2"
+        key = absolute
+    else:
+        key = model_path
+    return os.path.join(CT2_CACHE_ROOT, hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
+def convert_to_ct2(model_path, cache_dir=None):
+    """Convert a checkpoint with CTranslate2's ``TransformersConverter`` once; reuse it while the stamp matches.
+
+    The stamp holds the weights' names/sizes/mtimes and the ctranslate2 version; a re-saved checkpoint
+    is converted again. The conversion is written to a temporary folder and renamed into place. LoRA
+    adapter folders are merged into their base model first. Returns the converted folder.
+    """
+    import ctranslate2
+    from ctranslate2.converters import TransformersConverter
+
+    cache_dir = cache_dir or ct2_cache_dir(model_path)
+    stamp = {"source": os.path.abspath(model_path) if os.path.isdir(model_path) else model_path,
+             "weights": _weights_stamp(model_path) if os.path.isdir(model_path) else None,
+             "ctranslate2": ctranslate2.__version__}
+    stamp_path = os.path.join(cache_dir, CT2_STAMP_FILE)
+    if os.path.exists(stamp_path):
+        with open(stamp_path, encoding="utf-8") as f:
+            if json.load(f) == stamp:
+                logger.info("using the CTranslate2 conversion in %s", cache_dir)
+                return cache_dir
+        logger.info("checkpoint changed since its CTranslate2 conversion: converting again")
+    parent = os.path.dirname(cache_dir)
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=".ct2-tmp-", dir=parent)
+    try:
+        source = model_path
+        if os.path.isdir(model_path) and modeling._adapter_base(model_path):
+            source = os.path.join(work, "merged")
+            modeling.load_model(model_path).save_pretrained(source)
+        start = time.perf_counter()
+        out = os.path.join(work, "ct2")
+        TransformersConverter(source).convert(out, quantization=None, force=True)
+        with open(os.path.join(out, CT2_STAMP_FILE), "w", encoding="utf-8") as f:
+            json.dump(stamp, f)
+        if os.path.exists(cache_dir):
+            shutil.rmtree(cache_dir)
+        os.replace(out, cache_dir)
+        logger.info("converted %s to CTranslate2 in %.1f s -> %s", model_path, time.perf_counter() - start, cache_dir)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"cannot convert {model_path} to CTranslate2: {str(exc).splitlines()[0]}") from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return cache_dir
+
+
+class CT2Decoder:
+    """CTranslate2's Whisper ``generate`` on a converted copy of the checkpoint, in batches."""
+
+    compile_seconds = 0.0
+
+    def __init__(self, model_path, processor, options: DecodingOptions, device="cpu", generation_config=None):
+        import ctranslate2
+
+        self.options = options
+        self.processor = processor
+        device = torch.device(device)
+        self.model_dir = convert_to_ct2(model_path)
+        compute_type = "default" if options.compute_type in ("default", "auto") else options.compute_type
+        try:
+            self.model = ctranslate2.models.Whisper(
+                self.model_dir, device="cuda" if device.type == "cuda" else "cpu",
+                device_index=device.index or 0, compute_type=compute_type,
+                intra_threads=0 if device.type == "cuda" else (torch.get_num_threads() or 0))
+        except ValueError as exc:  # e.g. a compute type the device does not support
+            raise UserError(f"--compute_type {options.compute_type}: {exc}") from exc
+        if generation_config is None:
+            from transformers import GenerationConfig
+
+            generation_config = GenerationConfig.from_pretrained(model_path)
+        self.prompt_ids = prompt_ids(processor, generation_config, options)
+        if 2 * options.max_new_tokens > MAX_TARGET_POSITIONS:
+            logger.warning("--max_new_tokens %d: CTranslate2 generates at most %d tokens per window",
+                           options.max_new_tokens, MAX_TARGET_POSITIONS // 2)
+
+    def decode(self, features):
+        import ctranslate2
+
+        batch = ctranslate2.StorageView.from_array(np.ascontiguousarray(features, dtype=np.float32))
+        # CTranslate2's Whisper halves max_length (like openai-whisper's sample_len = n_text_ctx // 2),
+        # so 2 x max_new_tokens gives max_new_tokens generated tokens; at most 224.
+        max_length = min(MAX_TARGET_POSITIONS, 2 * self.options.max_new_tokens)
+        results = self.model.generate(batch, [list(self.prompt_ids)] * len(features), beam_size=self.options.num_beams,
+                                      max_length=max_length)
+        texts = self.processor.batch_decode([r.sequences_ids[0] for r in results], skip_special_tokens=True)
+        return [t.strip() for t in texts]
+
+
+def make_decoder(backend, model_path, processor, options: DecodingOptions, device="cpu") -> Decoder:
+    """Load ``model_path`` for ``backend`` (``pytorch``, ``ctranslate2`` or ``jax``) with ``options``."""
+    validate_options(options)
+    if backend != options.backend:
+        raise ValueError(f"backend {backend!r} differs from options.backend {options.backend!r}")
+    if backend == "pytorch":
+        return TorchDecoder(model_path, processor, options, device)
+    if backend == "ctranslate2":
+        return CT2Decoder(model_path, processor, options, device)
+    from .jax_decoding import JaxDecoder
+
+    return JaxDecoder(model_path, processor, options, device)

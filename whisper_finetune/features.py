@@ -1,0 +1,97 @@
+"""Featurisation for training: log-mel features computed once, labels tokenised, long items dropped.
+
+Features are stored as float16 ``(n_mels, 3000)`` arrays (half the disk and memory of float32; the
+log-mel values lie in [-1.5, 1.5] after Whisper's scaling, well inside float16's precision) and
+turned back into float32 by the collator.
+"""
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from datasets import Array2D, Features, Sequence, Value
+
+from .audio import CHUNK_SECONDS, N_FRAMES, decode_example_audio
+from .data import AUDIO_COLUMN, TEXT_COLUMN
+
+logger = logging.getLogger(__name__)
+
+MAX_LABEL_TOKENS = 448  # Whisper's decoder has 448 learned positions
+FEATURE_COLUMN = "input_features"
+LABEL_COLUMN = "labels"
+LENGTH_COLUMN = "input_length"  # seconds of audio, kept for length-grouped sampling
+
+
+def clean_text(text, lowercase=False, remove_punctuation=False):
+    """Optional text handling of training targets: lower-casing and/or punctuation removal."""
+    if lowercase:
+        text = text.lower()
+    if remove_punctuation:
+        text = "".join(" " if unicodedata.category(ch)[0] == "P" else ch for ch in text)
+        text = re.sub(r"\s+", " ", text).strip()
+    return text
+
+
+def featurize(dataset, processor, sampling_rate, num_proc=1, lowercase=False, remove_punctuation=False,
+              cache_file_name=None, desc="featurising"):
+    """Map a common-schema dataset to ``input_features`` (float16), ``labels`` and ``input_length``.
+
+    The tokenizer must already carry the prefix tokens (language/task) the labels should start with.
+    With ``cache_file_name`` the result is written there and reused when it exists (other ranks of a
+    distributed run read what the main process wrote).
+    """
+    extractor, tokenizer = processor.feature_extractor, processor.tokenizer
+    n_mels = extractor.feature_size
+
+    def prepare(batch):
+        audios = [decode_example_audio(value, sampling_rate) for value in batch[AUDIO_COLUMN]]
+        # Whisper's extractor expects 16 kHz; other rates are the user's explicit choice.
+        mels = extractor(audios, sampling_rate=extractor.sampling_rate, return_tensors="np").input_features
+        texts = [clean_text(t, lowercase, remove_punctuation) for t in batch[TEXT_COLUMN]]
+        return {FEATURE_COLUMN: mels.astype(np.float16),  # (batch, n_mels, 3000)
+                LABEL_COLUMN: tokenizer(texts).input_ids,
+                LENGTH_COLUMN: [len(a) / sampling_rate for a in audios]}
+
+    features = Features({FEATURE_COLUMN: Array2D((n_mels, N_FRAMES), "float16"),
+                         LABEL_COLUMN: Sequence(Value("int32")), LENGTH_COLUMN: Value("float32")})
+    num_proc = max(1, min(num_proc, len(dataset)))
+    return dataset.map(prepare, batched=True, batch_size=16, remove_columns=dataset.column_names,
+                       features=features, num_proc=num_proc if num_proc > 1 else None,
+                       cache_file_name=cache_file_name, load_from_cache_file=cache_file_name is not None,
+                       desc=desc)
+
+
+def drop_too_long(dataset, label):
+    """Drop clips over 30 s and labels over 448 tokens; returns ``(dataset, counts)`` and logs counts."""
+    lengths = dataset[LENGTH_COLUMN]
+    label_lengths = [len(ids) for ids in dataset.with_format("numpy", columns=[LABEL_COLUMN])[LABEL_COLUMN]]
+    too_long_audio = {i for i, s in enumerate(lengths) if s > CHUNK_SECONDS}
+    too_long_labels = {i for i, n in enumerate(label_lengths) if n > MAX_LABEL_TOKENS}
+    keep = [i for i in range(len(dataset)) if i not in too_long_audio and i not in too_long_labels]
+    counts = {"kept": len(keep), "dropped_over_30s": len(too_long_audio),
+              "dropped_labels_over_448_tokens": len(too_long_labels - too_long_audio)}
+    logger.info("%s: kept %d, dropped %d clip(s) over %d s and %d label(s) over %d tokens", label, counts["kept"],
+                counts["dropped_over_30s"], CHUNK_SECONDS, counts["dropped_labels_over_448_tokens"],
+                MAX_LABEL_TOKENS)
+    return (dataset if len(keep) == len(dataset) else dataset.select(keep)), counts
+
+
+@dataclass
+class DataCollatorSpeechSeq2SeqWithPadding:
+    """Stack features and pad labels with -100 (ignored by the loss), as in transformers' example.
+
+    A leading decoder-start token is stripped from the labels: the model prepends it again when it
+    shifts the labels right to make the decoder inputs.
+    """
+
+    decoder_start_token_id: int
+
+    def __call__(self, items):
+        features = torch.stack([torch.as_tensor(np.asarray(item[FEATURE_COLUMN])) for item in items])
+        labels = [torch.as_tensor(np.asarray(item[LABEL_COLUMN]), dtype=torch.long) for item in items]
+        padded = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=-100)  # (batch, tokens)
+        if padded.shape[1] and (padded[:, 0] == self.decoder_start_token_id).all():
+            padded = padded[:, 1:]
+        return {FEATURE_COLUMN: features.float(), LABEL_COLUMN: padded}  # features: (batch, n_mels, 3000)
