@@ -102,6 +102,14 @@ def run_measured(command, env=None, interval=0.05):
     return wall, memory, subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
 
 
+def failure_line(exc, width=160):
+    """The line of a failed child's message that says what went wrong (its last ``...Error``/``error:``
+    line, else its last line), for an error row of a table."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line.split(":", 1)[0] or line.startswith("error:")]
+    return ((errors or lines or [type(exc).__name__])[-1])[:width]
+
+
 def peak_rss_gb_self():
     """Peak RSS of this process so far, in GB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -59,18 +59,18 @@ def build_tiny_whisper(folder, multilingual=True, d_model=64, layers=2, heads=2,
                            bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot)
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(config)
+    multilingual_fields = {
+        "task_to_id": {"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        "lang_to_id": {f"<|{c}|>": ids[f"<|{c}|>"] for c in LANGUAGES},
+        "forced_decoder_ids": [[1, None], [2, ids["<|transcribe|>"]]],
+    } if multilingual else {"forced_decoder_ids": [[1, ids["<|notimestamps|>"]]]}  # .en checkpoints have no lang_to_id
     generation = GenerationConfig(
         decoder_start_token_id=sot, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot, max_length=448,
         # Random weights: keep generated text in the byte tokens, so decoded hypotheses are not empty.
         begin_suppress_tokens=[220, eot], suppress_tokens=sorted(set(ids.values()) - {eot}),
-        is_multilingual=multilingual,
-        no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
-        max_initial_timestamp_index=50,
-        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]} if multilingual else None,
-        lang_to_id={f"<|{c}|>": ids[f"<|{c}|>"] for c in LANGUAGES} if multilingual else None,
-        alignment_heads=[[layers - 1, 0]],
-        forced_decoder_ids=[[1, None], [2, ids["<|transcribe|>"]]] if multilingual else [[1, ids["<|notimestamps|>"]]],
-    )
+        is_multilingual=multilingual, no_timestamps_token_id=ids["<|notimestamps|>"],
+        prev_sot_token_id=ids["<|startofprev|>"], max_initial_timestamp_index=50, alignment_heads=[[layers - 1, 0]],
+        **multilingual_fields)
     model.generation_config = generation
     model.save_pretrained(folder)
     return folder

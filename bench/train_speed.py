@@ -1,0 +1,196 @@
+"""Benchmark fine-tuning speed: our trainer against a plain Seq2SeqTrainer set up like transformers' example.
+
+Both runs train the same model on the same data_prep dataset for --steps optimizer steps at the same
+batch size, learning rate and warm-up (AdamW, linear decay, fp32, no weight decay, clipping 1.0), each
+in its own child process, one after the other; the parent samples the peak RSS and anonymous memory
+of each child's process tree.
+
+  (a) baseline  bench/baseline_seq2seq_trainer.py: features precomputed with Dataset.map into float32
+                lists, the example's DataCollatorSpeechSeq2SeqWithPadding, dataloader_num_workers=0,
+                group_by_length=False, no evaluation, no checkpoints
+  (b) ours      train/fine-tune_on_custom_dataset.py with its defaults for everything not listed above
+                (extra flags with --our_args); it always evaluates and saves, so it runs a single
+                evaluation at the last step (--eval_steps = --save_steps = --steps) on --eval_samples
+                clips with --eval_max_new_tokens, and that evaluation time is subtracted
+
+"train_s" is the training loop only: the Trainer's train_runtime (minus ours' evaluation time; ours
+still includes saving one checkpoint and reloading the best one at the end); featurisation and model
+loading are outside it and in "wall_s" (the whole child). samples/s = steps x batch / train_s.
+"final_loss" is the last logged training loss (mean over the last --logging_steps steps), "mean_loss"
+the Trainer's train_loss (mean over the run). The table ends with ratio (b)/(a) of samples/s and the
+loss difference (b) - (a).
+
+example:
+  python3 bench/train_speed.py --model ../shared/models/whisper-tiny.en --data data/espeak_en_train \\
+      --steps 60 --batch_size 8 --learning_rate 1e-4 --warmup 10 --out bench/out/train_speed.json
+"""
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+
+from common import REPO_ROOT, failure_line, print_table, run_measured, write_json
+
+from whisper_finetune import cli  # noqa: E402
+from whisper_finetune.data import is_saved_dataset  # noqa: E402
+from whisper_finetune.errors import UserError  # noqa: E402
+
+SYSTEMS = ("baseline", "ours")
+DESCRIPTIONS = {"baseline": "(a) plain Seq2SeqTrainer (HF example)", "ours": "(b) ours (fine-tune_on_custom_dataset)"}
+COLUMNS = ["system", "steps", "batch", "train_s", "samples_per_s", "final_loss", "mean_loss", "wall_s",
+           "peak_rss_gb", "peak_anon_gb", "error"]
+
+
+def baseline_command(args, folder):
+    """Command line of the baseline child; it writes ``result.json`` into ``folder``."""
+    command = [sys.executable, os.path.join(REPO_ROOT, "bench", "baseline_seq2seq_trainer.py"), "--model", args.model,
+               "--data", args.data, "--output_dir", folder, "--result_json", os.path.join(folder, "result.json"),
+               "--steps", str(args.steps), "--batch_size", str(args.batch_size), "--learning_rate",
+               str(args.learning_rate), "--warmup", str(args.warmup), "--logging_steps", str(args.logging_steps),
+               "--seed", str(args.seed)]
+    return command + (["--language", args.language] if args.language else [])
+
+
+def ours_command(args, folder):
+    """Command line of our training script with the baseline's settings and one evaluation at the end."""
+    command = [sys.executable, os.path.join(REPO_ROOT, "train", "fine-tune_on_custom_dataset.py"),
+               "--model_name", args.model, "--train_datasets", args.data, "--eval_datasets", args.eval_data or args.data,
+               "--output_dir", folder, "--num_steps", str(args.steps), "--train_batchsize", str(args.batch_size),
+               "--learning_rate", str(args.learning_rate), "--warmup", str(args.warmup), "--lr_scheduler_type",
+               "linear", "--weight_decay", "0", "--max_grad_norm", "1.0", "--mixed_precision", "fp32",
+               "--eval_steps", str(args.steps), "--save_steps", str(args.steps), "--max_eval_samples",
+               str(args.eval_samples), "--generation_max_new_tokens", str(args.eval_max_new_tokens),
+               "--logging_steps", str(args.logging_steps), "--seed", str(args.seed), "--report_to", "none"]
+    if args.language:
+        command += ["--language", args.language]
+    return command + shlex.split(args.our_args)
+
+
+def read_baseline(folder):
+    """(train seconds, final logged loss, mean loss) from the baseline's result file."""
+    with open(os.path.join(folder, "result.json"), encoding="utf-8") as f:
+        result = json.load(f)
+    return result["train_runtime"], result["final_logged_loss"], result["train_loss"]
+
+
+def read_ours(folder):
+    """(train seconds, final logged loss, mean loss) from our run's trainer_state.json and training_summary.json."""
+    with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as f:
+        history = json.load(f)["log_history"]
+    with open(os.path.join(folder, "training_summary.json"), encoding="utf-8") as f:
+        summary = json.load(f)
+    runtime = next(entry["train_runtime"] for entry in reversed(history) if "train_runtime" in entry)
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    return runtime - summary["eval_seconds"], losses[-1] if losses else None, summary["train_loss"]
+
+
+def measure(args, system, work):
+    """Run one system in a child process; returns its table row (an error row when it fails)."""
+    folder = os.path.join(work, system)
+    os.makedirs(folder, exist_ok=True)
+    command = baseline_command(args, folder) if system == "baseline" else ours_command(args, folder)
+    row = {"system": DESCRIPTIONS[system], "steps": args.steps, "batch": args.batch_size}
+    try:
+        wall, memory, _ = run_measured(command, env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+        train_s, final_loss, mean_loss = (read_baseline if system == "baseline" else read_ours)(folder)
+    except (RuntimeError, OSError, KeyError, StopIteration) as exc:
+        print(f"{system}: FAILED:\n{exc}", file=sys.stderr)
+        return {**row, "error": failure_line(exc)}
+    print(f"{system}: {train_s:.1f} s training, final loss {final_loss}", file=sys.stderr)
+    return {**row, "train_s": train_s, "samples_per_s": args.steps * args.batch_size / train_s,
+            "final_loss": final_loss, "mean_loss": mean_loss, "wall_s": wall, **memory, "error": "",
+            "command": " ".join(shlex.quote(c) for c in command)}
+
+
+def comparison(rows):
+    """Ratio (b)/(a) of samples/s and loss differences (b) - (a), or ``None`` when a run failed."""
+    baseline, ours = rows
+    if baseline.get("error") or ours.get("error"):
+        return None
+    difference = {key: ours[key] - baseline[key] if ours[key] is not None and baseline[key] is not None else None
+                  for key in ("final_loss", "mean_loss")}
+    return {"samples_per_s_ratio": ours["samples_per_s"] / baseline["samples_per_s"],
+            "final_loss_difference": difference["final_loss"], "mean_loss_difference": difference["mean_loss"]}
+
+
+def check_args(args):
+    """Validate flags before any long work."""
+    for flag in ("steps", "batch_size", "eval_samples", "eval_max_new_tokens", "logging_steps"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} {getattr(args, flag)}: must be at least 1")
+    if args.warmup < 0:
+        raise UserError(f"--warmup {args.warmup}: must not be negative")
+    if args.learning_rate <= 0:
+        raise UserError(f"--learning_rate {args.learning_rate}: must be positive")
+    if not os.path.exists(os.path.join(args.model, "config.json")):
+        raise UserError(f"--model {args.model}: not a Whisper checkpoint folder (no config.json)")
+    for flag in ("data", "eval_data"):
+        value = getattr(args, flag)
+        if value is not None and not is_saved_dataset(value):
+            raise UserError(f"--{flag} {value}: not a data_prep output folder (make one with custom_data/data_prep.py)")
+    try:
+        shlex.split(args.our_args)
+    except ValueError as exc:
+        raise UserError(f"--our_args {args.our_args!r}: {exc}") from exc
+
+
+def build_parser():
+    parser = cli.parser(__doc__.split("\n\n")[0], "\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--model", required=True, help="transformers-format Whisper checkpoint folder")
+    parser.add_argument("--data", required=True, help="training data: a data_prep output folder")
+    parser.add_argument("--eval_data", default=None, help="data_prep folder for our trainer's one evaluation "
+                        "(default: --data)")
+    parser.add_argument("--language", default=None, help="language of multilingual models (e.g. hindi); none for .en")
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps, both runs")
+    parser.add_argument("--batch_size", type=int, default=8, help="training batch size, both runs")
+    parser.add_argument("--learning_rate", type=float, default=1e-4, help="peak learning rate, both runs")
+    parser.add_argument("--warmup", type=int, default=10, help="linear warm-up steps (then linear decay), both runs")
+    parser.add_argument("--logging_steps", type=int, default=10, help="log the training loss every N steps")
+    parser.add_argument("--seed", type=int, default=42, help="random seed, both runs")
+    parser.add_argument("--eval_samples", type=int, default=8, help="clips in our trainer's single evaluation "
+                        "(its time is subtracted)")
+    parser.add_argument("--eval_max_new_tokens", type=int, default=32, help="token limit of that evaluation")
+    parser.add_argument("--our_args", default="", help="extra flags for our training script, in one quoted string, "
+                        "e.g. \"--num_workers 2\"")
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS, help="runs to do")
+    parser.add_argument("--out", default=os.path.join(REPO_ROOT, "bench", "out", "train_speed.json"),
+                        help="JSON file for the figures (machine, versions, settings, rows, comparison, table)")
+    parser.add_argument("--work_dir", default=None, help="folder for both runs' outputs (default: a temporary "
+                        "folder, removed at the end)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    cli.setup_logging()
+    check_args(args)
+    keep_work = args.work_dir is not None
+    work = os.path.abspath(args.work_dir or tempfile.mkdtemp(prefix="bench-train-speed-"))
+    try:
+        rows = [measure(args, system, work) for system in args.systems]
+    finally:
+        if not keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+    for row in rows:
+        for column in COLUMNS:
+            row.setdefault(column, "-")
+    print(f"\n{args.steps} steps x batch {args.batch_size}, lr {args.learning_rate:g}, warm-up {args.warmup}, "
+          f"fp32, CPU")
+    table = print_table(rows, COLUMNS)
+    compared = comparison(rows) if len(rows) == 2 else None
+    if compared:
+        line = f"ours/baseline samples/s: {compared['samples_per_s_ratio']:.2f}x"
+        if compared["final_loss_difference"] is not None:
+            line += f"; final loss difference (ours - baseline): {compared['final_loss_difference']:+.4f}"
+        print(line)
+        table += "\n" + line
+    write_json(args.out, {"benchmark": "train_speed", "settings": vars(args), "rows": rows, "comparison": compared,
+                          "table": table})
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
