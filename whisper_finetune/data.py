@@ -311,7 +311,10 @@ def load_hf_dataset(spec: DatasetSpec, streaming=False, num_proc=None):
                 if spec.split not in loaded:
                     raise UserError(f"{spec.name}: no split {spec.split!r} (it has {', '.join(loaded)})")
                 loaded = loaded[spec.split]
-            return loaded.to_iterable_dataset() if streaming else loaded
+            if not streaming:
+                return loaded
+            # One stream shard per Arrow file (data_prep --num_shards), so ranks/workers can split by file.
+            return loaded.to_iterable_dataset(num_shards=max(1, len(loaded.cache_files)))
         return datasets.load_dataset(spec.name, spec.config, split=spec.split, streaming=streaming,
                                      num_proc=None if streaming else num_proc)
     except UserError:

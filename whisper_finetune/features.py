@@ -34,16 +34,9 @@ def clean_text(text, lowercase=False, remove_punctuation=False):
     return text
 
 
-def featurize(dataset, processor, sampling_rate, num_proc=1, lowercase=False, remove_punctuation=False,
-              cache_file_name=None, desc="featurising"):
-    """Map a common-schema dataset to ``input_features`` (float16), ``labels`` and ``input_length``.
-
-    The tokenizer must already carry the prefix tokens (language/task) the labels should start with.
-    With ``cache_file_name`` the result is written there and reused when it exists (other ranks of a
-    distributed run read what the main process wrote).
-    """
+def _preparer(processor, sampling_rate, lowercase=False, remove_punctuation=False):
+    """A batched map function: common-schema rows -> features (float16), labels, input length."""
     extractor, tokenizer = processor.feature_extractor, processor.tokenizer
-    n_mels = extractor.feature_size
 
     def prepare(batch):
         audios = [decode_example_audio(value, sampling_rate) for value in batch[AUDIO_COLUMN]]
@@ -54,13 +47,47 @@ def featurize(dataset, processor, sampling_rate, num_proc=1, lowercase=False, re
                 LABEL_COLUMN: tokenizer(texts).input_ids,
                 LENGTH_COLUMN: [len(a) / sampling_rate for a in audios]}
 
-    features = Features({FEATURE_COLUMN: Array2D((n_mels, N_FRAMES), "float16"),
-                         LABEL_COLUMN: Sequence(Value("int32")), LENGTH_COLUMN: Value("float32")})
+    return prepare
+
+
+def _schema(processor):
+    return Features({FEATURE_COLUMN: Array2D((processor.feature_extractor.feature_size, N_FRAMES), "float16"),
+                     LABEL_COLUMN: Sequence(Value("int32")), LENGTH_COLUMN: Value("float32")})
+
+
+def featurize(dataset, processor, sampling_rate, num_proc=1, lowercase=False, remove_punctuation=False,
+              cache_file_name=None, desc="featurising"):
+    """Map a common-schema dataset to ``input_features`` (float16), ``labels`` and ``input_length``.
+
+    The tokenizer must already carry the prefix tokens (language/task) the labels should start with.
+    With ``cache_file_name`` the result is written there and reused when it exists (other ranks of a
+    distributed run read what the main process wrote).
+    """
     num_proc = max(1, min(num_proc, len(dataset)))
-    return dataset.map(prepare, batched=True, batch_size=16, remove_columns=dataset.column_names,
-                       features=features, num_proc=num_proc if num_proc > 1 else None,
+    return dataset.map(_preparer(processor, sampling_rate, lowercase, remove_punctuation), batched=True,
+                       batch_size=16, remove_columns=dataset.column_names, features=_schema(processor),
+                       num_proc=num_proc if num_proc > 1 else None,
                        cache_file_name=cache_file_name, load_from_cache_file=cache_file_name is not None,
                        desc=desc)
+
+
+def featurize_stream(stream, processor, sampling_rate, lowercase=False, remove_punctuation=False):
+    """The streaming counterpart of :func:`featurize` + :func:`drop_too_long` for an ``IterableDataset``.
+
+    Decoding, resampling, log-mel features and tokenising happen lazily as examples are read; clips
+    over 30 s and labels over 448 tokens are skipped on the fly (they cannot be counted in advance).
+    """
+    prepare = _preparer(processor, sampling_rate, lowercase, remove_punctuation)
+
+    def prepare_and_filter(batch):  # a batched map may return fewer rows than it was given
+        out = prepare(batch)
+        keep = [i for i, (seconds, ids) in enumerate(zip(out[LENGTH_COLUMN], out[LABEL_COLUMN]))
+                if seconds <= CHUNK_SECONDS and len(ids) <= MAX_LABEL_TOKENS]
+        return {key: [values[i] for i in keep] for key, values in out.items()}
+
+    columns = [c for c in (stream.column_names or [AUDIO_COLUMN, TEXT_COLUMN]) if c]
+    return stream.map(prepare_and_filter, batched=True, batch_size=16, remove_columns=columns,
+                      features=_schema(processor))
 
 
 def drop_too_long(dataset, label):

@@ -4,8 +4,10 @@
 featurises the data once (main process first under ``torchrun``), trains, evaluates WER/CER with
 generation at each checkpoint, and leaves in ``output_dir`` the best model by eval WER with its
 processor and generation config (language and task set), a TensorBoard log, ``training_curve.png``
-and ``training_summary.json``. Every ``checkpoint-N`` is self-contained (processor and generation
-config saved beside the weights).
+and ``training_summary.json``, and a model card ``README.md`` (optionally pushed to the Hub). Every
+``checkpoint-N`` is self-contained (processor and generation config saved beside the weights).
+With ``streaming`` the training data is read lazily as an interleaved, shuffled ``IterableDataset``
+(featurised on the fly, split between ranks) instead of being featurised up front.
 """
 import dataclasses
 import glob
@@ -25,10 +27,11 @@ from transformers import (GenerationConfig, Seq2SeqTrainer, Seq2SeqTrainingArgum
                           WhisperConfig, WhisperForConditionalGeneration)
 from transformers.trainer_utils import get_last_checkpoint
 
-from . import modeling, scoring
+from . import hub, modeling, scoring
 from .data import DatasetSpec, check_parallel_lists, load_datasets
 from .errors import UserError
-from .features import DataCollatorSpeechSeq2SeqWithPadding, drop_too_long, featurize
+from .features import LENGTH_COLUMN, DataCollatorSpeechSeq2SeqWithPadding, drop_too_long, featurize, featurize_stream
+from .model_card import write_model_card
 from .text import choose_normalizer
 
 logger = logging.getLogger(__name__)
@@ -95,8 +98,15 @@ class TrainConfig:
     overwrite_output_dir: bool = False
     deepspeed: Optional[str] = None
     fsdp: str = ""
+    fsdp_config: Optional[str] = None
     num_workers: int = 0
     report_to: str = "tensorboard"
+    streaming: bool = False
+    interleave_probabilities: Optional[tuple] = None
+    shuffle_buffer_size: int = 1000
+    push_to_hub: bool = False
+    hub_model_id: Optional[str] = None
+    hub_private_repo: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,6 +189,11 @@ def check_config(config: TrainConfig):
         raise UserError(f"--deepspeed {config.deepspeed}: no such config file")
     if config.deepspeed and importlib.util.find_spec("deepspeed") is None:
         raise UserError("--deepspeed needs the deepspeed package: pip install deepspeed")
+    if config.fsdp_config and not os.path.isfile(config.fsdp_config):
+        raise UserError(f"--fsdp_config {config.fsdp_config}: no such config file")
+    _check_streaming(config)
+    if config.push_to_hub:
+        hub.check_push(config.hub_model_id)
     if not config.train_datasets:
         raise UserError("--train_datasets: give at least one dataset")
     if not config.eval_datasets:
@@ -199,6 +214,27 @@ def check_config(config: TrainConfig):
         raise UserError(f"--output_dir {config.output_dir} holds an earlier run ({', '.join(earlier[:4])}); pass "
                         f"--resume_from_ckpt latest to continue it, or --overwrite_output_dir True to replace it")
     return model_config, generation, resume
+
+
+def _check_streaming(config):
+    if not config.streaming:
+        if config.interleave_probabilities:
+            raise UserError("--interleave_probabilities needs --streaming True")
+        return
+    if config.custom:
+        raise UserError("--streaming: use train/fine-tune_on_hf_dataset.py (it also reads data_prep folders)")
+    if config.train_strategy != "steps":
+        raise UserError(f"--streaming True needs --train_strategy steps (a stream has no epoch length), "
+                        f"not {config.train_strategy}")
+    if config.shuffle_buffer_size < 1:
+        raise UserError(f"--shuffle_buffer_size {config.shuffle_buffer_size}: must be at least 1")
+    probabilities = config.interleave_probabilities
+    if probabilities is not None:
+        if len(probabilities) != len(config.train_datasets):
+            raise UserError(f"--interleave_probabilities: {len(probabilities)} value(s) for "
+                            f"{len(config.train_datasets)} --train_datasets; give one per dataset")
+        if any(p < 0 for p in probabilities) or not sum(probabilities) > 0:
+            raise UserError("--interleave_probabilities: values must be non-negative with a positive sum")
 
 
 def _intervals(config):
@@ -225,10 +261,20 @@ def _precision(choice):
 class _WhisperTrainer(Seq2SeqTrainer):
     """Seq2SeqTrainer that decodes with explicit language/task and counts the time spent evaluating."""
 
-    def __init__(self, *args, decode_kwargs=None, **kwargs):
+    def __init__(self, *args, decode_kwargs=None, streaming=False, **kwargs):
         super().__init__(*args, **kwargs)
         self.decode_kwargs = decode_kwargs or {}
+        self.streaming = streaming
         self.eval_seconds = 0.0
+
+    def get_train_dataloader(self):
+        if not self.streaming:
+            return super().get_train_dataloader()
+        # The stream is already split by rank (split_dataset_by_node); accelerate's own sharding or
+        # batch dispatching would split it a second time, so a plain DataLoader is used.
+        return _StreamLoader(self.train_dataset, batch_size=self.args.per_device_train_batch_size,
+                             collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers,
+                             pin_memory=self.args.dataloader_pin_memory)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **gen_kwargs):
         start = time.perf_counter()
@@ -236,6 +282,14 @@ class _WhisperTrainer(Seq2SeqTrainer):
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **{**self.decode_kwargs, **gen_kwargs})
         finally:
             self.eval_seconds += time.perf_counter() - start
+
+
+class _StreamLoader(torch.utils.data.DataLoader):
+    """A DataLoader the Trainer can tell the epoch: each pass over the stream is shuffled anew
+    (``IterableDataset.set_epoch`` reseeds the shuffle buffer and shard order), also after resuming."""
+
+    def set_epoch(self, epoch):
+        self.dataset.set_epoch(epoch)
 
 
 class SelfContainedCheckpoints(TrainerCallback):
@@ -305,7 +359,8 @@ def _training_arguments(config, learning_rate, precision):
         bf16=precision[1], fp16=precision[2], seed=config.seed, data_seed=config.seed,
         dataloader_num_workers=config.num_workers, remove_unused_columns=False, label_names=["labels"],
         report_to=[] if config.report_to in ("", "none") else [config.report_to],
-        deepspeed=config.deepspeed, fsdp=config.fsdp or "", ddp_find_unused_parameters=False,
+        deepspeed=config.deepspeed, fsdp=config.fsdp or "", fsdp_config=config.fsdp_config,
+        ddp_find_unused_parameters=False,
         save_safetensors=True, disable_tqdm=False, dataloader_pin_memory=torch.cuda.is_available())
 
 
@@ -335,6 +390,46 @@ def _prepare_split(config, role, specs, max_samples, processor):
     if len(dataset) == 0:
         raise UserError(f"{label}: no utterance left after dropping clips over 30 s and labels over 448 tokens")
     return dataset.with_format("numpy"), counts
+
+
+def _known_size(stream, spec):
+    """Number of examples of a streamed split when the dataset's metadata says it, else ``None``."""
+    splits = getattr(stream.info, "splits", None) or {}
+    split = splits.get(spec.split) if spec.split else None
+    return getattr(split, "num_examples", None) or None
+
+
+def _prepare_stream(config, specs, processor, args):
+    """The training data as a lazily read, interleaved, shuffled, featurised ``IterableDataset``.
+
+    Under ``torchrun`` each rank keeps its own part (``split_dataset_by_node``): whole shards when
+    the stream has a multiple of world-size shards, else every world-size-th example.
+    """
+    from datasets import interleave_datasets
+    from datasets.distributed import split_dataset_by_node
+
+    parts = load_datasets(specs, custom=False, streaming=True)
+    probabilities = config.interleave_probabilities
+    if probabilities is None and len(parts) > 1:
+        sizes = [_known_size(part, spec) for part, spec in zip(parts, specs)]
+        probabilities = sizes if all(sizes) else [1.0] * len(parts)
+    if len(parts) > 1:
+        total = float(sum(probabilities))
+        probabilities = [p / total for p in probabilities]
+        logger.info("interleaving %s with probabilities %s", ", ".join(s.label for s in specs),
+                    ", ".join(f"{p:.3f}" for p in probabilities))
+        # all_exhausted: every dataset is read to its end once per pass (smaller ones are repeated).
+        stream = interleave_datasets(parts, probabilities=probabilities, seed=config.seed,
+                                     stopping_strategy="all_exhausted")
+    else:
+        stream = parts[0]
+    stream = stream.shuffle(seed=config.seed, buffer_size=config.shuffle_buffer_size)
+    if config.max_train_samples is not None:
+        stream = stream.take(config.max_train_samples)
+    if args.world_size > 1:
+        stream = split_dataset_by_node(stream, rank=args.process_index, world_size=args.world_size)
+    stream = featurize_stream(stream, processor, config.sampling_rate, config.lowercase, config.remove_punctuation)
+    return stream.with_format("numpy"), {"streamed": True, "probabilities": probabilities}
 
 
 def _configure_tokenizer(tokenizer, language, task, english_only):
@@ -423,8 +518,13 @@ def train(config: TrainConfig) -> dict:
                          config.train_dataset_text_columns, config.audio_column, "train", config.custom)
     eval_specs = _specs(config.eval_datasets, config.eval_dataset_configs, config.eval_dataset_splits,
                         config.eval_dataset_text_columns, config.audio_column, "eval", config.custom)
+    logger.info("process %d of %d (local rank %d)", args.process_index, args.world_size, args.local_process_index)
     with args.main_process_first(desc="dataset preparation"):
-        train_set, train_counts = _prepare_split(config, "train", train_specs, config.max_train_samples, processor)
+        if config.streaming:
+            train_set, train_counts = _prepare_stream(config, train_specs, processor, args)
+        else:
+            train_set, train_counts = _prepare_split(config, "train", train_specs, config.max_train_samples,
+                                                     processor)
         eval_set, eval_counts = _prepare_split(config, "eval", eval_specs, config.max_eval_samples, processor)
 
     model = _build_model(config, language)
@@ -437,13 +537,15 @@ def train(config: TrainConfig) -> dict:
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, processing_class=processor,
         data_collator=DataCollatorSpeechSeq2SeqWithPadding(model_config.decoder_start_token_id),
         compute_metrics=_metrics_function(processor.tokenizer, normalizer),
-        callbacks=[SelfContainedCheckpoints(processor, generation_config)], decode_kwargs=decode_kwargs)
+        callbacks=[SelfContainedCheckpoints(processor, generation_config)], decode_kwargs=decode_kwargs,
+        streaming=config.streaming)
 
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     elapsed = time.perf_counter() - start
     _save_final(trainer, trainer.model, processor, config, generation_config)
 
+    per_dataset = _evaluate_each(trainer, config, eval_specs, processor, args) if len(eval_specs) > 1 else []
     state = trainer.state
     world = args.world_size
     samples = (state.global_step - _start_step(resume)) * config.train_batchsize * config.gradient_accumulation_steps * world
@@ -451,7 +553,9 @@ def train(config: TrainConfig) -> dict:
     best_eval = min((e for e in state.log_history if "eval_wer" in e), key=lambda e: e["eval_wer"], default={})
     summary = {
         "output_dir": os.path.abspath(config.output_dir), "global_step": state.global_step,
-        "epochs": state.epoch, "train_samples": len(train_set), "eval_samples": len(eval_set),
+        "epochs": state.epoch, "train_samples": None if config.streaming else len(train_set),
+        "eval_samples": len(eval_set), "train_hours": None if config.streaming else _hours(train_set),
+        "eval_hours": _hours(eval_set),
         "filtering": {"train": train_counts, "eval": eval_counts},
         "wall_seconds": round(elapsed, 2), "eval_seconds": round(trainer.eval_seconds, 2),
         "samples_trained": samples, "samples_per_second": round(samples / elapsed, 3),
@@ -460,7 +564,7 @@ def train(config: TrainConfig) -> dict:
         "best_cer": best_eval.get("eval_cer"), "best_step": best_eval.get("step"),
         "best_checkpoint": state.best_model_checkpoint, "normalizer": normalizer, "language": language,
         "precision": precision[0], "learning_rate": learning_rate, "world_size": world,
-        "resumed_from": resume, "config": dataclasses.asdict(config),
+        "resumed_from": resume, "eval_per_dataset": per_dataset, "config": dataclasses.asdict(config),
         "is_main_process": trainer.is_world_process_zero(),
     }
     if trainer.is_world_process_zero():
@@ -470,7 +574,27 @@ def train(config: TrainConfig) -> dict:
             json.dump(summary, f, indent=2, ensure_ascii=False, default=str)
             f.write("\n")
         trainer.save_state()
+        write_model_card(config.output_dir, summary, config.hub_model_id)
+        if config.push_to_hub:
+            summary["hub_url"] = hub.push_folder(config.output_dir, config.hub_model_id, config.hub_private_repo)
     return summary
+
+
+def _evaluate_each(trainer, config, specs, processor, args):
+    """WER/CER of the final (best) model on each evaluation dataset on its own, for the model card."""
+    rows = []
+    for spec in specs:
+        with args.main_process_first(desc="dataset preparation"):
+            dataset, _ = _prepare_split(config, "eval", [spec], config.max_eval_samples, processor)
+        metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="final_eval")
+        rows.append({"dataset": spec.label, "samples": len(dataset), "wer": metrics["final_eval_wer"],
+                     "cer": metrics["final_eval_cer"]})
+        logger.info("final model on %s: WER %.4f, CER %.4f", spec.label, rows[-1]["wer"], rows[-1]["cer"])
+    return rows
+
+
+def _hours(dataset):
+    return round(float(sum(dataset.with_format(None)[LENGTH_COLUMN])) / 3600, 4)
 
 
 def _start_step(resume):

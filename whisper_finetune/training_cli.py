@@ -30,6 +30,12 @@ def build_parser(description, epilog, hf):
                 help=f"one transcription column per --{role}_datasets entry (default: sentence, text, "
                      f"transcription... whichever exists)")
         add("--audio_column", default="audio", help="name of the audio column in the HF datasets")
+        add("--streaming", type=cli.str2bool, default=False, help="read the training datasets as streams "
+            "(IterableDataset: never downloaded whole, featurised on the fly); needs --train_strategy steps")
+        add("--interleave_probabilities", nargs="+", type=float, default=None, help="with --streaming: one sampling "
+            "weight per --train_datasets entry (default: proportional to size when known, else equal)")
+        add("--shuffle_buffer_size", type=int, default=1000, help="with --streaming: examples held in the "
+            "shuffle buffer")
     add("--output_dir", required=True, help="folder for checkpoints, logs, the plot, the summary and the final model")
     add("--sampling_rate", type=int, default=16000, help="resample all audio to this rate (Hz)")
     add("--num_proc", type=int, default=1, help="processes computing log-mel features (once, before training)")
@@ -72,6 +78,11 @@ def build_parser(description, epilog, hf):
     add("--overwrite_output_dir", type=cli.str2bool, default=False, help="replace an earlier run in --output_dir")
     add("--deepspeed", default=None, help="DeepSpeed config file, passed to the Trainer")
     add("--fsdp", default="", help="FSDP options passed to the Trainer, e.g. 'full_shard auto_wrap'")
+    add("--fsdp_config", default=None, help="FSDP config JSON passed to the Trainer (e.g. configs/fsdp_config.json)")
+    add("--push_to_hub", type=cli.str2bool, default=False, help="after training, upload the final model, processor, "
+        "generation config and model card (README.md) to --hub_model_id (needs a Hugging Face login)")
+    add("--hub_model_id", default=None, help="Hub repository for --push_to_hub, e.g. your-name/whisper-small-hi")
+    add("--hub_private_repo", type=cli.str2bool, default=False, help="create the Hub repository as private")
     add("--num_workers", type=int, default=0, help="data-loader worker processes")
     add("--report_to", default="tensorboard", help="Trainer logging integration (tensorboard, none...)")
     add("--verbose", action="store_true", help="debug logging")

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# README.md is assembled from docs/sections/ (one file per topic); run this after editing a section.
+set -euo pipefail
+cd "$(dirname "$0")/sections"
+{
+  for f in 00-head.md 10-data_prep.md training.md evaluation.md jax.md embeddings.md 60-normalisation.md scale.md benchmarks.md 90-tail.md; do
+    [ -f "$f" ] || continue
+    cat "$f"
+    echo
+  done
+} > ../../README.md

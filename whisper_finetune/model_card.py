@@ -1,0 +1,80 @@
+"""The model card (``README.md``) written into every final model folder by :func:`training.train`.
+
+It is built only from the training summary (the options and results of the run), so the card
+always describes the model beside it: base model, language, datasets, hours, training arguments,
+the eval WER/CER with the normaliser used, the training curve, and how to use the model.
+"""
+import os
+
+CARD_FILE = "README.md"
+# Training arguments shown in the card (the full set is in training_summary.json).
+SHOWN_ARGUMENTS = ("train_strategy", "num_steps", "num_epochs", "learning_rate", "warmup", "lr_scheduler_type",
+                   "train_batchsize", "gradient_accumulation_steps", "mixed_precision", "freeze_encoder", "lora",
+                   "gradient_checkpointing", "streaming", "shuffle_buffer_size", "interleave_probabilities",
+                   "lowercase", "remove_punctuation", "seed")
+
+
+def _dataset_rows(config, role):
+    names = config[f"{role}_datasets"]
+    n = len(names)
+    configs = config.get(f"{role}_dataset_configs") or [None] * n
+    splits = config.get(f"{role}_dataset_splits") or [None] * n
+    return [f"| {role} | `{name}` | {cfg or '-'} | {split or '-'} |" for name, cfg, split in zip(names, configs, splits)]
+
+
+def _hours(value):
+    return "unknown (streamed)" if value is None else f"{value:.3f}"
+
+
+def render_model_card(summary, hub_model_id=None):
+    """The model card text (Markdown with YAML metadata) for a run's ``summary`` dict."""
+    config = summary["config"]
+    language = summary["language"]
+    model_ref = hub_model_id or summary["output_dir"]
+    lines = ["---", f"base_model: {config['model_name']}", "library_name: transformers",
+             "pipeline_tag: automatic-speech-recognition", "tags: [whisper, whisper-finetune]"]
+    if language:
+        lines.append(f"language: [{language}]")
+    lines += ["---", "", f"# {os.path.basename(summary['output_dir'].rstrip('/'))}", "",
+              f"Fine-tuned from `{config['model_name']}` for {config['task']} "
+              f"(language: {language or 'English (English-only model)'}) with whisper_finetune.", "",
+              "## Data", "", "| role | dataset | config | split |", "| --- | --- | --- | --- |",
+              *_dataset_rows(config, "train"), *_dataset_rows(config, "eval"), "",
+              f"Training audio: {_hours(summary.get('train_hours'))} h; evaluation audio: "
+              f"{_hours(summary.get('eval_hours'))} h (after dropping clips over 30 s and labels over 448 tokens).",
+              "", "## Evaluation", ""]
+    if summary.get("best_wer") is not None:
+        eval_sets = ", ".join(f"`{n}`" for n in config["eval_datasets"])
+        lines += ["| eval data | WER | CER | normaliser | step |", "| --- | --- | --- | --- | --- |",
+                  f"| {eval_sets} (combined, {summary['eval_samples']} utterances) | {summary['best_wer']:.4f} | "
+                  f"{summary['best_cer']:.4f} | {summary['normalizer']} | {summary['best_step']} |",
+                  *(f"| `{row['dataset']}` ({row['samples']} utterances) | {row['wer']:.4f} | {row['cer']:.4f} | "
+                    f"{summary['normalizer']} | {summary['best_step']} |" for row in summary.get("eval_per_dataset", [])),
+                  "",
+                  "WER/CER are computed with jiwer after the normaliser named above, decoding with `generate`.", ""]
+    else:
+        lines += ["No evaluation was recorded.", ""]
+    lines += ["![training loss and eval WER](training_curve.png)", "", "## Training arguments", "",
+              "| argument | value |", "| --- | --- |"]
+    lines += [f"| {key} | {config.get(key)} |" for key in SHOWN_ARGUMENTS if key in config]
+    lines += [f"| effective learning rate | {summary['learning_rate']:.3g} |",
+              f"| processes (world size) | {summary['world_size']} |",
+              f"| precision | {summary['precision']} |",
+              f"| optimizer steps | {summary['global_step']} |", "",
+              "All options are in `training_summary.json` in the training output folder.", "",
+              "## Usage", "", "```python", "from transformers import pipeline", "",
+              f'asr = pipeline("automatic-speech-recognition", model="{model_ref}")',
+              'print(asr("audio.wav")["text"])', "```", "", "With this repository's scripts:", "", "```bash",
+              f"python3 transcribe_audio.py --hf_model {model_ref} --path_to_audio audio.wav",
+              f"python3 evaluate/evaluate_on_custom_dataset.py --hf_model {model_ref} --eval_datasets DATA_PREP_FOLDER "
+              "--output_dir results",
+              "```", ""]
+    return "\n".join(lines)
+
+
+def write_model_card(folder, summary, hub_model_id=None):
+    """Write ``README.md`` into ``folder``; returns its path."""
+    path = os.path.join(folder, CARD_FILE)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(render_model_card(summary, hub_model_id))
+    return path
