@@ -63,3 +63,16 @@ def test_whisper_base_learns_to_write_hindi_in_devanagari(real_multilingual_mode
         summary = json.load(f)
     print(f"Devanagari share {share:.3f}; summary {summary['wall_seconds']} s, best WER {summary['best_wer']}")
     assert share > 0.9, hyps[:4]
+
+    # transformers' own pipeline, given only the folder, also writes Devanagari: the saved generation
+    # config carries the language and task.
+    from transformers import pipeline
+
+    from whisper_finetune.audio import decode_example_audio
+    from whisper_finetune.data import DatasetSpec, load_datasets
+
+    asr = pipeline("automatic-speech-recognition", model=out, device="cpu")
+    clips = load_datasets([DatasetSpec(train_dir)], custom=True)[0].select(range(4))
+    texts = [asr({"raw": decode_example_audio(row["audio"]), "sampling_rate": 16000},
+                 generate_kwargs={"max_new_tokens": 40})["text"] for row in clips]
+    assert devanagari_share(texts) > 0.9, texts
