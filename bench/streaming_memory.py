@@ -70,6 +70,8 @@ def main():
     p.add_argument("--batch_size", type=int, default=4, help="training batch size")
     p.add_argument("--shuffle_buffer_size", type=int, default=100, help="streaming shuffle buffer (examples held "
                    "in memory; keep it below the smallest --clips so the buffer is full in every run)")
+    p.add_argument("--repeats", type=int, default=1, help="streaming runs per corpus size (memory peaks of one "
+                   "run vary by tens of MB; several runs separate a trend from that noise)")
     p.add_argument("--model", default=None, help="model folder (default: a tiny random Whisper built offline)")
     p.add_argument("--map_style", default="True", help="also train the smallest set map-style (True/False)")
     p.add_argument("--out", default=os.path.join(REPO_ROOT, "bench", "out", "streaming_memory.json"),
@@ -81,13 +83,33 @@ def main():
     with tempfile.TemporaryDirectory() as work:
         model = args.model or build_tiny_whisper(os.path.join(work, "tiny"), multilingual=False)
         eval_data = write_parquet(os.path.join(work, "eval"), 8, seed=1)
-        for n in sorted(args.clips):
+        for n in sorted(set(args.clips)):
             data = write_parquet(os.path.join(work, f"clips{n}"), n)
-            rows.append({"clips": n, **run(model, data, eval_data, os.path.join(work, f"out{n}"), args, True)})
+            for repeat in range(args.repeats):
+                out = os.path.join(work, f"out{n}_{repeat}")
+                rows.append({"clips": n, "run": repeat + 1, **run(model, data, eval_data, out, args, True)})
             if args.map_style.lower() == "true" and n == min(args.clips):
-                rows.append({"clips": n, **run(model, data, eval_data, os.path.join(work, f"map{n}"), args, False)})
-    table = print_table(rows, ["clips", "mode", "steps", "samples_per_s", "peak_rss_gb", "peak_anon_gb", "wall_s"])
-    write_json(args.out, {"settings": vars(args), "rows": rows, "table": table})
+                rows.append({"clips": n, "run": 1, **run(model, data, eval_data, os.path.join(work, f"map{n}"), args,
+                                                          False)})
+    table = print_table(rows, ["clips", "mode", "run", "steps", "samples_per_s", "peak_rss_gb", "peak_anon_gb",
+                               "wall_s"])
+    summary = print_table(summarise(rows), ["clips", "mode", "runs", "peak_anon_gb_min", "peak_anon_gb_mean",
+                                            "peak_anon_gb_max", "samples_per_s_mean"])
+    write_json(args.out, {"settings": vars(args), "rows": rows, "table": table, "summary": summary})
+
+
+def summarise(rows):
+    """Per (clips, mode): number of runs and the min/mean/max of the anonymous-memory peak."""
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["clips"], row["mode"]), []).append(row)
+    out = []
+    for (clips, mode), group in groups.items():
+        anon = [r["peak_anon_gb"] for r in group]
+        out.append({"clips": clips, "mode": mode, "runs": len(group), "peak_anon_gb_min": min(anon),
+                    "peak_anon_gb_mean": sum(anon) / len(anon), "peak_anon_gb_max": max(anon),
+                    "samples_per_s_mean": sum(r["samples_per_s"] for r in group) / len(group)})
+    return out
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import shutil
 import sys
 import tempfile
 
-from common import REPO_ROOT, failure_line, print_table, run_measured, write_json
+from common import REPO_ROOT, failure_line, machine_facts, print_table, run_measured, write_json
 
 from whisper_finetune import cli  # noqa: E402
 from whisper_finetune.data import is_saved_dataset  # noqa: E402
@@ -91,7 +91,8 @@ def measure(args, system, work):
     folder = os.path.join(work, system)
     os.makedirs(folder, exist_ok=True)
     command = baseline_command(args, folder) if system == "baseline" else ours_command(args, folder)
-    row = {"system": DESCRIPTIONS[system], "steps": args.steps, "batch": args.batch_size}
+    label = DESCRIPTIONS[system] + (f" {args.our_args}" if system == "ours" and args.our_args else "")
+    row = {"system": label, "steps": args.steps, "batch": args.batch_size}
     try:
         wall, memory, _ = run_measured(command, env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
         train_s, final_loss, mean_loss = (read_baseline if system == "baseline" else read_ours)(folder)
@@ -176,8 +177,10 @@ def main(argv=None):
     for row in rows:
         for column in COLUMNS:
             row.setdefault(column, "-")
+    # --our_args comes last on our command line, so a --mixed_precision there overrides the fp32 default.
+    precision = "fp32" + (f" (ours with {args.our_args})" if args.our_args else "")
     print(f"\n{args.steps} steps x batch {args.batch_size}, lr {args.learning_rate:g}, warm-up {args.warmup}, "
-          f"fp32, CPU")
+          f"{precision}, {machine_facts()['gpu'] or 'CPU'}")
     table = print_table(rows, COLUMNS)
     compared = comparison(rows) if len(rows) == 2 else None
     if compared:

@@ -1,4 +1,4 @@
-"""Smoke tests of bench/eval_speed.py and bench/train_speed.py on the tiny random model (the real runs are by hand)."""
+"""Smoke tests of the benchmarks (bench/) on the tiny random model and tiny sizes (the real runs are by hand)."""
 import json
 
 import pytest
@@ -13,6 +13,9 @@ pytestmark = pytest.mark.slow
                              "--language", "--max_samples", "--num_workers", "--out", "--work_dir"]),
     ("bench/train_speed.py", ["--model", "--data", "--steps", "--batch_size", "--learning_rate", "--warmup",
                               "--our_args", "--eval_samples", "--systems", "--out"]),
+    ("bench/streaming_memory.py", ["--clips", "--steps", "--batch_size", "--shuffle_buffer_size", "--repeats",
+                                   "--model", "--map_style", "--out"]),
+    ("bench/data_prep_speed.py", ["--sizes", "--seconds", "--rate", "--num_proc", "--out"]),
 ])
 def test_help_lists_every_flag(script, flags):
     result = run_script(script, "-h")
@@ -64,3 +67,16 @@ def test_train_speed_runs_both_trainers(tiny_model_dir, tiny_dataset_dir, tmp_pa
         assert 0 < row["final_loss"] < 100 and row["peak_anon_gb"] > 0
     assert payload["comparison"]["samples_per_s_ratio"] == pytest.approx(ours["samples_per_s"] / baseline["samples_per_s"])
     assert "ours/baseline samples/s" in result.stdout
+
+
+def test_streaming_memory_repeats_each_size_and_summarises(tmp_path):
+    out = tmp_path / "stream.json"
+    result = run_script("bench/streaming_memory.py", "--clips", "12", "--steps", "2", "--batch_size", "2",
+                        "--shuffle_buffer_size", "4", "--repeats", "2", "--map_style", "False", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads(out.read_text())
+    assert [(r["clips"], r["mode"], r["run"], r["steps"]) for r in payload["rows"]] == [
+        (12, "streaming", 1, 2), (12, "streaming", 2, 2)]
+    (summary,) = [line for line in payload["summary"].splitlines() if line.startswith("12 ")]
+    anon = sorted(r["peak_anon_gb"] for r in payload["rows"])
+    assert summary.split()[2:6] == ["2", f"{anon[0]:.3f}", f"{sum(anon) / 2:.3f}", f"{anon[1]:.3f}"]
