@@ -17,13 +17,12 @@ def devanagari_share(texts):
     return sum("\u0900" <= ch <= "\u097f" for ch in letters) / max(1, len(letters))
 
 
-def saved_model_writes_hindi(out, train_dir, n=32):
-    """Check the saved model's decoder prompt; transcribe the first ``n`` shuffled training clips without a
+def saved_model_writes_hindi(out, clips):
+    """Check the saved model's decoder prompt; transcribe ``clips`` (a data_prep dataset) without a
     language (the saved one applies); returns ``(Devanagari share, transcripts)``."""
     from transformers import GenerationConfig
 
     from whisper_finetune import modeling
-    from whisper_finetune.data import DatasetSpec, load_datasets
     from whisper_finetune.features import featurize
 
     generation = GenerationConfig.from_pretrained(out)
@@ -33,7 +32,7 @@ def saved_model_writes_hindi(out, train_dir, n=32):
         modeling.decoder_prompt_ids(processor.tokenizer, generation.language, generation.task))
     assert prompt == ["<|startoftranscript|>", "<|hi|>", "<|transcribe|>", "<|notimestamps|>"]
     model = modeling.load_model(out)
-    clips = load_datasets([DatasetSpec(train_dir)], custom=True)[0].shuffle(seed=42).select(range(n))
+    n = len(clips)
     features = featurize(clips, processor, 16000).with_format("numpy")
     hyps = []
     for start in range(0, n, 16):
@@ -58,7 +57,10 @@ def test_whisper_base_learns_to_write_hindi_in_devanagari(real_multilingual_mode
                       "--report_to", "none", "--output_dir", out, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    share, hyps = saved_model_writes_hindi(out, train_dir)
+    from whisper_finetune.data import DatasetSpec, load_datasets
+
+    clips = load_datasets([DatasetSpec(train_dir)], custom=True)[0].shuffle(seed=42).select(range(32))
+    share, hyps = saved_model_writes_hindi(out, clips)
     with open(os.path.join(out, "training_summary.json"), encoding="utf-8") as f:
         summary = json.load(f)
     print(f"Devanagari share {share:.3f}; summary {summary['wall_seconds']} s, best WER {summary['best_wer']}")
@@ -69,10 +71,8 @@ def test_whisper_base_learns_to_write_hindi_in_devanagari(real_multilingual_mode
     from transformers import pipeline
 
     from whisper_finetune.audio import decode_example_audio
-    from whisper_finetune.data import DatasetSpec, load_datasets
 
     asr = pipeline("automatic-speech-recognition", model=out, device="cpu")
-    clips = load_datasets([DatasetSpec(train_dir)], custom=True)[0].select(range(4))
     texts = [asr({"raw": decode_example_audio(row["audio"]), "sampling_rate": 16000},
-                 generate_kwargs={"max_new_tokens": 40})["text"] for row in clips]
+                 generate_kwargs={"max_new_tokens": 40})["text"] for row in clips.select(range(4))]
     assert devanagari_share(texts) > 0.9, texts
