@@ -59,6 +59,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=10, help="linear warm-up steps, then linear decay")
     parser.add_argument("--logging_steps", type=int, default=10, help="log the training loss every N steps")
     parser.add_argument("--seed", type=int, default=42, help="random seed")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                        help="fp32, or the Trainer's --bf16/--fp16 mixed precision (fp16: GPU only)")
     args = parser.parse_args()
     set_seed(args.seed)
 
@@ -91,7 +93,9 @@ def main():
         output_dir=args.output_dir, per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate,
         warmup_steps=args.warmup, max_steps=args.steps, lr_scheduler_type="linear", optim="adamw_torch",
         weight_decay=0.0, max_grad_norm=1.0, eval_strategy="no", save_strategy="no", logging_steps=args.logging_steps,
-        report_to=[], seed=args.seed, dataloader_num_workers=0, group_by_length=False, fp16=False, bf16=False,
+        report_to=[], seed=args.seed, dataloader_num_workers=0, group_by_length=False,
+        fp16=args.precision == "fp16", bf16=args.precision == "bf16",
+        use_cpu=args.precision == "bf16" and not torch.cuda.is_available(),  # the Trainer's rule for bf16 on a CPU
         predict_with_generate=False, disable_tqdm=True)
     trainer = Seq2SeqTrainer(model=model, args=training_args, train_dataset=vectorized,
                              processing_class=processor.feature_extractor,
@@ -103,7 +107,9 @@ def main():
         json.dump({"train_runtime": result.metrics["train_runtime"], "train_loss": result.training_loss,
                    "final_logged_loss": losses[-1] if losses else None, "global_step": trainer.state.global_step,
                    "featurize_seconds": featurize_seconds, "train_samples": len(vectorized),
-                   "torch_threads": torch.get_num_threads(), "metrics": result.metrics}, f, indent=2)
+                   "torch_threads": torch.get_num_threads(),
+                   "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3) if torch.cuda.is_available() else None,
+                   "metrics": result.metrics}, f, indent=2)
 
 
 if __name__ == "__main__":

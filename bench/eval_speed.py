@@ -16,6 +16,13 @@ Rows (--rows picks a subset):
   ct2_ref_int8       (e) the same, int8
   pytorch_bf16       (f) our evaluator, PyTorch backend, bfloat16
   jax_bf16           (f) our evaluator, JAX backend, bfloat16 (--half_precision)
+  pytorch_fp16       (f) our evaluator, PyTorch backend, float16 (GPU)
+  pipeline_batched_fp16  (b) the batched pipeline in float16 (dtype=torch.float16; GPU), what a GPU user
+                         of the pipeline would run
+
+--device -1 runs every row on the CPU (default); --device N runs them on GPU N (the pipeline with
+device=N, ours with --device N, CTranslate2 with device="cuda"); the JSON then also holds each row's
+peak GPU memory (torch.cuda.max_memory_allocated, PyTorch rows).
 
 Each row runs in its own child process (this script with --only ROW), sequentially, so that memory,
 threads and JIT caches of one system do not affect another, and a failing system gives an error row
@@ -45,20 +52,25 @@ from common import REPO_ROOT, failure_line, print_table, run_measured, write_jso
 from whisper_finetune import cli  # noqa: E402
 from whisper_finetune.errors import UserError  # noqa: E402
 
-PIPELINE_ROWS = {"pipeline": 1, "pipeline_batched": None}  # None: --batch_size
+# row -> (batch size, dtype) of transformers.pipeline; None: --batch_size
+PIPELINE_ROWS = {"pipeline": (1, "float32"), "pipeline_batched": (None, "float32"),
+                 "pipeline_batched_fp16": (None, "float16")}
 # row -> (backend, compute_type, half_precision) of our evaluator
 OUR_ROWS = {"pytorch": ("pytorch", "float32", False), "jax": ("jax", "default", False),
             "ct2_float32": ("ctranslate2", "float32", False), "ct2_int8": ("ctranslate2", "int8", False),
-            "pytorch_bf16": ("pytorch", "bfloat16", False), "jax_bf16": ("jax", "default", True)}
+            "pytorch_bf16": ("pytorch", "bfloat16", False), "jax_bf16": ("jax", "default", True),
+            "pytorch_fp16": ("pytorch", "float16", False)}
 REFERENCE_ROWS = {"ct2_ref_float32": "float32", "ct2_ref_int8": "int8"}
 ROWS = ("pipeline", "pipeline_batched", "pytorch", "jax", "ct2_float32", "ct2_int8", "ct2_ref_float32",
         "ct2_ref_int8", "pytorch_bf16", "jax_bf16")
+EXTRA_ROWS = ("pytorch_fp16", "pipeline_batched_fp16")  # float16: GPU only, so not in the default set
 DESCRIPTIONS = {
     "pipeline": "(a) transformers.pipeline, 1 file at a time", "pipeline_batched": "(b) transformers.pipeline, batched",
     "pytorch": "(c) ours, pytorch fp32", "jax": "(d) ours, jax fp32",
     "ct2_float32": "(e) ours, ctranslate2 float32", "ct2_int8": "(e) ours, ctranslate2 int8",
     "ct2_ref_float32": "(e) plain ctranslate2 generate, float32", "ct2_ref_int8": "(e) plain ctranslate2 generate, int8",
     "pytorch_bf16": "(f) ours, pytorch bf16", "jax_bf16": "(f) ours, jax bf16",
+    "pytorch_fp16": "(f) ours, pytorch fp16", "pipeline_batched_fp16": "(b) transformers.pipeline, batched, fp16",
 }
 COLUMNS = ["row", "system", "batch", "wer", "audio_s", "wall_s", "rtfx", "vs_a", "load_s", "compile_s",
            "peak_rss_gb", "error"]
@@ -105,13 +117,13 @@ def decoded_audio(dataset):
 # ---------------------------------------------------------------------------------------------
 # One row, in a child process
 # ---------------------------------------------------------------------------------------------
-def run_pipeline(args, dataset, batch_size, code, english_only):
+def run_pipeline(args, dataset, batch_size, dtype, code, english_only):
     """Rows (a)/(b): ``transformers.pipeline`` on decoded audio; returns (hypotheses, wall, load seconds)."""
     import torch
     from transformers import pipeline
 
     start = time.perf_counter()
-    asr = pipeline("automatic-speech-recognition", model=args.model, device=-1, dtype=torch.float32)
+    asr = pipeline("automatic-speech-recognition", model=args.model, device=args.device, dtype=getattr(torch, dtype))
     if english_only and hasattr(asr.model.generation_config, "lang_to_id"):
         # transformers runs language detection whenever this attribute exists (random test models carry None)
         del asr.model.generation_config.lang_to_id
@@ -152,7 +164,8 @@ def run_ct2_reference(args, dataset, durations, compute_type, code, english_only
     key = hashlib.sha1(os.path.abspath(args.model).encode()).hexdigest()[:12]  # a reused --work_dir, other model
     folder = convert_reference(args.model, os.path.join(args.work_dir, f"ct2-reference-{key}"))
     processor = WhisperProcessor.from_pretrained(args.model)
-    model = ctranslate2.models.Whisper(folder, device="cpu", compute_type=compute_type)
+    model = ctranslate2.models.Whisper(folder, device="cpu" if args.device < 0 else "cuda",
+                                       device_index=max(args.device, 0), compute_type=compute_type)
     prompt = ["<|startoftranscript|>"] + ([] if english_only else [f"<|{code}|>", "<|transcribe|>"])
     prompt = processor.tokenizer.convert_tokens_to_ids(prompt + ["<|notimestamps|>"])
     load = time.perf_counter() - start
@@ -186,9 +199,18 @@ def run_ours(args, row, normalizer, code):
                               half_precision=half)
     config = EvalConfig(datasets=(DatasetSpec(name=args.data, split=None),),
                         output_dir=os.path.join(args.work_dir, f"results-{row}"), hf_model=args.model, custom=True,
-                        language=code, normalizer=normalizer, max_samples=args.max_samples, device=-1,
+                        language=code, normalizer=normalizer, max_samples=args.max_samples, device=args.device,
                         num_workers=args.num_workers, decoding=options, result_marker=row)
     return evaluate(config)[0]
+
+
+def peak_gpu_gb(device):
+    """Peak GPU memory PyTorch allocated in this process (GB), or None on CPU."""
+    if device < 0:
+        return None
+    import torch
+
+    return round(torch.cuda.max_memory_allocated(device) / 1e9, 3)
 
 
 def run_row(args):
@@ -206,7 +228,8 @@ def run_row(args):
     else:
         dataset, durations = load_clips(args.data, args.max_samples)
         if row in PIPELINE_ROWS:
-            hypotheses, wall, load = run_pipeline(args, dataset, PIPELINE_ROWS[row] or args.batch_size, code,
+            batch_size, dtype = PIPELINE_ROWS[row]
+            hypotheses, wall, load = run_pipeline(args, dataset, batch_size or args.batch_size, dtype, code,
                                                   english_only)
         else:
             hypotheses, wall, load = run_ct2_reference(args, dataset, durations, REFERENCE_ROWS[row], code,
@@ -214,6 +237,7 @@ def run_row(args):
         scores = scoring.score(list(dataset[TEXT_COLUMN]), hypotheses, normalizer)
         figures = {"wer": scores["wer"], "wall_s": wall, "load_s": load, "compile_s": 0.0, "normalizer": normalizer,
                    "utterances": len(hypotheses), "examples": hypotheses[:3]}
+    figures["peak_gpu_gb"] = peak_gpu_gb(args.device)
     with open(args.row_json, "w", encoding="utf-8") as f:
         json.dump(figures, f)
 
@@ -239,7 +263,7 @@ def child_command(args, row, data, row_json):
     command = [sys.executable, os.path.abspath(__file__), "--model", args.model, "--data", data,
                "--batch_size", str(args.batch_size), "--max_new_tokens", str(args.max_new_tokens),
                "--num_beams", str(args.num_beams), "--num_workers", str(args.num_workers),
-               "--work_dir", args.work_dir, "--only", row, "--row_json", row_json]
+               "--work_dir", args.work_dir, "--device", str(args.device), "--only", row, "--row_json", row_json]
     if args.language:
         command += ["--language", args.language]
     if args.max_samples is not None:
@@ -253,7 +277,7 @@ def measure_rows(args, data, audio_seconds):
     for name in args.rows:
         row_json = os.path.join(args.work_dir, f"{name}.json")
         row = {"row": name, "system": DESCRIPTIONS[name],
-               "batch": 1 if name == "pipeline" else args.batch_size, "audio_s": round(audio_seconds, 2)}
+               "batch": PIPELINE_ROWS.get(name, (None,))[0] or args.batch_size, "audio_s": round(audio_seconds, 2)}
         try:
             _, memory, _ = run_measured(child_command(args, name, data, row_json),
                                         env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
@@ -270,16 +294,28 @@ def measure_rows(args, data, audio_seconds):
     for row in rows:
         if reference and "rtfx" in row:
             row["vs_a"] = row["rtfx"] / reference["rtfx"]
-        for column in COLUMNS:
+        for column in COLUMNS + ["peak_gpu_gb"]:
             row.setdefault(column, "" if column == "error" else "-")
     return rows
 
 
+def device_name(device):
+    """'CPU', or the GPU's name."""
+    if device < 0:
+        return "CPU"
+    import torch
+
+    return f"GPU {device} ({torch.cuda.get_device_name(device)})"
+
+
 def check_args(args):
     """Validate flags before any long work."""
-    unknown = [r for r in args.rows if r not in ROWS]
+    unknown = [r for r in args.rows if r not in ROWS + EXTRA_ROWS]
     if unknown:
-        raise UserError(f"--rows {' '.join(unknown)}: unknown row(s); choose from {', '.join(ROWS)}")
+        raise UserError(f"--rows {' '.join(unknown)}: unknown row(s); choose from {', '.join(ROWS + EXTRA_ROWS)}")
+    if args.device < 0 and set(args.rows) & set(EXTRA_ROWS):
+        raise UserError(f"--rows {' '.join(sorted(set(args.rows) & set(EXTRA_ROWS)))}: float16 rows need a GPU "
+                        "(--device 0)")
     for flag in ("batch_size", "num_beams", "max_new_tokens"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} {getattr(args, flag)}: must be at least 1")
@@ -304,7 +340,9 @@ def build_parser():
     parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers of our evaluator rows "
                         "(audio decoding and features overlap decoding)")
     parser.add_argument("--max_samples", type=int, default=None, help="use only the first N clips (quick runs)")
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), help=f"rows to run, in this order: {' '.join(ROWS)}")
+    parser.add_argument("--device", type=int, default=-1, help="-1: every row on the CPU; N: every row on GPU N")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), help=f"rows to run, in this order (default: all "
+                        f"of {' '.join(ROWS)}; GPU only: {' '.join(EXTRA_ROWS)})")
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "bench", "out", "eval_speed.json"),
                         help="JSON file for the figures (machine, versions, settings, rows, table)")
     parser.add_argument("--work_dir", default=None, help="folder for prepared data, conversions and result files "
@@ -335,8 +373,9 @@ def main(argv=None):
             shutil.rmtree(args.work_dir, ignore_errors=True)
     decoding = "greedy (num_beams=1)" if args.num_beams == 1 else f"beam search (num_beams={args.num_beams})"
     print(f"\n{len(dataset)} clips, {durations.sum():.1f} s of audio; every row {decoding}, at most "
-          f"{args.max_new_tokens} new tokens; WER normalised with '{normalizer}'; CPU")
-    table = print_table(rows, COLUMNS)
+          f"{args.max_new_tokens} new tokens; WER normalised with '{normalizer}'; {device_name(args.device)}")
+    columns = COLUMNS if args.device < 0 else COLUMNS[:-1] + ["peak_gpu_gb", "error"]
+    table = print_table(rows, columns)
     settings = {k: v for k, v in vars(args).items() if k not in ("only", "row_json")}
     write_json(args.out, {"benchmark": "eval_speed", "settings": {**settings, "decoding": decoding,
                "normalizer": normalizer, "english_only": english_only, "clips": len(dataset),

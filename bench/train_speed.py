@@ -13,8 +13,8 @@ of each child's process tree.
                 evaluation at the last step (--eval_steps = --save_steps = --steps) on --eval_samples
                 clips with --eval_max_new_tokens, and that evaluation time is subtracted
 
-"train_s" is the training loop only: the Trainer's train_runtime (minus ours' evaluation time; ours
-still includes saving one checkpoint and reloading the best one at the end); featurisation and model
+"train_s" is the training loop only: the Trainer's train_runtime (minus ours' evaluation, checkpoint
+writing and best-model reloading, which the baseline does not do); featurisation and model
 loading are outside it and in "wall_s" (the whole child). samples/s = steps x batch / train_s.
 "final_loss" is the last logged training loss (mean over the last --logging_steps steps), "mean_loss"
 the Trainer's train_loss (mean over the run). The table ends with ratio (b)/(a) of samples/s and the
@@ -49,7 +49,7 @@ def baseline_command(args, folder):
                "--data", args.data, "--output_dir", folder, "--result_json", os.path.join(folder, "result.json"),
                "--steps", str(args.steps), "--batch_size", str(args.batch_size), "--learning_rate",
                str(args.learning_rate), "--warmup", str(args.warmup), "--logging_steps", str(args.logging_steps),
-               "--seed", str(args.seed)]
+               "--seed", str(args.seed), "--precision", args.precision]
     return command + (["--language", args.language] if args.language else [])
 
 
@@ -59,7 +59,7 @@ def ours_command(args, folder):
                "--model_name", args.model, "--train_datasets", args.data, "--eval_datasets", args.eval_data or args.data,
                "--output_dir", folder, "--num_steps", str(args.steps), "--train_batchsize", str(args.batch_size),
                "--learning_rate", str(args.learning_rate), "--warmup", str(args.warmup), "--lr_scheduler_type",
-               "linear", "--weight_decay", "0", "--max_grad_norm", "1.0", "--mixed_precision", "fp32",
+               "linear", "--weight_decay", "0", "--max_grad_norm", "1.0", "--mixed_precision", args.precision,
                "--eval_steps", str(args.steps), "--save_steps", str(args.steps), "--max_eval_samples",
                str(args.eval_samples), "--generation_max_new_tokens", str(args.eval_max_new_tokens),
                "--logging_steps", str(args.logging_steps), "--seed", str(args.seed), "--report_to", "none"]
@@ -69,21 +69,24 @@ def ours_command(args, folder):
 
 
 def read_baseline(folder):
-    """(train seconds, final logged loss, mean loss) from the baseline's result file."""
+    """(train seconds, final logged loss, mean loss, peak GPU GB or None) from the baseline's result file."""
     with open(os.path.join(folder, "result.json"), encoding="utf-8") as f:
         result = json.load(f)
-    return result["train_runtime"], result["final_logged_loss"], result["train_loss"]
+    return result["train_runtime"], result["final_logged_loss"], result["train_loss"], result.get("peak_gpu_gb")
 
 
 def read_ours(folder):
-    """(train seconds, final logged loss, mean loss) from our run's trainer_state.json and training_summary.json."""
+    """(train seconds, final logged loss, mean loss, peak GPU GB or None) from our run's trainer_state.json and training_summary.json."""
     with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as f:
         history = json.load(f)["log_history"]
     with open(os.path.join(folder, "training_summary.json"), encoding="utf-8") as f:
         summary = json.load(f)
     runtime = next(entry["train_runtime"] for entry in reversed(history) if "train_runtime" in entry)
     losses = [entry["loss"] for entry in history if "loss" in entry]
-    return runtime - summary["eval_seconds"], losses[-1] if losses else None, summary["train_loss"]
+    # the Trainer's own evaluation, checkpoint writing and best-model reloading are left out, like the
+    # baseline, which neither evaluates nor saves
+    return (runtime - summary["eval_seconds"] - summary.get("checkpoint_seconds", 0.0), losses[-1] if losses else None, summary["train_loss"],
+            summary.get("peak_gpu_gb"))
 
 
 def measure(args, system, work):
@@ -95,13 +98,14 @@ def measure(args, system, work):
     row = {"system": label, "steps": args.steps, "batch": args.batch_size}
     try:
         wall, memory, _ = run_measured(command, env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-        train_s, final_loss, mean_loss = (read_baseline if system == "baseline" else read_ours)(folder)
+        train_s, final_loss, mean_loss, peak_gpu = (read_baseline if system == "baseline" else read_ours)(folder)
     except (RuntimeError, OSError, KeyError, StopIteration) as exc:
         print(f"{system}: FAILED:\n{exc}", file=sys.stderr)
         return {**row, "error": failure_line(exc)}
     print(f"{system}: {train_s:.1f} s training, final loss {final_loss}", file=sys.stderr)
     return {**row, "train_s": train_s, "samples_per_s": args.steps * args.batch_size / train_s,
-            "final_loss": final_loss, "mean_loss": mean_loss, "wall_s": wall, **memory, "error": "",
+            "final_loss": final_loss, "mean_loss": mean_loss, "wall_s": wall, **memory, "peak_gpu_gb": peak_gpu,
+            "error": "",
             "command": " ".join(shlex.quote(c) for c in command)}
 
 
@@ -153,6 +157,8 @@ def build_parser():
     parser.add_argument("--eval_samples", type=int, default=8, help="clips in our trainer's single evaluation "
                         "(its time is subtracted)")
     parser.add_argument("--eval_max_new_tokens", type=int, default=32, help="token limit of that evaluation")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="both runs: fp32, "
+                        "or bf16/fp16 mixed precision (the Trainer's --bf16/--fp16; fp16 needs a GPU)")
     parser.add_argument("--our_args", default="", help="extra flags for our training script, in one quoted string, "
                         "e.g. \"--num_workers 2\"")
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS, help="runs to do")
@@ -175,13 +181,14 @@ def main(argv=None):
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
     for row in rows:
-        for column in COLUMNS:
+        for column in COLUMNS + ["peak_gpu_gb"]:
             row.setdefault(column, "-")
-    # --our_args comes last on our command line, so a --mixed_precision there overrides the fp32 default.
-    precision = "fp32" + (f" (ours with {args.our_args})" if args.our_args else "")
+    gpu = machine_facts()["gpu"]
+    # --our_args comes last on our command line, so a --mixed_precision there overrides --precision.
+    precision = args.precision + (f" (ours with {args.our_args})" if args.our_args else "")
     print(f"\n{args.steps} steps x batch {args.batch_size}, lr {args.learning_rate:g}, warm-up {args.warmup}, "
-          f"{precision}, {machine_facts()['gpu'] or 'CPU'}")
-    table = print_table(rows, COLUMNS)
+          f"{precision}, {gpu or 'CPU'}")
+    table = print_table(rows, COLUMNS[:-1] + ["peak_gpu_gb", "error"] if gpu else COLUMNS)
     compared = comparison(rows) if len(rows) == 2 else None
     if compared:
         line = f"ours/baseline samples/s: {compared['samples_per_s_ratio']:.2f}x"

@@ -10,12 +10,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("script,flags", [
     ("bench/eval_speed.py", ["--model", "--data", "--batch_size", "--max_new_tokens", "--num_beams", "--rows",
-                             "--language", "--max_samples", "--num_workers", "--out", "--work_dir"]),
+                             "--language", "--max_samples", "--num_workers", "--out", "--work_dir", "--device"]),
     ("bench/train_speed.py", ["--model", "--data", "--steps", "--batch_size", "--learning_rate", "--warmup",
-                              "--our_args", "--eval_samples", "--systems", "--out"]),
+                              "--our_args", "--eval_samples", "--systems", "--precision", "--out"]),
     ("bench/streaming_memory.py", ["--clips", "--steps", "--batch_size", "--shuffle_buffer_size", "--repeats",
                                    "--model", "--map_style", "--out"]),
     ("bench/data_prep_speed.py", ["--sizes", "--seconds", "--rate", "--num_proc", "--out"]),
+    ("bench/random_model.py", ["--like", "--shape", "--out", "--seed"]),
 ])
 def test_help_lists_every_flag(script, flags):
     result = run_script(script, "-h")
@@ -57,10 +58,11 @@ def test_train_speed_runs_both_trainers(tiny_model_dir, tiny_dataset_dir, tmp_pa
     out = tmp_path / "train.json"
     result = run_script("bench/train_speed.py", "--model", tiny_model_dir, "--data", tiny_dataset_dir, "--language",
                         "en", "--steps", "1", "--batch_size", "2", "--warmup", "0", "--logging_steps", "1",
-                        "--eval_samples", "1", "--eval_max_new_tokens", "2", "--out", out)
+                        "--eval_samples", "1", "--eval_max_new_tokens", "2", "--precision", "bf16", "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     payload = json.loads(out.read_text())
     baseline, ours = payload["rows"]
+    assert "--precision bf16" in baseline["command"] and "--mixed_precision bf16" in ours["command"]
     for row in (baseline, ours):
         assert row["error"] == "", row
         assert row["samples_per_s"] == pytest.approx(2 / row["train_s"])
@@ -80,3 +82,15 @@ def test_streaming_memory_repeats_each_size_and_summarises(tmp_path):
     (summary,) = [line for line in payload["summary"].splitlines() if line.startswith("12 ")]
     anon = sorted(r["peak_anon_gb"] for r in payload["rows"])
     assert summary.split()[2:6] == ["2", f"{anon[0]:.3f}", f"{sum(anon) / 2:.3f}", f"{anon[1]:.3f}"]
+
+
+def test_random_model_has_the_shape_and_the_tokenizer_of_like(tiny_model_dir, tmp_path):
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperTokenizer
+
+    result = run_script("bench/random_model.py", "--like", tiny_model_dir, "--shape", "small", "--out", tmp_path / "m")
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = WhisperConfig.from_pretrained(tmp_path / "m")
+    assert (config.d_model, config.encoder_layers, config.decoder_layers, config.num_mel_bins) == (768, 12, 12, 80)
+    assert WhisperFeatureExtractor.from_pretrained(tmp_path / "m").feature_size == 80
+    assert len(WhisperTokenizer.from_pretrained(tmp_path / "m")) == len(WhisperTokenizer.from_pretrained(tiny_model_dir))
+    assert "0.2" in result.stdout  # about 0.24 B parameters

@@ -220,6 +220,19 @@ def test_freeze_encoder_accumulation_and_checkpointing(tiny_model_dir, tiny_data
     assert any(not torch.equal(before[k], after[k]) for k in decoder)
 
 
+def test_bf16_on_cpu_trains_and_times_checkpoints_apart(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    out = tmp_path / "bf16"
+    summary = train(quick_config(tiny_model_dir, tiny_dataset_dir, out, mixed_precision="bf16", num_steps=2,
+                                 eval_steps=2, learning_rate=1e-2))
+    assert summary["precision"] == "bf16" and summary["global_step"] == 2
+    assert summary["peak_gpu_gb"] is None
+    # one checkpoint written at step 2 and reloaded as the best one: timed, and within the loop's time
+    assert 0 < summary["checkpoint_seconds"] < summary["wall_seconds"]
+    before, after = weights(tiny_model_dir), weights(out)
+    assert all(w.dtype == torch.float32 for w in after.values())  # mixed precision: weights stay float32
+    assert any(not torch.equal(before[k], after[k]) for k in after)
+
+
 def test_lora_saves_a_merged_model_and_the_adapter(tiny_model_dir, tiny_dataset_dir, tmp_path):
     from transformers import WhisperForConditionalGeneration
 

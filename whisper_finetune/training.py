@@ -259,13 +259,29 @@ def _precision(choice):
 # Trainer pieces
 # ---------------------------------------------------------------------------------------------
 class _WhisperTrainer(Seq2SeqTrainer):
-    """Seq2SeqTrainer that decodes with explicit language/task and counts the time spent evaluating."""
+    """Seq2SeqTrainer that decodes with explicit language/task and counts the time spent evaluating
+    and writing/reloading checkpoints (so throughput figures can leave them out)."""
 
     def __init__(self, *args, decode_kwargs=None, streaming=False, **kwargs):
         super().__init__(*args, **kwargs)
         self.decode_kwargs = decode_kwargs or {}
         self.streaming = streaming
         self.eval_seconds = 0.0
+        self.checkpoint_seconds = 0.0
+
+    def _save_checkpoint(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return super()._save_checkpoint(*args, **kwargs)
+        finally:
+            self.checkpoint_seconds += time.perf_counter() - start
+
+    def _load_best_model(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return super()._load_best_model(*args, **kwargs)
+        finally:
+            self.checkpoint_seconds += time.perf_counter() - start
 
     def get_train_dataloader(self):
         if not self.streaming:
@@ -356,7 +372,8 @@ def _training_arguments(config, learning_rate, precision):
         greater_is_better=False, logging_steps=config.logging_steps, logging_first_step=True,
         predict_with_generate=True, gradient_checkpointing=config.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
-        bf16=precision[1], fp16=precision[2], seed=config.seed, data_seed=config.seed,
+        # bf16 on a CPU is torch.autocast on the CPU; the Trainer only allows it with use_cpu
+        bf16=precision[1], fp16=precision[2], use_cpu=precision[1] and not torch.cuda.is_available(), seed=config.seed, data_seed=config.seed,
         dataloader_num_workers=config.num_workers, remove_unused_columns=False, label_names=["labels"],
         report_to=[] if config.report_to in ("", "none") else [config.report_to],
         deepspeed=config.deepspeed, fsdp=config.fsdp or "", fsdp_config=config.fsdp_config,
@@ -558,12 +575,15 @@ def train(config: TrainConfig) -> dict:
         "eval_hours": _hours(eval_set),
         "filtering": {"train": train_counts, "eval": eval_counts},
         "wall_seconds": round(elapsed, 2), "eval_seconds": round(trainer.eval_seconds, 2),
+        "checkpoint_seconds": round(trainer.checkpoint_seconds, 2),
         "samples_trained": samples, "samples_per_second": round(samples / elapsed, 3),
         "train_samples_per_second_excluding_eval": round(samples / train_only, 3),
         "train_loss": result.training_loss, "best_wer": best_eval.get("eval_wer"),
         "best_cer": best_eval.get("eval_cer"), "best_step": best_eval.get("step"),
         "best_checkpoint": state.best_model_checkpoint, "normalizer": normalizer, "language": language,
-        "precision": precision[0], "learning_rate": learning_rate, "world_size": world,
+        "precision": precision[0], "learning_rate": learning_rate,
+        "world_size": world,
+        "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3) if torch.cuda.is_available() else None,
         "resumed_from": resume, "eval_per_dataset": per_dataset, "config": dataclasses.asdict(config),
         "is_main_process": trainer.is_world_process_zero(),
     }
