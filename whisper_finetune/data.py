@@ -10,10 +10,13 @@ Every dataset our tools consume is brought to one schema by :func:`standardize`:
 data_prep writes exactly these columns plus ``duration`` (seconds), with the audio re-encoded as
 16-bit WAV at the target rate *inside* the dataset, so it survives the source files being moved.
 """
+import functools
+import itertools
 import logging
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 from unittest import mock
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from typing import Optional
 
 import datasets
 from datasets import Audio, Dataset, Features, Value
+from datasets.packaged_modules.parquet.parquet import Parquet
 
 from .audio import CHUNK_SECONDS, SAMPLE_RATE, audio_info, encode_wav, load_audio
 from .errors import DataValidationError, UserError
@@ -315,13 +319,61 @@ def load_hf_dataset(spec: DatasetSpec, streaming=False, num_proc=None):
                 return loaded
             # One stream shard per Arrow file (data_prep --num_shards), so ranks/workers can split by file.
             return loaded.to_iterable_dataset(num_shards=max(1, len(loaded.cache_files)))
-        return datasets.load_dataset(spec.name, spec.config, split=spec.split, streaming=streaming,
-                                     num_proc=None if streaming else num_proc)
+        if streaming:
+            return _load_stream(spec)
+        return datasets.load_dataset(spec.name, spec.config, split=spec.split, num_proc=num_proc)
     except UserError:
         raise
     except (FileNotFoundError, ValueError, OSError, datasets.exceptions.DatasetNotFoundError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"cannot load dataset {spec.label}: {message}") from exc
+
+
+def _load_stream(spec: DatasetSpec):
+    """``load_dataset(..., streaming=True)``, except that parquet files are read without threads.
+
+    datasets 3.6 reads parquet with ``ParquetFileFragment.to_batches`` (pyarrow's threaded scanner):
+    despite ``batch_readahead=0`` it decodes the rest of the file in the background whenever the
+    consumer is slower than the disk (training always is), up to pyarrow's backpressure limit, so
+    a stream's memory grew with the size of its parquet files. Read without threads, one record
+    batch (a row group) is read when it is asked for.
+    """
+    builder = datasets.load_dataset_builder(spec.name, spec.config, _require_default_config_name=spec.config is None)
+    # The replacement copies datasets 3.x's reader; later versions have scan options of their own.
+    if isinstance(builder, Parquet) and datasets.__version__.startswith("3."):
+        builder._generate_tables = functools.partial(_unthreaded_parquet_tables, builder)
+    return builder.as_streaming_dataset(split=spec.split)
+
+
+def _unthreaded_parquet_tables(builder, files):
+    """datasets 3.6's ``Parquet._generate_tables`` without threads (see :func:`_load_stream`): the same
+    tables, read with ``ParquetFile.iter_batches`` (or, with ``filters``, the fragment scan unthreaded)."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    config = builder.config
+    # When streaming, datasets replaces ``open`` in the builder's module by one that also opens remote files.
+    open_file = getattr(sys.modules[type(builder).__module__], "open", open)
+    filters = pq.filters_to_expression(config.filters) if isinstance(config.filters, list) else config.filters
+    for file_idx, file in enumerate(itertools.chain.from_iterable(files)):
+        with open_file(file, "rb") as f:
+            if filters is None:  # holds less than even an unthreaded fragment scan (about 40 MB)
+                parquet_file = pq.ParquetFile(f)
+                if not parquet_file.metadata.num_row_groups:
+                    continue
+                batches = parquet_file.iter_batches(
+                    batch_size=config.batch_size or parquet_file.metadata.row_group(0).num_rows,
+                    columns=config.columns, use_threads=False)
+            else:
+                fragment = ds.ParquetFileFormat().make_fragment(f)
+                if not fragment.row_groups:
+                    continue
+                batches = fragment.to_batches(batch_size=config.batch_size or fragment.row_groups[0].num_rows,
+                                              columns=config.columns, filter=filters, batch_readahead=0,
+                                              fragment_readahead=0, use_threads=False)
+            for batch_idx, record_batch in enumerate(batches):
+                yield f"{file_idx}_{batch_idx}", builder._cast_table(pa.Table.from_batches([record_batch]))
 
 
 def detect_text_column(columns, requested=None, dataset_label="dataset"):
