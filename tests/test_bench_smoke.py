@@ -17,6 +17,7 @@ pytestmark = pytest.mark.slow
                                    "--model", "--map_style", "--out"]),
     ("bench/data_prep_speed.py", ["--sizes", "--seconds", "--rate", "--num_proc", "--out"]),
     ("bench/random_model.py", ["--like", "--shape", "--out", "--seed"]),
+    ("bench/encoder_time.py", ["--model", "--data", "--batch_size", "--dtype"]),
 ])
 def test_help_lists_every_flag(script, flags):
     result = run_script(script, "-h")
