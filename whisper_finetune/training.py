@@ -9,6 +9,7 @@ and ``training_summary.json``, and a model card ``README.md`` (optionally pushed
 With ``streaming`` the training data is read lazily as an interleaved, shuffled ``IterableDataset``
 (featurised on the fly, split between ranks) instead of being featurised up front.
 """
+import contextlib
 import dataclasses
 import glob
 import hashlib
@@ -269,19 +270,22 @@ class _WhisperTrainer(Seq2SeqTrainer):
         self.eval_seconds = 0.0
         self.checkpoint_seconds = 0.0
 
-    def _save_checkpoint(self, *args, **kwargs):
+    @contextlib.contextmanager
+    def _timed(self, attribute):
+        """Add the seconds spent in the ``with`` block to ``self.<attribute>``."""
         start = time.perf_counter()
         try:
-            return super()._save_checkpoint(*args, **kwargs)
+            yield
         finally:
-            self.checkpoint_seconds += time.perf_counter() - start
+            setattr(self, attribute, getattr(self, attribute) + time.perf_counter() - start)
+
+    def _save_checkpoint(self, *args, **kwargs):
+        with self._timed("checkpoint_seconds"):
+            return super()._save_checkpoint(*args, **kwargs)
 
     def _load_best_model(self, *args, **kwargs):
-        start = time.perf_counter()
-        try:
+        with self._timed("checkpoint_seconds"):
             return super()._load_best_model(*args, **kwargs)
-        finally:
-            self.checkpoint_seconds += time.perf_counter() - start
 
     def get_train_dataloader(self):
         if not self.streaming:
@@ -293,11 +297,8 @@ class _WhisperTrainer(Seq2SeqTrainer):
                              pin_memory=self.args.dataloader_pin_memory)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **gen_kwargs):
-        start = time.perf_counter()
-        try:
+        with self._timed("eval_seconds"):
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **{**self.decode_kwargs, **gen_kwargs})
-        finally:
-            self.eval_seconds += time.perf_counter() - start
 
 
 class _StreamLoader(torch.utils.data.DataLoader):
