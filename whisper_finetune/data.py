@@ -358,7 +358,7 @@ def _unthreaded_parquet_tables(builder, files):
     filters = pq.filters_to_expression(config.filters) if isinstance(config.filters, list) else config.filters
     for file_idx, file in enumerate(itertools.chain.from_iterable(files)):
         with open_file(file, "rb") as f:
-            if filters is None:  # holds less than even an unthreaded fragment scan (about 40 MB)
+            if filters is None:  # ParquetFile holds less than even an unthreaded fragment scan
                 parquet_file = pq.ParquetFile(f)
                 if not parquet_file.metadata.num_row_groups:
                     continue

@@ -373,8 +373,9 @@ def _training_arguments(config, learning_rate, precision):
         greater_is_better=False, logging_steps=config.logging_steps, logging_first_step=True,
         predict_with_generate=True, gradient_checkpointing=config.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
-        # bf16 on a CPU is torch.autocast on the CPU; the Trainer only allows it with use_cpu
-        bf16=precision[1], fp16=precision[2], use_cpu=precision[1] and not torch.cuda.is_available(), seed=config.seed, data_seed=config.seed,
+        bf16=precision[1], fp16=precision[2], seed=config.seed, data_seed=config.seed,
+        # bf16 on a CPU is torch.autocast on the CPU, which the Trainer only allows with use_cpu
+        use_cpu=precision[1] and not torch.cuda.is_available(),
         dataloader_num_workers=config.num_workers, remove_unused_columns=False, label_names=["labels"],
         report_to=[] if config.report_to in ("", "none") else [config.report_to],
         deepspeed=config.deepspeed, fsdp=config.fsdp or "", fsdp_config=config.fsdp_config,
@@ -582,8 +583,7 @@ def train(config: TrainConfig) -> dict:
         "train_loss": result.training_loss, "best_wer": best_eval.get("eval_wer"),
         "best_cer": best_eval.get("eval_cer"), "best_step": best_eval.get("step"),
         "best_checkpoint": state.best_model_checkpoint, "normalizer": normalizer, "language": language,
-        "precision": precision[0], "learning_rate": learning_rate,
-        "world_size": world,
+        "precision": precision[0], "learning_rate": learning_rate, "world_size": world,
         "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3) if torch.cuda.is_available() else None,
         "resumed_from": resume, "eval_per_dataset": per_dataset, "config": dataclasses.asdict(config),
         "is_main_process": trainer.is_world_process_zero(),
