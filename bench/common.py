@@ -123,6 +123,11 @@ def write_json(path, payload):
         f.write("\n")
 
 
+def table_columns(columns, on_gpu):
+    """``columns`` with ``peak_gpu_gb`` inserted before the last one (``error``) when the run used a GPU."""
+    return columns[:-1] + ["peak_gpu_gb", columns[-1]] if on_gpu else columns
+
+
 def print_table(rows, columns):
     """Print a list of dicts as an aligned text table (also returned as a string)."""
     cells = [columns] + [[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in columns] for r in rows]

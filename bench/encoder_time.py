@@ -21,16 +21,16 @@ def main():
     args = parser.parse_args()
 
     import torch
+    from eval_speed import decoded_audio, load_clips  # the same clips and audio decoding as eval_speed
     from transformers import WhisperProcessor
 
     from whisper_finetune import modeling
-    from whisper_finetune.audio import SAMPLE_RATE, decode_example_audio
-    from whisper_finetune.data import AUDIO_COLUMN, load_custom_dataset
+    from whisper_finetune.audio import SAMPLE_RATE
 
-    dataset = load_custom_dataset(args.data)
+    dataset, _ = load_clips(args.data, None)
     processor = WhisperProcessor.from_pretrained(args.model)
     model = modeling.load_model(args.model, torch.device("cpu"), dtype=getattr(torch, args.dtype)).eval()
-    audio = [decode_example_audio(value, SAMPLE_RATE) for value in dataset[AUDIO_COLUMN]]
+    audio = decoded_audio(dataset)
     start = time.perf_counter()
     features = processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
     features_s = time.perf_counter() - start

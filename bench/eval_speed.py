@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 
-from common import REPO_ROOT, failure_line, print_table, run_measured, write_json
+from common import REPO_ROOT, failure_line, print_table, run_measured, table_columns, write_json
 
 from whisper_finetune import cli  # noqa: E402
 from whisper_finetune.errors import UserError  # noqa: E402
@@ -294,7 +294,7 @@ def measure_rows(args, data, audio_seconds):
     for row in rows:
         if reference and "rtfx" in row:
             row["vs_a"] = row["rtfx"] / reference["rtfx"]
-        for column in COLUMNS + ["peak_gpu_gb"]:
+        for column in table_columns(COLUMNS, args.device >= 0):
             row.setdefault(column, "" if column == "error" else "-")
     return rows
 
@@ -374,8 +374,7 @@ def main(argv=None):
     decoding = "greedy (num_beams=1)" if args.num_beams == 1 else f"beam search (num_beams={args.num_beams})"
     print(f"\n{len(dataset)} clips, {durations.sum():.1f} s of audio; every row {decoding}, at most "
           f"{args.max_new_tokens} new tokens; WER normalised with '{normalizer}'; {device_name(args.device)}")
-    columns = COLUMNS if args.device < 0 else COLUMNS[:-1] + ["peak_gpu_gb", "error"]
-    table = print_table(rows, columns)
+    table = print_table(rows, table_columns(COLUMNS, args.device >= 0))
     settings = {k: v for k, v in vars(args).items() if k not in ("only", "row_json")}
     write_json(args.out, {"benchmark": "eval_speed", "settings": {**settings, "decoding": decoding,
                "normalizer": normalizer, "english_only": english_only, "clips": len(dataset),

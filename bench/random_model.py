@@ -26,7 +26,8 @@ COPIED = ("added_tokens.json", "generation_config.json", "merges.txt", "normaliz
 
 
 def build(like, shape, out, seed=0):
-    """Write the random model to ``out`` (config, weights, processor files of ``like``); returns ``out``."""
+    """Write the random model to ``out`` (config, weights, processor files of ``like``); returns
+    ``(out, number of parameters)``."""
     import torch
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 

@@ -31,7 +31,7 @@ import shutil
 import sys
 import tempfile
 
-from common import REPO_ROOT, failure_line, machine_facts, print_table, run_measured, write_json
+from common import REPO_ROOT, failure_line, machine_facts, print_table, run_measured, table_columns, write_json
 
 from whisper_finetune import cli  # noqa: E402
 from whisper_finetune.data import is_saved_dataset  # noqa: E402
@@ -76,7 +76,8 @@ def read_baseline(folder):
 
 
 def read_ours(folder):
-    """(train seconds, final logged loss, mean loss, peak GPU GB or None) from our run's trainer_state.json and training_summary.json."""
+    """(train seconds, final logged loss, mean loss, peak GPU GB or None) from our run's trainer_state.json
+    and training_summary.json."""
     with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as f:
         history = json.load(f)["log_history"]
     with open(os.path.join(folder, "training_summary.json"), encoding="utf-8") as f:
@@ -85,8 +86,8 @@ def read_ours(folder):
     losses = [entry["loss"] for entry in history if "loss" in entry]
     # the Trainer's own evaluation, checkpoint writing and best-model reloading are left out, like the
     # baseline, which neither evaluates nor saves
-    return (runtime - summary["eval_seconds"] - summary.get("checkpoint_seconds", 0.0), losses[-1] if losses else None, summary["train_loss"],
-            summary.get("peak_gpu_gb"))
+    train_s = runtime - summary["eval_seconds"] - summary["checkpoint_seconds"]
+    return train_s, losses[-1] if losses else None, summary["train_loss"], summary["peak_gpu_gb"]
 
 
 def measure(args, system, work):
@@ -180,15 +181,16 @@ def main(argv=None):
     finally:
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
-    for row in rows:
-        for column in COLUMNS + ["peak_gpu_gb"]:
-            row.setdefault(column, "-")
     gpu = machine_facts()["gpu"]
+    columns = table_columns(COLUMNS, gpu is not None)
+    for row in rows:
+        for column in columns:
+            row.setdefault(column, "-")
     # --our_args comes last on our command line, so a --mixed_precision there overrides --precision.
     precision = args.precision + (f" (ours with {args.our_args})" if args.our_args else "")
     print(f"\n{args.steps} steps x batch {args.batch_size}, lr {args.learning_rate:g}, warm-up {args.warmup}, "
           f"{precision}, {gpu or 'CPU'}")
-    table = print_table(rows, COLUMNS[:-1] + ["peak_gpu_gb", "error"] if gpu else COLUMNS)
+    table = print_table(rows, columns)
     compared = comparison(rows) if len(rows) == 2 else None
     if compared:
         line = f"ours/baseline samples/s: {compared['samples_per_s_ratio']:.2f}x"
