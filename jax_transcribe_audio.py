@@ -18,11 +18,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from whisper_finetune import cli  # noqa: E402
-from whisper_finetune.eval_cli import transcriber_main  # noqa: E402
 
 
 def main(argv=None):
-    return transcriber_main(__doc__, argv, backend="jax")
+    return cli.transcriber_main(__doc__, argv, backend="jax")
 
 
 if __name__ == "__main__":

@@ -82,12 +82,11 @@ COLUMNS = ["row", "system", "batch", "wer", "audio_s", "wall_s", "rtfx", "vs_a",
 def model_facts(model, language):
     """(language code or None, english_only, normaliser name) for ``model``; multilingual models need a language."""
     from whisper_finetune import modeling
-    from whisper_finetune.evaluation import generation_config_of
     from whisper_finetune.text import choose_normalizer
 
     if not os.path.isdir(model):
         raise UserError(f"--model {model}: no such folder (a transformers-format Whisper checkpoint)")
-    generation = generation_config_of(model)
+    generation = modeling.generation_config_of(modeling.resolve_model(model))
     english_only = modeling.is_english_only(generation)
     code = modeling.resolve_language(language, generation)
     if not english_only and code is None:
@@ -197,7 +196,7 @@ def run_ours(args, row, normalizer, code):
     options = DecodingOptions(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
                               batch_size=args.batch_size, backend=backend, compute_type=compute_type,
                               half_precision=half)
-    config = EvalConfig(datasets=(DatasetSpec(name=args.data, split=None),),
+    config = EvalConfig(eval_datasets=(args.data,),
                         output_dir=os.path.join(args.work_dir, f"results-{row}"), hf_model=args.model, custom=True,
                         language=code, normalizer=normalizer, max_samples=args.max_samples, device=args.device,
                         num_workers=args.num_workers, decoding=options, result_marker=row)

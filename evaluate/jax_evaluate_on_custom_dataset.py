@@ -21,11 +21,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from whisper_finetune import cli  # noqa: E402
-from whisper_finetune.eval_cli import evaluator_main  # noqa: E402
 
 
 def main(argv=None):
-    return evaluator_main(__doc__, custom=True, argv=argv, backend="jax", result_marker="jax")
+    return cli.evaluator_main(__doc__, custom=True, argv=argv, backend="jax")
 
 
 if __name__ == "__main__":

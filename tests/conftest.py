@@ -64,6 +64,36 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sharp_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with its matrices redrawn at std 0.2: at the default std 0.02 every input decodes
+    to the same tokens, which would make comparisons between backends or batches vacuous."""
+    import shutil
+
+    import torch
+
+    from whisper_finetune.modeling import load_model
+
+    folder = str(tmp_path_factory.mktemp("tiny-sharp"))
+    shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
+    model = load_model(folder)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.normal_(0, 0.2)
+    model.save_pretrained(folder)
+    return folder
+
+
+def prepared_for(model_dir, language=None, **options):
+    """The :class:`PreparedModel` every decoder takes, for a local model folder and decoding options."""
+    from whisper_finetune import modeling
+    from whisper_finetune.decoding import DecodingOptions
+
+    return modeling.prepare_source(modeling.resolve_model(model_dir), language, DecodingOptions(**options))
+
+
+@pytest.fixture(scope="session")
 def tiny_en_model_dir(tmp_path_factory):
     """A tiny random English-only (``.en``-style) Whisper checkpoint."""
     from whisper_finetune.testing import build_tiny_whisper

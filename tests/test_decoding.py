@@ -1,8 +1,10 @@
 """Decoding backends: explicit language/task prompt, option checks, CTranslate2 conversion cache and agreement."""
+from dataclasses import asdict
 import os
 import shutil
 
 import pytest
+from conftest import prepared_for
 
 from whisper_finetune import decoding, modeling
 from whisper_finetune.decoding import DecodingOptions, make_decoder
@@ -31,7 +33,7 @@ def _capture_decoder_prompts(decoder):
 @pytest.mark.parametrize("language,task", [("hi", "transcribe"), ("ta", "translate")])
 def test_pytorch_prompt_holds_requested_language(tiny_model_dir, language, task):
     processor = modeling.load_processor(tiny_model_dir)
-    decoder = make_decoder("pytorch", tiny_model_dir, processor, DecodingOptions(language=language, task=task,
+    decoder = make_decoder(prepared_for(tiny_model_dir, language=language, task=task,
                                                                                  max_new_tokens=4), "cpu")
     expected = processor.tokenizer.convert_tokens_to_ids(
         ["<|startoftranscript|>", f"<|{language}|>", f"<|{task}|>", "<|notimestamps|>"])
@@ -47,8 +49,8 @@ def test_pytorch_prompt_holds_requested_language(tiny_model_dir, language, task)
 
 def test_english_only_prompt_has_no_language_token(tiny_en_model_dir):
     processor = modeling.load_processor(tiny_en_model_dir)
-    decoder = make_decoder("pytorch", tiny_en_model_dir, processor, DecodingOptions(max_new_tokens=3), "cpu")
-    assert decoding.prompt_text(processor, decoder.prompt_ids) == "<|startoftranscript|><|notimestamps|>"
+    decoder = make_decoder(prepared_for(tiny_en_model_dir, max_new_tokens=3), "cpu")
+    assert decoder.prepared.prompt_text == "<|startoftranscript|><|notimestamps|>"
     seen = _capture_decoder_prompts(decoder)
     decoder.decode(_features(processor, 1))
     assert seen[0][0][:2] == list(decoder.prompt_ids)
@@ -74,19 +76,19 @@ def _ct2_copy(tiny_model_dir, tmp_path):
     return folder
 
 
-def test_ct2_agrees_with_pytorch_and_prompt_is_explicit(tiny_model_dir, tmp_path):
-    folder = _ct2_copy(tiny_model_dir, tmp_path)
+def test_ct2_agrees_with_pytorch_and_prompt_is_explicit(sharp_model_dir, tmp_path):
+    folder = _ct2_copy(sharp_model_dir, tmp_path)
     processor = modeling.load_processor(folder)
     options = DecodingOptions(language="hi", max_new_tokens=8)
     features = _features(processor, 4)
-    torch_texts = make_decoder("pytorch", folder, processor, options, "cpu").decode(features)
-    ct2 = make_decoder("ctranslate2", folder, processor,
-                       DecodingOptions(language="hi", max_new_tokens=8, backend="ctranslate2", compute_type="float32"),
+    torch_texts = make_decoder(prepared_for(folder, **asdict(options)), "cpu").decode(features)
+    ct2 = make_decoder(prepared_for(folder, language="hi", max_new_tokens=8, backend="ctranslate2", compute_type="float32"),
                        "cpu")
     assert ct2.model_dir == folder + ".ct2"  # beside the checkpoint, never inside it
-    assert "<|hi|>" in decoding.prompt_text(processor, ct2.prompt_ids)
+    assert "<|hi|>" in ct2.prepared.prompt_text
     assert ct2.decode(features) == torch_texts
     assert all(len(t) > 0 for t in torch_texts)
+    assert len(set(torch_texts)) > 1  # the model tells inputs apart, so agreement is not vacuous
 
 
 def test_ct2_conversion_cached_and_refreshed(tiny_model_dir, tmp_path):
@@ -121,8 +123,7 @@ def test_whisper_base_decodes_hindi_with_hi_token(real_multilingual_model_dir, s
     paths = [os.path.join(source, p) for _, _, p in read_kaldi_file(os.path.join(source, "audio_paths"))[:2]]
     features = processor.feature_extractor([load_audio(p) for p in paths], sampling_rate=16000,
                                            return_tensors="np").input_features
-    decoder = make_decoder("pytorch", real_multilingual_model_dir, processor,
-                           DecodingOptions(language="hi", max_new_tokens=40), "cpu")
+    decoder = make_decoder(prepared_for(real_multilingual_model_dir, language="hi", max_new_tokens=40), "cpu")
     seen = _capture_decoder_prompts(decoder)
     texts = decoder.decode(features)
     hi = processor.tokenizer.convert_tokens_to_ids("<|hi|>")

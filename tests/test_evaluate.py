@@ -29,7 +29,7 @@ def _script(path):
 
 def _results(output_dir):
     files = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
-    return [f for f in files if not f.startswith(".")]
+    return [f for f in files if not f.startswith(".") and f != "report.html"]  # the page: tests/test_report.py
 
 
 def _header_value(txt_path, key):
@@ -72,37 +72,37 @@ def test_custom_evaluator_writes_result_files(tiny_model_dir, tiny_dataset_dir, 
     for key in ("wer", "cer", "raw_wer", "raw_cer", "substitutions", "deletions", "insertions", "utterances",
                 "audio_hours", "wall_seconds", "rtfx", "normalizer", "empty_references"):
         assert key in result, key
-    assert result["utterances"] == 8 and result["normalizer"] == "indic" and result["language"] == "hi"
-    assert result["decoder_prompt"] == "<|startoftranscript|><|hi|><|transcribe|><|notimestamps|>"
-    assert result["decoding"]["batch_size"] == 3 and result["decoding"]["backend"] == "pytorch"
-    assert result["audio_hours"] == pytest.approx(sum(1.0 + 0.1 * i for i in range(8)) / 3600, rel=1e-3)
+    assert result.utterances == 8 and result.normalizer == "indic" and result.language == "hi"
+    assert result.decoder_prompt == "<|startoftranscript|><|hi|><|transcribe|><|notimestamps|>"
+    assert result.decoding["batch_size"] == 3 and result.decoding["backend"] == "pytorch"
+    assert result.audio_hours == pytest.approx(sum(1.0 + 0.1 * i for i in range(8)) / 3600, rel=1e-3)
     text = open(txt, encoding="utf-8").read()
     assert text.count("\nID: utt") == 8 and "WER: " in text.split("\nID:")[0]
-    assert _header_value(txt, "WER") == pytest.approx(result["wer"], abs=1e-4)
+    assert _header_value(txt, "WER") == pytest.approx(result.wer, abs=1e-4)
 
 
 def test_wer_in_file_equals_jiwer_on_its_lines_and_order_is_kept(tiny_model_dir, tiny_dataset_dir, tmp_path,
                                                                    monkeypatch):
     made = []
 
-    def fake_make_decoder(backend, model_path, processor, options, device):
-        made.append(FixedDecoder(options, ["the cat sat on a mat", "a dog ran", "birds sing in the morning"]))
+    def fake_make_decoder(prepared, device):
+        made.append(FixedDecoder(prepared.options, ["the cat sat on a mat", "a dog ran", "birds sing in the morning"]))
         return made[-1]
 
     monkeypatch.setattr(evaluation, "make_decoder", fake_make_decoder)
-    config = evaluation.EvalConfig(datasets=(evaluation.DatasetSpec(tiny_dataset_dir, split=None),),
+    config = evaluation.EvalConfig(eval_datasets=(tiny_dataset_dir,),
                                    output_dir=str(tmp_path), hf_model=tiny_model_dir, custom=True, language="en",
                                    num_workers=1, decoding=evaluation.DecodingOptions(batch_size=3))
     [result] = evaluation.evaluate(config)
     assert [shape[0] for shape in made[0].calls] == [3, 3, 2]
     assert made[0].calls[0][1:] == (80, 3000)
-    refs, hyps = read_result_pairs(result["txt_path"])
-    assert len(refs) == 8 and result["normalizer"] == "english"
-    assert 0 < result["wer"] < 1
-    assert jiwer.wer(refs, hyps) == pytest.approx(result["wer"], abs=1e-12)
-    assert _header_value(result["txt_path"], "WER") == pytest.approx(jiwer.wer(refs, hyps), abs=5e-5)
+    refs, hyps = read_result_pairs(result.txt_path)
+    assert len(refs) == 8 and result.normalizer == "english"
+    assert 0 < result.wer < 1
+    assert jiwer.wer(refs, hyps) == pytest.approx(result.wer, abs=1e-12)
+    assert _header_value(result.txt_path, "WER") == pytest.approx(jiwer.wer(refs, hyps), abs=5e-5)
     # longest first: utt0007 (1.7 s) got the decoder's first answer
-    text = open(result["txt_path"], encoding="utf-8").read()
+    text = open(result.txt_path, encoding="utf-8").read()
     assert re.search(r"ID: utt0007\nREF: [^\n]*\nHYP: the cat sat on a mat\n", text)
     assert re.search(r"ID: utt0000\nREF: the cat sat on the mat\nHYP: a dog ran\n", text)
 
@@ -130,8 +130,8 @@ def test_hf_evaluator_detects_text_column_and_counts_empty_references(tiny_model
     [json_file, txt_file] = _results(out)
     assert "hf_test" in txt_file
     result = json.load(open(os.path.join(out, json_file), encoding="utf-8"))
-    assert result["utterances"] == 4 and result["empty_references"] == 1 and result["scored_utterances"] == 3
-    assert result["normalizer"] == "basic" and "<|ta|>" in result["decoder_prompt"]
+    assert result.utterances == 4 and result.empty_references == 1 and result.scored_utterances == 3
+    assert result.normalizer == "basic" and "<|ta|>" in result.decoder_prompt
     assert "(empty reference: not scored)" in open(os.path.join(out, txt_file), encoding="utf-8").read()
     with pytest.raises(UserError, match="no text column 'words'; columns are: .*transcription"):
         main(["--hf_model", tiny_model_dir, "--dataset", data, "--split", "test", "--text_column", "words",
@@ -172,10 +172,10 @@ def test_saved_language_is_the_default(tiny_model_dir, tiny_dataset_dir, tmp_pat
     config.language, config.task = "te", "transcribe"
     config.save_pretrained(folder)
     [result] = evaluation.evaluate(evaluation.EvalConfig(
-        datasets=(evaluation.DatasetSpec(tiny_dataset_dir, split=None),), output_dir=str(tmp_path / "out"),
+        eval_datasets=(tiny_dataset_dir,), output_dir=str(tmp_path / "out"),
         hf_model=folder, custom=True, max_samples=1, num_workers=0,
         decoding=evaluation.DecodingOptions(max_new_tokens=2)))
-    assert result["language"] == "te" and "<|te|>" in result["decoder_prompt"] and result["normalizer"] == "indic"
+    assert result.language == "te" and "<|te|>" in result.decoder_prompt and result.normalizer == "indic"
 
 
 def test_ctranslate2_backend_from_the_script(tiny_model_dir, tiny_dataset_dir, tmp_path):
@@ -188,7 +188,7 @@ def test_ctranslate2_backend_from_the_script(tiny_model_dir, tiny_dataset_dir, t
     [json_file, _] = _results(out)
     assert json_file.endswith("__ctranslate2-int8.json")
     result = json.load(open(os.path.join(out, json_file), encoding="utf-8"))
-    assert result["decoding"]["compute_type"] == "int8" and "<|hi|>" in result["decoder_prompt"]
+    assert result.decoding["compute_type"] == "int8" and "<|hi|>" in result.decoder_prompt
     assert os.path.isdir(folder + ".ct2")
 
 
@@ -269,16 +269,16 @@ def test_pytorch_and_jax_evaluators_accept_the_same_flags(capsys):
 @pytest.mark.real_model
 def test_tiny_en_on_espeak_en_pytorch_and_ctranslate2(real_model_dir, prepared_shared, tmp_path):
     data = prepared_shared("espeak_en/eval")
-    common = dict(datasets=(evaluation.DatasetSpec(data, split=None),), output_dir=str(tmp_path), hf_model=real_model_dir,
+    common = dict(eval_datasets=(data,), output_dir=str(tmp_path), hf_model=real_model_dir,
                   custom=True, num_workers=1, max_samples=24)  # the full set is the README's hand-run check
     [torch_result] = evaluation.evaluate(evaluation.EvalConfig(**common, decoding=evaluation.DecodingOptions()))
     [ct2_result] = evaluation.evaluate(evaluation.EvalConfig(**common, decoding=evaluation.DecodingOptions(
         backend="ctranslate2", compute_type="float32")))
-    assert torch_result["normalizer"] == "english" and torch_result["utterances"] == 24
-    assert torch_result["wer"] < 0.4  # REFERENCE.md: 0.234 greedy on all 80
-    assert abs(ct2_result["wer"] - torch_result["wer"]) < 0.01
-    _, torch_hyps = read_result_pairs(torch_result["txt_path"])
-    _, ct2_hyps = read_result_pairs(ct2_result["txt_path"])
+    assert torch_result.normalizer == "english" and torch_result.utterances == 24
+    assert torch_result.wer < 0.4  # REFERENCE.md: 0.234 greedy on all 80
+    assert abs(ct2_result.wer - torch_result.wer) < 0.01
+    _, torch_hyps = read_result_pairs(torch_result.txt_path)
+    _, ct2_hyps = read_result_pairs(ct2_result.txt_path)
     assert sum(a == b for a, b in zip(torch_hyps, ct2_hyps)) >= 0.9 * len(torch_hyps)
 
 
@@ -286,12 +286,12 @@ def test_tiny_en_on_espeak_en_pytorch_and_ctranslate2(real_model_dir, prepared_s
 @pytest.mark.real_model
 def test_whisper_base_hindi_uses_hi_token_and_indic_normaliser(real_multilingual_model_dir, prepared_shared, tmp_path):
     [result] = evaluation.evaluate(evaluation.EvalConfig(
-        datasets=(evaluation.DatasetSpec(prepared_shared("espeak_hi/eval"), split=None),), output_dir=str(tmp_path),
+        eval_datasets=(prepared_shared("espeak_hi/eval"),), output_dir=str(tmp_path),
         hf_model=real_multilingual_model_dir, custom=True, language="hi", max_samples=8, num_workers=1,
         decoding=evaluation.DecodingOptions(max_new_tokens=64)))
-    assert result["normalizer"] == "indic" and result["language"] == "hi"
-    assert "<|hi|>" in result["decoder_prompt"]
-    refs, _ = read_result_pairs(result["txt_path"])
+    assert result.normalizer == "indic" and result.language == "hi"
+    assert "<|hi|>" in result.decoder_prompt
+    refs, _ = read_result_pairs(result.txt_path)
     # the normalised references still hold their vowel signs (Unicode category Mc/Mn)
     assert all(any(unicodedata.category(ch).startswith("M") for ch in ref) for ref in refs)
-    assert "# normalizer: indic" in open(result["txt_path"], encoding="utf-8").read()
+    assert "# normalizer: indic" in open(result.txt_path, encoding="utf-8").read()

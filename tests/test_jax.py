@@ -1,4 +1,5 @@
 """The JAX backend: FlaxWhisper decoding, the JAX evaluators and jax_transcribe_audio.py."""
+from dataclasses import asdict
 import json
 import os
 import re
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import run_script
+from conftest import run_script, prepared_for
 
 jax = pytest.importorskip("jax")
 
@@ -45,31 +46,9 @@ def _raw_hyps(path):
         return [line[len("RAW_HYP: "):].rstrip("\n") for line in f if line.startswith("RAW_HYP: ")]
 
 
-@pytest.fixture(scope="module")
-def sharp_model_dir(tiny_model_dir, tmp_path_factory):
-    """The tiny model with its matrices redrawn at std 0.2: at the default std 0.02 every input decodes
-    to the same tokens, which would make comparisons between backends or batches vacuous."""
-    import shutil
-
-    import torch
-
-    from whisper_finetune.modeling import load_model
-
-    folder = str(tmp_path_factory.mktemp("tiny-sharp"))
-    shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
-    model = load_model(folder)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() > 1:
-                param.normal_(0, 0.2)
-    model.save_pretrained(folder)
-    return folder
-
-
 def test_prompt_holds_language_and_task(tiny_model_dir):
     processor = load_processor(tiny_model_dir)
-    decoder = JaxDecoder(tiny_model_dir, processor, DecodingOptions(language="hi", batch_size=2, max_new_tokens=4,
+    decoder = JaxDecoder(prepared_for(tiny_model_dir, language="hi", batch_size=2, max_new_tokens=4,
                                                                     backend="jax"), -1)
     rows = decoder.generate_tokens(_features(processor, 2))
     prompts = processor.batch_decode([row[:4] for row in rows])
@@ -78,7 +57,7 @@ def test_prompt_holds_language_and_task(tiny_model_dir):
 
 def test_english_only_prompt_has_no_language(tiny_en_model_dir):
     processor = load_processor(tiny_en_model_dir)
-    decoder = JaxDecoder(tiny_en_model_dir, processor, DecodingOptions(batch_size=2, max_new_tokens=4,
+    decoder = JaxDecoder(prepared_for(tiny_en_model_dir, batch_size=2, max_new_tokens=4,
                                                                        backend="jax"), -1)
     row = decoder.generate_tokens(_features(processor, 1))[0]
     assert processor.tokenizer.convert_ids_to_tokens(row[:2].tolist()) == ["<|startoftranscript|>",
@@ -87,13 +66,13 @@ def test_english_only_prompt_has_no_language(tiny_en_model_dir):
 
 def test_matches_pytorch_and_last_batch_does_not_recompile(sharp_model_dir):
     processor = load_processor(sharp_model_dir)
-    decoder = JaxDecoder(sharp_model_dir, processor, DecodingOptions(language="hi", batch_size=3, max_new_tokens=12,
+    decoder = JaxDecoder(prepared_for(sharp_model_dir, language="hi", batch_size=3, max_new_tokens=12,
                                                                      backend="jax"), -1)
     features = _features(processor, 7)  # batches of 3, 3 and a padded 1
     jax_texts = decoder.decode(features)
     assert decoder.compilations == 1 and decoder.compile_seconds > 0
     assert len(set(jax_texts)) >= 3  # the inputs decode differently, so the comparisons below mean something
-    torch_decoder = TorchDecoder(sharp_model_dir, processor, DecodingOptions(language="hi", max_new_tokens=12))
+    torch_decoder = TorchDecoder(prepared_for(sharp_model_dir, language="hi", max_new_tokens=12))
     assert jax_texts == torch_decoder.decode(features)
     # A padded last batch gives what the same rows give inside a full batch.
     assert decoder.decode(features[6:7]) == jax_texts[6:7]
@@ -104,7 +83,7 @@ def test_matches_pytorch_and_last_batch_does_not_recompile(sharp_model_dir):
 def test_half_precision_casts_params_and_decodes(tiny_model_dir):
     processor = load_processor(tiny_model_dir)
     options = DecodingOptions(language="hi", batch_size=2, max_new_tokens=12, backend="jax", half_precision=True)
-    decoder = JaxDecoder(tiny_model_dir, processor, options, -1)
+    decoder = JaxDecoder(prepared_for(tiny_model_dir, **asdict(options)), -1)
     dtypes = {leaf.dtype for leaf in jax.tree_util.tree_leaves(decoder._params)}
     assert dtypes == {np.dtype(jax.numpy.bfloat16)}
     features = _features(processor, 3)
@@ -141,10 +120,10 @@ def test_lora_adapter_is_merged_and_converted(tiny_model_dir, tmp_path):
 def test_bad_device_is_a_user_error(tiny_model_dir):
     processor = load_processor(tiny_model_dir)
     with pytest.raises(UserError, match=r"--device 3: JAX sees no such accelerator"):
-        JaxDecoder(tiny_model_dir, processor, DecodingOptions(backend="jax"), 3)
+        JaxDecoder(prepared_for(tiny_model_dir, backend="jax"), 3)
     if not [d for d in jax.local_devices() if d.platform != "cpu"]:
         with pytest.raises(UserError, match=r"--device all: JAX sees no GPU or TPU"):
-            JaxDecoder(tiny_model_dir, processor, DecodingOptions(backend="jax"), "all")
+            JaxDecoder(prepared_for(tiny_model_dir, backend="jax"), "all")
 
 
 def test_hf_evaluator_in_process(tiny_model_dir, tiny_dataset_dir, tmp_path):
@@ -154,8 +133,8 @@ def test_hf_evaluator_in_process(tiny_model_dir, tiny_dataset_dir, tmp_path):
                         "--output_dir", str(out)]) == 0
     (json_path,) = out.glob("*__jax.json")
     result = json.loads(json_path.read_text())
-    assert result["decoding"]["backend"] == "jax" and result["compile_seconds"] > 0
-    assert result["decoder_prompt"] == PROMPT_HI
+    assert result.decoding["backend"] == "jax" and result.compile_seconds > 0
+    assert result.decoder_prompt == PROMPT_HI
     refs, _ = read_result_pairs(str(json_path).replace(".json", ".txt"))
     hyps = _raw_hyps(str(json_path).replace(".json", ".txt"))
     assert len(refs) == len(hyps) == 8 and all(hyps)
@@ -175,8 +154,7 @@ def test_custom_evaluator_on_two_host_devices(sharp_model_dir, tiny_dataset_dir,
     from whisper_finetune.evaluation import decode_dataset
 
     processor = load_processor(sharp_model_dir)
-    one = JaxDecoder(sharp_model_dir, processor,
-                     DecodingOptions(language="hi", batch_size=4, max_new_tokens=8, backend="jax"), -1)
+    one = JaxDecoder(prepared_for(sharp_model_dir, language="hi", batch_size=4, max_new_tokens=8, backend="jax"), -1)
     hyps, _, _ = decode_dataset(load_custom_dataset(tiny_dataset_dir), one, processor.feature_extractor, 3)
     assert len(set(hyps)) >= 3 and _raw_hyps(two_txt) == hyps
 
@@ -206,12 +184,12 @@ def test_transcribe_long_audio(tiny_model_dir, tmp_path, capsys):
 def test_beam_search(sharp_model_dir):
     processor = load_processor(sharp_model_dir)
     options = DecodingOptions(language="hi", batch_size=2, max_new_tokens=8, num_beams=2, backend="jax")
-    decoder = JaxDecoder(sharp_model_dir, processor, options, -1)
+    decoder = JaxDecoder(prepared_for(sharp_model_dir, **asdict(options)), -1)
     features = _features(processor, 3)
     rows = decoder.generate_tokens(features)
     assert len(rows) == 3 and decoder.compilations == 1
     assert processor.batch_decode([rows[0][:4]]) == [PROMPT_HI]
-    torch_decoder = TorchDecoder(sharp_model_dir, processor, DecodingOptions(language="hi", max_new_tokens=8,
+    torch_decoder = TorchDecoder(prepared_for(sharp_model_dir, language="hi", max_new_tokens=8,
                                                                              num_beams=2))
     assert decoder.decode(features) == torch_decoder.decode(features)
 
@@ -226,16 +204,16 @@ def test_real_tiny_en_matches_pytorch(real_model_dir, prepared_shared, tmp_path)
     from whisper_finetune.data import DatasetSpec
     from whisper_finetune.evaluation import EvalConfig, evaluate
 
-    specs = (DatasetSpec(prepared_shared("espeak_en/eval"), split=None),)
+    data = prepared_shared("espeak_en/eval")
     results = {}
     for backend in ("pytorch", "jax"):
-        config = EvalConfig(datasets=specs, output_dir=str(tmp_path), hf_model=real_model_dir, custom=True,
+        config = EvalConfig(eval_datasets=(data,), output_dir=str(tmp_path), hf_model=real_model_dir, custom=True,
                             max_samples=40, num_workers=1, decoding=DecodingOptions(backend=backend, batch_size=16),
                             result_marker=backend)
         (results[backend],) = evaluate(config)
-    assert abs(results["jax"]["wer"] - results["pytorch"]["wer"]) <= 0.005
-    assert results["jax"]["wer"] < 0.3
-    torch_hyps, jax_hyps = _raw_hyps(results["pytorch"]["txt_path"]), _raw_hyps(results["jax"]["txt_path"])
+    assert abs(results["jax"].wer - results["pytorch"].wer) <= 0.005
+    assert results["jax"].wer < 0.3
+    torch_hyps, jax_hyps = _raw_hyps(results["pytorch"].txt_path), _raw_hyps(results["jax"].txt_path)
     assert len(jax_hyps) == 40
     assert sum(a == b for a, b in zip(torch_hyps, jax_hyps)) >= 0.95 * len(jax_hyps)
 

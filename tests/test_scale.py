@@ -12,7 +12,9 @@ import pytest
 from conftest import REPO_ROOT, run_script
 from whisper_finetune import modeling
 from whisper_finetune.errors import UserError
-from whisper_finetune.training import SUMMARY_FILE, TrainConfig, check_config, train
+from whisper_finetune.reporting import SUMMARY_FILE
+from whisper_finetune.train_config import TrainConfig, check_config
+from whisper_finetune.training import train
 
 HF = "train/fine-tune_on_hf_dataset.py"
 CUSTOM = "train/fine-tune_on_custom_dataset.py"
@@ -80,13 +82,13 @@ def test_model_card_and_push_receive_the_final_folder(tiny_model_dir, tiny_datas
     for name in ("README.md", "model.safetensors", "config.json", "generation_config.json",
                  "preprocessor_config.json", "tokenizer_config.json", "training_curve.png"):
         assert name in files, name
-    assert "checkpoint-*" in ignored and summary["hub_url"] == "https://huggingface.co/me/tiny-hi"
+    assert "checkpoint-*" in ignored and summary.hub_url == "https://huggingface.co/me/tiny-hi"
 
     card = (out / "README.md").read_text(encoding="utf-8")
     assert f"base_model: {tiny_model_dir}" in card and "language: [hi]" in card
     assert f"| train | `{tiny_dataset_dir}` |" in card and f"| eval | `{tiny_dataset_dir}` |" in card
-    assert f"| {summary['best_wer']:.4f} | {summary['best_cer']:.4f} | {summary['normalizer']} | 2 |" in card
-    assert f"Training audio: {summary['train_hours']:.3f} h" in card and summary["train_hours"] > 0
+    assert f"| {summary.best_wer:.4f} | {summary.best_cer:.4f} | {summary.normalizer} | 2 |" in card
+    assert f"Training audio: {summary.train_hours:.3f} h" in card and summary.train_hours > 0
     assert "(training_curve.png)" in card and os.path.exists(out / "training_curve.png")
     assert 'pipeline("automatic-speech-recognition", model="me/tiny-hi")' in card
     assert "| num_steps | 2 |" in card and "| processes (world size) | 1 |" in card
@@ -215,17 +217,17 @@ def test_streaming_training_run(tiny_model_dir, parquet_sets, tmp_path):
     summary = train(hf_config(tiny_model_dir, parquet_sets, out, streaming=True, num_steps=3, eval_steps=3,
                               train_dataset_text_columns=("transcription", "transcription"),
                               eval_datasets=parquet_sets, eval_dataset_splits=("train", "train")))
-    assert summary["global_step"] == 3 and summary["samples_trained"] == 6
-    assert summary["train_samples"] is None and summary["train_hours"] is None
-    assert summary["filtering"]["train"]["probabilities"] == [0.5, 0.5]  # sizes unknown -> equal
+    assert summary.global_step == 3 and summary.samples_trained == 6
+    assert summary.train_samples is None and summary.train_hours is None
+    assert summary.filtering["train"]["probabilities"] == [0.5, 0.5]  # sizes unknown -> equal
     assert os.path.exists(out / "model.safetensors") and os.path.exists(out / "README.md")
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "unknown (streamed)" in card
     # the card has the combined row and one row per evaluation dataset (final model, each on its own)
-    rows = summary["eval_per_dataset"]
+    rows = summary.eval_per_dataset
     assert [(r["dataset"], r["samples"]) for r in rows] == [(f"{parquet_sets[0]}/train", 4),
                                                             (f"{parquet_sets[1]}/train", 3)]
-    assert summary["eval_samples"] == 4  # combined set, cut to --max_eval_samples
+    assert summary.eval_samples == 4  # combined set, cut to --max_eval_samples
     for row in rows:
         assert f"| `{row['dataset']}` ({row['samples']} utterances) | {row['wer']:.4f} | {row['cer']:.4f} |" in card
 
@@ -246,7 +248,7 @@ def test_sharded_data_prep_is_read_by_training(tiny_model_dir, tmp_path):
     prepare_dataset(DataPrepConfig(source_data_dir=source, output_data_dir=small, max_shard_size="100KB"))
     assert len(glob.glob(os.path.join(small, "data-*.arrow"))) > 1
     summary = train(config(tiny_model_dir, data, tmp_path / "out"))  # memory-mapped, shard by shard
-    assert summary["train_samples"] == 6 and summary["global_step"] == 2
+    assert summary.train_samples == 6 and summary.global_step == 2
 
 
 # --------------------------------------------------------------------------------------------- two nodes
@@ -301,6 +303,6 @@ def test_streaming_resume_continues_in_the_stream(tiny_model_dir, tiny_dataset_d
     os.makedirs(resumed)
     shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")
     summary = run(resumed, resume_from_ckpt="latest")
-    assert summary["global_step"] == 6 and summary["resumed_from"].endswith("checkpoint-3")
+    assert summary.global_step == 6 and summary.resumed_from.endswith("checkpoint-3")
     for step in (4, 5, 6):
         assert losses(resumed)[step] == pytest.approx(losses(full)[step], rel=1e-4), step

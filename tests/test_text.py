@@ -97,7 +97,7 @@ def test_language_names_and_codes(given, code):
 
 
 def test_unknown_language_is_a_clear_error():
-    with pytest.raises(UserError, match="unknown language 'Klingon'.*Hindi|unknown language 'Klingon'"):
+    with pytest.raises(UserError, match="unknown language 'Klingon'"):
         language_code("Klingon")
 
 

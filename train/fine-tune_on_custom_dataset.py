@@ -15,11 +15,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from whisper_finetune import cli, training_cli  # noqa: E402
+from whisper_finetune import cli  # noqa: E402
 
 
 def main(argv=None):
-    return training_cli.main(__doc__, hf=False, argv=argv)
+    return cli.train_main(__doc__, hf=False, argv=argv)
 
 
 if __name__ == "__main__":

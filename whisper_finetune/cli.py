@@ -1,34 +1,43 @@
-"""Helpers shared by the command-line shims: boolean flags, logging set-up, error handling.
+"""The command-line side of every script: parse flags into config dataclasses, set up logging, map errors.
 
-Only the shims import this module; library code never sees argparse.
+Only the shims import this module; library code never sees argparse. Each script's whole body is one
+of the ``*_main`` functions below (or its own few lines built from :func:`options.parse`).
 """
 import argparse
 import logging
 import sys
+import warnings
 
-from .errors import UserError
+from . import options
+from .errors import OptionError, UserError
 
-TRUE_WORDS = ("true", "1", "yes", "y")
-FALSE_WORDS = ("false", "0", "no", "n")
-
-
-def str2bool(value):
-    """Parse ``True``/``False`` in any case (and 1/0, yes/no) for flags like ``--is_public_repo``."""
-    word = str(value).strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+LIBRARY_LOGGERS = ("httpx", "urllib3", "filelock", "fsspec", "absl", "jax._src")
 
 
-def none_or_str(value):
-    """``None`` (any case) -> ``None``; anything else unchanged (for ``--resume_from_ckpt None``)."""
-    return None if str(value).strip().lower() == "none" else value
+def setup_logging(verbose=False):
+    """Log to stderr as ``message`` (INFO); with ``verbose`` as ``[module] message`` (DEBUG) with library warnings.
+
+    Without ``verbose`` the libraries' own warnings are silenced here, in this one place: our code sets
+    what they ask for explicitly (attention masks, generation settings), so what remains is noise about
+    their internals that a user cannot act on. ``--verbose True`` shows all of it.
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="[%(name)s] %(message)s" if verbose else "%(message)s", stream=sys.stderr, force=True)
+    if verbose:
+        return
+    for noisy in LIBRARY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    datasets.logging.set_verbosity_error()
 
 
 def parser(description, epilog=None):
-    """An ``ArgumentParser`` that shows defaults and keeps the description's line breaks."""
+    """An ``ArgumentParser`` that shows defaults and keeps the description's line breaks (for scripts whose
+    flags are positional or tool-specific; option flags come from :func:`options.build_parser`)."""
     return argparse.ArgumentParser(description=description, epilog=epilog, formatter_class=_Formatter)
 
 
@@ -36,22 +45,21 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     pass
 
 
-def setup_logging(verbose=False):
-    """Log to stderr as ``[whisper_finetune] message``; INFO by default, DEBUG with ``verbose``."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="[%(name)s] %(message)s" if verbose else "%(message)s", stream=sys.stderr)
-    for noisy in ("httpx", "urllib3", "filelock", "fsspec", "absl", "jax._src"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+str2bool = options.parse_bool
 
 
-def run(main, argv=None):
+def run(main, argv=None, flag_names=None):
     """Run ``main(argv)`` turning :class:`UserError` into ``error: ...`` on stderr and exit status 2.
 
-    Ctrl-C exits with status 130 and a one-line message (cleanup happens in the library's
+    ``flag_names`` maps option names to the script's flags where they differ (``OptionError`` names
+    options). Ctrl-C exits with status 130 and a one-line message (cleanup happens in the library's
     ``finally`` blocks, so nothing half-written is left).
     """
     try:
         code = main(argv)
+    except OptionError as exc:
+        print(f"error: {exc.render(flag_names)}", file=sys.stderr)
+        sys.exit(2)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -60,3 +68,54 @@ def run(main, argv=None):
         sys.exit(130)
     sys.exit(code or 0)
 
+
+def train_main(doc, hf, argv=None):
+    """The whole of both training scripts: parse the flags, train, print the summary on rank 0."""
+    from .reporting import format_summary
+    from .train_config import HF_ONLY, TrainConfig
+    from .training import train
+
+    config, script = options.parse(TrainConfig, doc, argv, exclude=() if hf else HF_ONLY, fixed={"custom": not hf})
+    setup_logging(script.verbose)
+    summary = train(config)
+    if summary.is_main_process:
+        print(format_summary(summary))
+    return 0
+
+
+# Flags of one evaluator kind that the other does not have.
+CUSTOM_ONLY_EVAL = ("eval_datasets",)
+HF_ONLY_EVAL = ("dataset", "config", "split", "text_column", "audio_column")
+
+
+def evaluator_main(doc, custom, argv=None, backend=None):
+    """The whole body of an evaluator script: parse flags, run :func:`evaluate`, print the summary table.
+
+    ``backend="jax"`` makes a JAX evaluator: no ``--backend`` flag, result files marked ``jax``.
+    """
+    from .evaluation import EvalConfig, evaluate
+    from .scoring import summary_table
+
+    exclude = (HF_ONLY_EVAL if custom else CUSTOM_ONLY_EVAL) + (("backend",) if backend else ())
+    required = CUSTOM_ONLY_EVAL if custom else ("dataset",)
+    fixed = {"custom": custom}
+    if backend:
+        fixed.update(result_marker=backend, backend=backend)
+    config, script = options.parse(EvalConfig, doc, argv, exclude=exclude, fixed=fixed, required=required)
+    setup_logging(script.verbose)
+    results = evaluate(config)
+    print(summary_table(results))
+    for row in results:
+        print(f"results: {row.txt_path}")
+    return 0
+
+
+def transcriber_main(doc, argv=None, backend=None):
+    """The whole body of a transcription script: parse flags, run :func:`transcribe`, print the text."""
+    from .transcription import TranscribeConfig, transcribe
+
+    config, script = options.parse(TranscribeConfig, doc, argv, exclude=("backend",) if backend else (),
+                                   fixed={"backend": backend} if backend else None)
+    setup_logging(script.verbose)
+    print(transcribe(config).text)
+    return 0

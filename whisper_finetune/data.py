@@ -27,7 +27,8 @@ from datasets import Audio, Dataset, Features, Value
 from datasets.packaged_modules.parquet.parquet import Parquet
 
 from .audio import CHUNK_SECONDS, SAMPLE_RATE, audio_info, encode_wav, load_audio
-from .errors import DataValidationError, UserError
+from .errors import DataValidationError, OptionError, UserError
+from .options import option
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +52,16 @@ WRITER_BATCH_SIZE = 64
 class DataPrepConfig:
     """Options of :func:`prepare_dataset` (one per data_prep.py flag)."""
 
-    source_data_dir: str
-    output_data_dir: str
-    sampling_rate: int = SAMPLE_RATE
-    num_proc: int = 1
-    skip_invalid: bool = False
-    overwrite: bool = False
-    num_shards: Optional[int] = None
-    max_shard_size: Optional[str] = None
-    max_duration: float = MAX_SECONDS
+    source_data_dir: str = option(help="folder holding the `text` and `audio_paths` files")
+    output_data_dir: str = option(help="folder to write the dataset to (must not exist unless --overwrite True)")
+    sampling_rate: int = option(SAMPLE_RATE, "resample all audio to this rate (Hz)")
+    num_proc: int = option(1, "processes decoding audio in parallel")
+    skip_invalid: bool = option(False, "drop invalid utterances (and list them) instead of stopping")
+    overwrite: bool = option(False, "replace an existing --output_data_dir")
+    num_shards: Optional[int] = option(None, "write the dataset in this many Arrow shards (large corpora; training "
+                                       "reads them memory-mapped)")
+    max_shard_size: Optional[str] = option(None, "or: maximum size of one shard, e.g. 500MB")
+    max_duration: float = option(MAX_SECONDS, "longest clip kept, seconds (Whisper's window)", cli=False)
 
 
 @dataclass(frozen=True)
@@ -216,17 +218,17 @@ def prepare_dataset(config: DataPrepConfig) -> PrepSummary:
     """
     out = os.path.abspath(config.output_data_dir)
     if not os.path.isdir(config.source_data_dir):
-        raise UserError(f"--source_data_dir {config.source_data_dir}: no such folder")
+        raise OptionError("source_data_dir", config.source_data_dir, "no such folder")
     if os.path.exists(out) and not config.overwrite:
         raise UserError(f"--output_data_dir {config.output_data_dir} already exists; pass --overwrite to replace it")
     if config.sampling_rate <= 0:
-        raise UserError(f"--sampling_rate {config.sampling_rate}: must be a positive number of Hz")
+        raise OptionError("sampling_rate", config.sampling_rate, "must be a positive number of Hz")
 
     utterances, problems = validate_corpus(config.source_data_dir, config.max_duration)
     if problems and not config.skip_invalid:
         raise DataValidationError([message for _, _, message in problems])
     if not utterances:
-        raise UserError(f"--source_data_dir {config.source_data_dir}: no valid utterances to write")
+        raise OptionError("source_data_dir", config.source_data_dir, "no valid utterances to write")
     dropped = {}
     for reason, _, message in problems:
         dropped.setdefault(reason, []).append(message)

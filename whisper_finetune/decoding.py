@@ -18,8 +18,10 @@ from typing import Optional, Protocol
 import numpy as np
 import torch
 
-from . import modeling
-from .errors import UserError
+from . import checkpoints, modeling
+from .errors import OptionError, UserError
+from .modeling import PreparedModel
+from .options import option
 
 logger = logging.getLogger(__name__)
 
@@ -36,16 +38,21 @@ CT2_STAMP_FILE = "whisper_finetune_stamp.json"
 
 @dataclass(frozen=True)
 class DecodingOptions:
-    """How to decode; written into result files with ``asdict``."""
+    """How to decode (the decoding flags of every evaluator and transcriber); written into result files."""
 
-    language: Optional[str] = None  # Whisper code, already resolved with modeling.resolve_language
-    task: str = "transcribe"
-    num_beams: int = 1
-    max_new_tokens: int = 128  # per 30 s window
-    batch_size: int = 16
-    backend: str = "pytorch"  # "pytorch" | "ctranslate2" | "jax"
-    compute_type: str = "default"  # ct2: int8/float16/float32/...; pytorch: float32/float16/bfloat16
-    half_precision: bool = False  # jax: bfloat16
+    language: Optional[str] = option(None, "Whisper code, settled against the model by modeling.prepare_model",
+                                     cli=False)
+    task: str = option("transcribe", "transcribe, or translate to English (multilingual models only)",
+                       choices=TASKS, group="decoding")
+    num_beams: int = option(1, "beam size (1 = greedy)", group="decoding")
+    max_new_tokens: int = option(128, "most tokens generated per 30 s window", group="decoding")
+    batch_size: int = option(16, "utterances (or 30 s windows) decoded together", group="decoding")
+    backend: str = option("pytorch", "pytorch (transformers generate), ctranslate2 (converted once, cached beside "
+                          "the checkpoint) or jax", choices=BACKENDS, group="decoding")
+    compute_type: str = option("default", "pytorch: float32, float16 or bfloat16 (default: float16 on GPU, float32 on "
+                               "CPU); ctranslate2: int8, int8_float16, float16, bfloat16, float32, ...",
+                               group="decoding")
+    half_precision: bool = option(False, "jax: compute in bfloat16", group="decoding")
 
 
 class Decoder(Protocol):
@@ -53,6 +60,7 @@ class Decoder(Protocol):
 
     options: DecodingOptions
     compile_seconds: float  # 0 for eager backends
+    fork_safe: bool  # False: data-loader workers must not be forked after it loaded (its runtime has threads)
 
     def decode(self, features: np.ndarray) -> list:
         """``features`` (batch, n_mels, 3000) float32 log-mel -> one plain text per row."""
@@ -61,52 +69,43 @@ class Decoder(Protocol):
 def validate_options(options: DecodingOptions):
     """Check option values before any model is loaded; errors name the flag and list accepted values."""
     if options.backend not in BACKENDS:
-        raise UserError(f"--backend {options.backend}: choose one of {', '.join(BACKENDS)}")
+        raise OptionError("backend", options.backend, f"choose one of {', '.join(BACKENDS)}")
     if options.task not in TASKS:
-        raise UserError(f"--task {options.task}: choose one of {', '.join(TASKS)}")
+        raise OptionError("task", options.task, f"choose one of {', '.join(TASKS)}")
     if options.num_beams < 1:
-        raise UserError(f"--num_beams {options.num_beams}: must be 1 (greedy) or more")
+        raise OptionError("num_beams", options.num_beams, "must be 1 (greedy) or more")
     if options.batch_size < 1:
-        raise UserError(f"--batch_size {options.batch_size}: must be at least 1")
+        raise OptionError("batch_size", options.batch_size, "must be at least 1")
     if not 1 <= options.max_new_tokens <= MAX_TARGET_POSITIONS - 4:
-        raise UserError(f"--max_new_tokens {options.max_new_tokens}: must be between 1 and {MAX_TARGET_POSITIONS - 4}")
+        raise OptionError("max_new_tokens", options.max_new_tokens, f"must be between 1 and {MAX_TARGET_POSITIONS - 4}")
     allowed = CT2_COMPUTE_TYPES if options.backend == "ctranslate2" else tuple(TORCH_COMPUTE_TYPES)
     if options.backend != "jax" and options.compute_type not in allowed:
         raise UserError(f"--compute_type {options.compute_type} is not valid with --backend {options.backend}: "
                         f"choose one of {', '.join(allowed)}")
 
 
-def prompt_ids(processor, generation_config, options: DecodingOptions):
-    """The decoder prompt for ``options`` (language and task tokens only for multilingual models)."""
-    return modeling.decoder_prompt_ids(processor.tokenizer, options.language, options.task, no_timestamps=True,
-                                       english_only=modeling.is_english_only(generation_config))
-
-
-def prompt_text(processor, ids):
-    """The prompt as tokens joined, e.g. ``<|startoftranscript|><|hi|><|transcribe|><|notimestamps|>``."""
-    return "".join(processor.tokenizer.convert_ids_to_tokens(list(ids)))
-
-
 class TorchDecoder:
     """transformers ``generate`` (SDPA attention, inference mode) with language and task passed explicitly."""
 
     compile_seconds = 0.0
+    fork_safe = True
 
-    def __init__(self, model_path, processor, options: DecodingOptions, device="cpu"):
-        self.options = options
-        self.processor = processor
+    def __init__(self, prepared: PreparedModel, device="cpu"):
+        self.prepared = prepared
+        self.options = options = prepared.options
+        self.processor = prepared.processor
+        self.english_only = prepared.english_only
+        self.prompt_ids = prepared.prompt_ids
         self.device = torch.device(device)
         dtype = TORCH_COMPUTE_TYPES[options.compute_type]
         if dtype is None:  # fp16 on GPU is the usual fast choice; CPU stays float32
             dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.dtype = dtype
-        self.model = modeling.load_model(model_path, self.device, dtype=dtype)
+        self.model = modeling.load_model(prepared.source.model_path, self.device, dtype=dtype)
         modeling.set_language_and_task(self.model, options.language, options.task)
-        self.english_only = modeling.is_english_only(self.model.generation_config)
         if self.english_only and hasattr(self.model.generation_config, "lang_to_id"):
             # transformers runs language detection whenever this attribute exists, even when it is None
             del self.model.generation_config.lang_to_id
-        self.prompt_ids = prompt_ids(processor, self.model.generation_config, options)
 
     def generate_kwargs(self):
         """Arguments to ``generate``: the prompt's language and task given explicitly (not via config)."""
@@ -148,12 +147,15 @@ def ct2_cache_dir(model_path):
     return os.path.join(CT2_CACHE_ROOT, hashlib.sha256(key.encode()).hexdigest()[:16])
 
 
-def convert_to_ct2(model_path, cache_dir=None):
+def convert_to_ct2(model_path, cache_dir=None, quantization=None, copy_files=()):
     """Convert a checkpoint with CTranslate2's ``TransformersConverter`` once; reuse it while the stamp matches.
 
     The stamp holds the weights' names/sizes/mtimes and the ctranslate2 version; a re-saved checkpoint
     is converted again. The conversion is written to a temporary folder and renamed into place. LoRA
-    adapter folders are merged into their base model first. Returns the converted folder.
+    adapter folders are merged into their base model first. ``quantization`` (int8, float16, ...; None
+    keeps the checkpoint's float32) is how the weights are stored; ``copy_files`` are copied from the
+    checkpoint folder when present (export: tokenizer.json, preprocessor_config.json). Returns the
+    converted folder.
     """
     import ctranslate2
     from ctranslate2.converters import TransformersConverter
@@ -162,6 +164,8 @@ def convert_to_ct2(model_path, cache_dir=None):
     stamp = {"source": os.path.abspath(model_path) if os.path.isdir(model_path) else model_path,
              "weights": _weights_stamp(model_path) if os.path.isdir(model_path) else None,
              "ctranslate2": ctranslate2.__version__}
+    if quantization or copy_files:  # only then, so that existing caches keep matching their stamp
+        stamp.update(quantization=quantization, copy_files=list(copy_files))
     stamp_path = os.path.join(cache_dir, CT2_STAMP_FILE)
     if os.path.exists(stamp_path):
         with open(stamp_path, encoding="utf-8") as f:
@@ -174,17 +178,16 @@ def convert_to_ct2(model_path, cache_dir=None):
     work = tempfile.mkdtemp(prefix=".ct2-tmp-", dir=parent)
     try:
         source = model_path
-        if os.path.isdir(model_path) and modeling._adapter_base(model_path):
+        if os.path.isdir(model_path) and modeling.adapter_base(model_path):
             source = os.path.join(work, "merged")
             modeling.load_model(model_path).save_pretrained(source)
         start = time.perf_counter()
         out = os.path.join(work, "ct2")
-        TransformersConverter(source).convert(out, quantization=None, force=True)
+        present = [f for f in copy_files if os.path.exists(os.path.join(source, f))]
+        TransformersConverter(source, copy_files=present or None).convert(out, quantization=quantization, force=True)
         with open(os.path.join(out, CT2_STAMP_FILE), "w", encoding="utf-8") as f:
             json.dump(stamp, f)
-        if os.path.exists(cache_dir):
-            shutil.rmtree(cache_dir)
-        os.replace(out, cache_dir)
+        checkpoints.publish_dir(out, cache_dir)  # an older conversion is renamed aside, never half-deleted
         logger.info("converted %s to CTranslate2 in %.1f s -> %s", model_path, time.perf_counter() - start, cache_dir)
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"cannot convert {model_path} to CTranslate2: {str(exc).splitlines()[0]}") from exc
@@ -197,14 +200,17 @@ class CT2Decoder:
     """CTranslate2's Whisper ``generate`` on a converted copy of the checkpoint, in batches."""
 
     compile_seconds = 0.0
+    fork_safe = True
 
-    def __init__(self, model_path, processor, options: DecodingOptions, device="cpu", generation_config=None):
+    def __init__(self, prepared: PreparedModel, device="cpu"):
         import ctranslate2
 
-        self.options = options
-        self.processor = processor
+        self.prepared = prepared
+        self.options = options = prepared.options
+        self.processor = prepared.processor
+        self.prompt_ids = prepared.prompt_ids
         device = torch.device(device)
-        self.model_dir = convert_to_ct2(model_path)
+        self.model_dir = convert_to_ct2(prepared.source.model_path)
         compute_type = "default" if options.compute_type in ("default", "auto") else options.compute_type
         try:
             self.model = ctranslate2.models.Whisper(
@@ -212,12 +218,7 @@ class CT2Decoder:
                 device_index=device.index or 0, compute_type=compute_type,
                 intra_threads=0 if device.type == "cuda" else (torch.get_num_threads() or 0))
         except ValueError as exc:  # e.g. a compute type the device does not support
-            raise UserError(f"--compute_type {options.compute_type}: {exc}") from exc
-        if generation_config is None:
-            from transformers import GenerationConfig
-
-            generation_config = GenerationConfig.from_pretrained(model_path)
-        self.prompt_ids = prompt_ids(processor, generation_config, options)
+            raise OptionError("compute_type", options.compute_type, str(exc)) from exc
         if 2 * options.max_new_tokens > MAX_TARGET_POSITIONS:
             logger.warning("--max_new_tokens %d: CTranslate2 generates at most %d tokens per window",
                            options.max_new_tokens, MAX_TARGET_POSITIONS // 2)
@@ -235,15 +236,14 @@ class CT2Decoder:
         return [t.strip() for t in texts]
 
 
-def make_decoder(backend, model_path, processor, options: DecodingOptions, device="cpu") -> Decoder:
-    """Load ``model_path`` for ``backend`` (``pytorch``, ``ctranslate2`` or ``jax``) with ``options``."""
-    validate_options(options)
-    if backend != options.backend:
-        raise ValueError(f"backend {backend!r} differs from options.backend {options.backend!r}")
+def make_decoder(prepared: PreparedModel, device="cpu") -> Decoder:
+    """Load the prepared model for its backend (``prepared.options.backend``) on ``device``."""
+    validate_options(prepared.options)
+    backend = prepared.options.backend
     if backend == "pytorch":
-        return TorchDecoder(model_path, processor, options, device)
+        return TorchDecoder(prepared, device)
     if backend == "ctranslate2":
-        return CT2Decoder(model_path, processor, options, device)
+        return CT2Decoder(prepared, device)
     from .jax_decoding import JaxDecoder
 
-    return JaxDecoder(model_path, processor, options, device)
+    return JaxDecoder(prepared, device)

@@ -29,7 +29,7 @@ import tempfile
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -38,10 +38,11 @@ from tqdm.auto import tqdm
 from .audio import (ENCODER_FRAMES, ENCODER_FRAMES_PER_SECOND, ENCODER_STRIDE, HOP_LENGTH, N_SAMPLES, SAMPLE_RATE,
                     decode_example_audio, load_audio)
 from .data import AUDIO_COLUMN, ID_COLUMN, DatasetSpec, load_datasets
-from .errors import UserError
+from .errors import OptionError, UserError
 from .files import atomic_write_text, publish
 from .modeling import (decoder_prompt_ids, is_english_only, load_model, load_processor, resolve_language,
-                       resolve_model_source, torch_device)
+                       resolve_model, torch_device)
+from .options import option
 
 logger = logging.getLogger(__name__)
 
@@ -216,25 +217,39 @@ class EmbeddingConfig:
     (a Hugging Face dataset id or folder, with ``dataset_config``/``split``).
     """
 
-    model: str
-    output_dir: str
-    audio_paths: tuple = ()
-    eval_datasets: tuple = ()
-    dataset: Optional[str] = None
-    dataset_config: Optional[str] = None
-    split: str = "test"
-    text_column: Optional[str] = None
-    audio_column: str = AUDIO_COLUMN
-    embeddings: tuple = (ENCODER_LAST,)
-    pool: str = "mean"
-    pool_over_padding: bool = False
-    split_long: bool = False
-    decoder_prompt: str = "start"
-    language: Optional[str] = None
-    task: str = "transcribe"
-    batch_size: int = 16
-    device: int = -1
-    overwrite: bool = False
+    model: str = option(help="Hub id, local model folder, checkpoint folder written by our trainer (a bare "
+                        "checkpoint-N takes the processor from its parent) or LoRA adapter folder")
+    output_dir: str = option(help="folder for the .npz files and manifest.json")
+    audio_paths: Tuple[str, ...] = option((), "audio file(s) (wav/flac/ogg/mp3, any rate); keyed by file name "
+                                          "without extension", flag="path_to_audio", group="input (exactly one)")
+    eval_datasets: Tuple[str, ...] = option((), "data_prep output folder(s); keyed by utterance id",
+                                            group="input (exactly one)")
+    dataset: Optional[str] = option(None, "Hugging Face dataset (Hub id or local folder)", group="input (exactly one)")
+    dataset_config: Optional[str] = option(None, "configuration of --dataset (e.g. a language)", flag="config",
+                                           group="input (exactly one)")
+    split: str = option("test", "split of --dataset", group="input (exactly one)")
+    text_column: Optional[str] = option(None, "transcription column of --dataset", group="input (exactly one)",
+                                        default_text="found automatically when it has a usual name")
+    audio_column: str = option(AUDIO_COLUMN, "audio column of --dataset", group="input (exactly one)")
+    embeddings: Tuple[str, ...] = option((ENCODER_LAST,), "what to extract, several at once: "
+                                         "encoder_last_hidden_state, last_hidden_state, encoder_hidden_states[i], "
+                                         "decoder_hidden_states[i] (i may be negative; quote the brackets in the "
+                                         "shell)")
+    pool: str = option("mean", "mean: one vector per utterance, averaged over time; none: every frame (encoder) or "
+                       "prompt position (decoder)", choices=POOLING)
+    pool_over_padding: bool = option(False, "use all 1500 encoder frames of the 30 s window (padding included) "
+                                     "instead of only the frames covering the audio, for --pool mean and --pool "
+                                     "none alike")
+    split_long: bool = option(False, "embed every 30 s window of longer audio (keys <id>#0, <id>#1, ...) instead "
+                              "of only the first 30 s")
+    decoder_prompt: str = option("start", "decoder input: start = the decoder start token <|startoftranscript|> "
+                                 "only; forced = <|startoftranscript|><|lang|><|task|><|notimestamps|> (needs "
+                                 "--language on multilingual models)", choices=DECODER_PROMPTS)
+    language: Optional[str] = option(None, "language of the forced prompt, name or code (hi, Hindi)")
+    task: str = option("transcribe", "task token of the forced prompt", choices=("transcribe", "translate"))
+    batch_size: int = option(16, "clips per forward pass")
+    device: int = option(-1, "-1 for CPU, N for GPU N")
+    overwrite: bool = option(False, "replace embeddings already in --output_dir")
 
 
 @dataclass
@@ -262,39 +277,27 @@ def validate_config(config: EmbeddingConfig):
                         "output) or --dataset NAME (Hugging Face, with --config/--split)")
     for path in config.audio_paths:
         if not os.path.isfile(path):
-            raise UserError(f"--path_to_audio {path}: no such file")
+            raise OptionError("path_to_audio", path, "no such file")
     if config.pool not in POOLING:
-        raise UserError(f"--pool {config.pool}: choose one of {', '.join(POOLING)}")
+        raise OptionError("pool", config.pool, f"choose one of {', '.join(POOLING)}")
     if config.decoder_prompt not in DECODER_PROMPTS:
-        raise UserError(f"--decoder_prompt {config.decoder_prompt}: choose one of {', '.join(DECODER_PROMPTS)}")
+        raise OptionError("decoder_prompt", config.decoder_prompt, f"choose one of {', '.join(DECODER_PROMPTS)}")
     if config.task not in ("transcribe", "translate"):
-        raise UserError(f"--task {config.task}: choose one of transcribe, translate")
+        raise OptionError("task", config.task, "choose one of transcribe, translate")
     if config.language and config.decoder_prompt != "forced":
         raise UserError("--language only sets the forced decoder prompt: add --decoder_prompt forced")
     if config.batch_size < 1:
-        raise UserError(f"--batch_size {config.batch_size}: must be at least 1")
+        raise OptionError("batch_size", config.batch_size, "must be at least 1")
     if not config.embeddings:
         raise UserError(f"--embeddings: name at least one of {_valid_names()}")
     for name in config.embeddings:
         parse_embedding_name(name)
     manifest = os.path.join(config.output_dir, MANIFEST)
     if os.path.exists(config.output_dir) and not os.path.isdir(config.output_dir):
-        raise UserError(f"--output_dir {config.output_dir}: exists and is not a folder")
+        raise OptionError("output_dir", config.output_dir, "exists and is not a folder")
     if os.path.exists(manifest) and not config.overwrite:
         raise UserError(f"--output_dir {config.output_dir} already holds embeddings ({MANIFEST}); pass --overwrite "
                         f"to replace them")
-
-
-def resolve_model(model):
-    """Where a ``--model`` value's weights and processor are: a folder (full model, our checkpoint, a bare
-    Trainer checkpoint with the processor in its parent, a LoRA adapter) or a Hub id."""
-    try:
-        if os.path.isdir(model):
-            return resolve_model_source(is_public_repo=False, ckpt_dir=model)
-        return resolve_model_source(is_public_repo=True, hf_model=model)
-    except UserError as exc:
-        message = re.sub(r"; pass --temp_ckpt_folder .*$", "", str(exc))  # a flag this tool does not have
-        raise UserError(re.sub(r"--(ckpt_dir|hf_model)\b", "--model", message)) from exc
 
 
 def _load_sources(config):
@@ -392,7 +395,7 @@ def extract_embeddings(config: EmbeddingConfig) -> EmbeddingResult:
     started = time.perf_counter()
     validate_config(config)
     device = torch_device(config.device)
-    source = resolve_model(config.model)
+    source = resolve_model(config.model, "model")
     sources, num_utterances = _load_sources(config)
     processor = load_processor(source.processor_path)
     model = load_model(source.model_path, device=device)

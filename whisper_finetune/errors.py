@@ -22,3 +22,17 @@ class DataValidationError(UserError):
             lines.append(f"  ... and {more} more")
         lines.append("fix them, or pass --skip_invalid to drop the bad utterances")
         super().__init__("\n".join(lines))
+
+
+class OptionError(UserError):
+    """An option with a bad value: names the option (its flag is ``--<option>`` unless a script maps it)
+    and the value, then says what is accepted."""
+
+    def __init__(self, option, value, reason):
+        self.option, self.value, self.reason = option, value, reason
+        super().__init__(self.render())
+
+    def render(self, flag_names=None):
+        """The one-line message, the option shown as the script's flag (``flag_names`` maps renamed ones)."""
+        flag = (flag_names or {}).get(self.option, self.option)
+        return f"--{flag} {self.value}: {self.reason}"

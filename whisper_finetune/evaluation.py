@@ -8,8 +8,8 @@ import io
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, replace
-from typing import Optional, Tuple, Union
+from dataclasses import asdict, dataclass
+from typing import Optional, Tuple
 
 import numpy as np
 import soundfile as sf
@@ -19,74 +19,88 @@ from tqdm.auto import tqdm
 from . import modeling, scoring
 from .audio import SAMPLE_RATE, decode_example_audio
 from .data import AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, TEXT_COLUMN, DatasetSpec, load_datasets
-from .decoding import DecodingOptions, make_decoder, prompt_text, validate_options
-from .errors import UserError
-from .text import choose_normalizer
+from .decoding import DecodingOptions, make_decoder, validate_options
+from .errors import OptionError, UserError
+from .modeling import ModelOptions
+from .options import option
+from .text import NORMALIZERS, choose_normalizer
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    """Everything an evaluator script passes to :func:`evaluate` (one field per flag)."""
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig(ModelOptions):
+    """Everything an evaluator script passes to :func:`evaluate`: the model options plus one field per
+    data, scoring and decoding flag."""
 
-    datasets: Tuple[DatasetSpec, ...]
-    output_dir: str
-    is_public_repo: bool = True
-    hf_model: Optional[str] = None
-    ckpt_dir: Optional[str] = None
-    temp_ckpt_folder: Optional[str] = None
-    custom: bool = False  # data_prep folders (True) or Hugging Face datasets (False)
-    language: Optional[str] = None  # as given (name or code); resolved against the model in evaluate()
-    normalizer: Optional[str] = None  # None: chosen by language (english / indic)
-    max_samples: Optional[int] = None
-    device: Union[int, str] = -1  # -1 CPU, N GPU N ("all": every accelerator, JAX only)
-    num_workers: int = 2
+    output_dir: str = option(help="folder for the result files (one .txt and one .json per dataset)",
+                             group="data and results")
+    eval_datasets: Tuple[str, ...] = option((), "one or more data_prep output folders (custom_data/data_prep.py)",
+                                            group="data and results")
+    dataset: Optional[str] = option(None, "Hub dataset id (google/fleurs) or a local dataset folder (save_to_disk "
+                                    "output or a folder load_dataset reads)", group="data and results")
+    config: Optional[str] = option(None, "dataset configuration, e.g. gu_in", group="data and results")
+    split: str = option("test", "dataset split", group="data and results")
+    text_column: Optional[str] = option(None, "column holding the transcription", group="data and results",
+                                        default_text="the first of sentence, text, transcription, transcript, ...")
+    audio_column: str = option(AUDIO_COLUMN, "column holding the audio", group="data and results")
+    normalizer: Optional[str] = option(None, "text normaliser for WER/CER", choices=NORMALIZERS,
+                                       group="data and results",
+                                       default_text="english for English, indic otherwise")
+    max_samples: Optional[int] = option(None, "evaluate only the first N utterances of each dataset (quick runs)",
+                                        group="data and results", default_text="all")
+    num_workers: int = option(2, "DataLoader workers decoding and featurising audio while the model runs (0: in the "
+                              "main process)", group="data and results")
     decoding: DecodingOptions = DecodingOptions()
-    result_marker: Optional[str] = None  # added to result file names, e.g. "jax"
+    custom: bool = option(False, "data_prep folders (eval_datasets) or a Hugging Face dataset (dataset)", cli=False)
+    result_marker: Optional[str] = option(None, "added to result file names, e.g. jax", cli=False)
+
+    def dataset_specs(self):
+        """The datasets to evaluate, as :class:`DatasetSpec`."""
+        if self.custom:
+            return tuple(DatasetSpec(name=path, split=None) for path in self.eval_datasets)
+        if self.dataset is None:
+            return ()
+        return (DatasetSpec(name=self.dataset, config=self.config, split=self.split, text_column=self.text_column,
+                            audio_column=self.audio_column),)
 
 
-def torch_or_jax_device(device, backend):
-    """The ``--device`` value for ``backend``: a ``torch.device`` for pytorch/ctranslate2, unchanged for JAX."""
-    if backend == "jax":
-        return device
-    if str(device).strip().lower() == "all":
-        raise UserError(f"--device all is only for --backend jax; with {backend} use -1 (CPU) or a GPU number")
-    return modeling.torch_device(device)
+@dataclass
+class EvalResult:
+    """One model on one dataset: what was run and how it scored (the result JSON file's content)."""
 
+    model: str
+    processor: str
+    dataset: str
+    language: Optional[str]
+    task: str
+    decoder_prompt: Optional[str]
+    decoding: dict
+    device: str
+    audio_hours: float
+    wall_seconds: float
+    rtfx: float
+    utterances_per_second: float
+    model_load_seconds: float
+    compile_seconds: float
+    wer: float
+    cer: float
+    substitutions: int
+    deletions: int
+    insertions: int
+    hits: int
+    raw_wer: float
+    raw_cer: float
+    normalizer: str
+    utterances: int
+    scored_utterances: int
+    empty_references: int
+    reference_words: int
+    txt_path: str
+    json_path: str
 
-def generation_config_of(model_path):
-    """The model's ``GenerationConfig`` (from a LoRA adapter's base when the adapter folder has none)."""
-    from transformers import GenerationConfig
-
-    try:
-        return GenerationConfig.from_pretrained(model_path)
-    except OSError:
-        base = modeling._adapter_base(model_path) if os.path.isdir(model_path) else None
-        if base:
-            return GenerationConfig.from_pretrained(base)
-        raise UserError(f"cannot read a generation config from {model_path}")
-
-
-@dataclass(frozen=True)
-class PreparedModel:
-    """A model source with its processor and the decoding options resolved against it."""
-
-    source: modeling.ModelSource
-    processor: object
-    options: DecodingOptions
-    english_only: bool
-
-
-def prepare_model(is_public_repo, hf_model, ckpt_dir, temp_ckpt_folder, language, options: DecodingOptions):
-    """Check the model flags, load the processor and resolve ``language`` for this model (no weights loaded)."""
-    validate_options(options)
-    source = modeling.resolve_model_source(is_public_repo, hf_model, ckpt_dir, temp_ckpt_folder)
-    processor = modeling.load_processor(source.processor_path)
-    generation_config = generation_config_of(source.model_path)
-    code = modeling.resolve_language(language, generation_config, options.task)
-    return PreparedModel(source, processor, replace(options, language=code),
-                         modeling.is_english_only(generation_config))
+    def to_dict(self):
+        return asdict(self)
 
 
 def audio_durations(dataset):
@@ -139,9 +153,11 @@ def decode_dataset(dataset, decoder, feature_extractor, batch_size, num_workers=
     """Decode every row of a standardised dataset; returns hypotheses in dataset order and the wall time."""
     durations = audio_durations(dataset)
     batches = length_sorted_batches(durations, batch_size)
+    # A decoder whose runtime is multithreaded before the workers start (JAX) must not be forked.
+    context = "forkserver" if num_workers and not getattr(decoder, "fork_safe", True) else None
     loader = torch.utils.data.DataLoader(_Featurizer(dataset, batches, feature_extractor), batch_size=None,
                                          shuffle=False, num_workers=num_workers, collate_fn=_as_is,
-                                         prefetch_factor=2 if num_workers else None)
+                                         prefetch_factor=2 if num_workers else None, multiprocessing_context=context)
     hypotheses = [None] * len(dataset)
     start = time.perf_counter()
     with tqdm(total=len(dataset), desc=description, unit="utt", dynamic_ncols=True) as bar:
@@ -155,7 +171,8 @@ def decode_dataset(dataset, decoder, feature_extractor, batch_size, num_workers=
 def _load_all(config: EvalConfig):
     """Load and check every dataset before any decoding, so a bad one leaves no partial results."""
     loaded = []
-    for spec, dataset in zip(config.datasets, load_datasets(config.datasets, custom=config.custom)):
+    specs = config.dataset_specs()
+    for spec, dataset in zip(specs, load_datasets(specs, custom=config.custom)):
         if config.max_samples is not None:
             dataset = dataset.select(range(min(config.max_samples, len(dataset))))
         if len(dataset) == 0:
@@ -178,22 +195,22 @@ def result_names(specs):
 def evaluate(config: EvalConfig) -> list:
     """Evaluate one model on each dataset; writes ``<model>__<dataset>[__marker].txt/.json`` per dataset.
 
-    Returns one result dict per dataset (the JSON file's content plus ``txt_path``/``json_path``).
+    Returns one :class:`EvalResult` per dataset.
     """
-    if not config.datasets:
-        raise UserError("no dataset to evaluate")
+    if not config.dataset_specs():
+        raise UserError("--eval_datasets: give at least one dataset" if config.custom else "--dataset: give a dataset")
     if config.max_samples is not None and config.max_samples < 1:
-        raise UserError(f"--max_samples {config.max_samples}: must be at least 1")
+        raise OptionError("max_samples", config.max_samples, "must be at least 1")
     if config.num_workers < 0:
-        raise UserError(f"--num_workers {config.num_workers}: must be 0 or more")
-    device = torch_or_jax_device(config.device, config.decoding.backend)
-    prepared = prepare_model(config.is_public_repo, config.hf_model, config.ckpt_dir, config.temp_ckpt_folder,
-                             config.language, config.decoding)
+        raise OptionError("num_workers", config.num_workers, "must be 0 or more")
+    device = modeling.decoding_device(config.device, config.decoding.backend)
+    validate_options(config.decoding)
+    prepared = modeling.prepare_model(config, config.decoding)
     normalizer = choose_normalizer(prepared.options.language, config.normalizer, prepared.english_only)
     loaded = _load_all(config)
     options = prepared.options
     start = time.perf_counter()
-    decoder = make_decoder(options.backend, prepared.source.model_path, prepared.processor, options, device)
+    decoder = make_decoder(prepared, device)
     load_seconds = time.perf_counter() - start
     marker = config.result_marker or (None if options.backend == "pytorch" else f"{options.backend}-{options.compute_type}")
     results = []
@@ -205,7 +222,7 @@ def evaluate(config: EvalConfig) -> list:
         metadata = {
             "model": prepared.source.model_path, "processor": prepared.source.processor_path, "dataset": spec.label,
             "language": options.language, "task": options.task,
-            "decoder_prompt": _prompt_of(decoder, prepared.processor),
+            "decoder_prompt": prepared.prompt_text,
             "decoding": asdict(options), "device": str(device),
             "audio_hours": round(audio_seconds / 3600, 6), "wall_seconds": round(wall, 3),
             "rtfx": round(audio_seconds / wall, 3), "utterances_per_second": round(len(dataset) / wall, 3),
@@ -218,11 +235,9 @@ def evaluate(config: EvalConfig) -> list:
                     metadata["rtfx"], txt_path)
         figures = {k: v for k, v in scores.items() if k not in ("normalized_references", "normalized_hypotheses",
                                                                   "scored")}
-        results.append({**metadata, **figures, "txt_path": txt_path, "json_path": json_path})
+        results.append(EvalResult(**metadata, **figures, txt_path=txt_path, json_path=json_path))
+
+    # The report page beside the result files (issue 22; whisper_finetune/report.py).
+    from .report import write_report
+    write_report([r.json_path for r in results], os.path.join(config.output_dir, "report.html"))
     return results
-
-
-def _prompt_of(decoder, processor):
-    """The decoder prompt as text, for result files (``None`` for a backend that does not expose it)."""
-    ids = getattr(decoder, "prompt_ids", None)
-    return prompt_text(processor, ids) if ids is not None else None

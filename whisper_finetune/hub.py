@@ -16,12 +16,12 @@ def check_push(hub_model_id):
     """Raise :class:`UserError` unless a push to ``hub_model_id`` can be attempted (id given, token found)."""
     from huggingface_hub import get_token
 
-    from .errors import UserError
+    from .errors import OptionError, UserError
 
     if not hub_model_id:
         raise UserError("--push_to_hub True needs --hub_model_id (e.g. your-name/whisper-small-hi)")
     if len(hub_model_id.split("/")) > 2 or not all(hub_model_id.split("/")):
-        raise UserError(f"--hub_model_id {hub_model_id}: expected NAME or OWNER/NAME")
+        raise OptionError("hub_model_id", hub_model_id, "expected NAME or OWNER/NAME")
     if get_token() is None:
         raise UserError("--push_to_hub True: no Hugging Face token found; run `huggingface-cli login` or set HF_TOKEN")
 

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from .audio import N_FRAMES
-from .errors import UserError
+from .errors import OptionError, UserError
 from .modeling import is_english_only
 
 logger = logging.getLogger(__name__)
@@ -96,10 +96,10 @@ def forced_decoder_ids(generation_config, language=None, task="transcribe"):
     forced = []
     if not is_english_only(generation_config):
         if language and f"<|{language}|>" not in generation_config.lang_to_id:
-            raise UserError(f"--language {language}: the model has no <|{language}|> token")
+            raise OptionError("language", language, f"the model has no <|{language}|> token")
         forced.append((1, generation_config.lang_to_id[f"<|{language}|>"] if language else None))
         if task not in generation_config.task_to_id:
-            raise UserError(f"--task {task}: choose one of {', '.join(generation_config.task_to_id)}")
+            raise OptionError("task", task, f"choose one of {', '.join(generation_config.task_to_id)}")
         forced.append((2, generation_config.task_to_id[task]))
     forced.append((len(forced) + 1, generation_config.no_timestamps_token_id))
     return forced
@@ -111,14 +111,18 @@ class JaxDecoder:
     ``compilations`` counts how often ``generate`` was traced: 1 after construction, and it stays 1.
     """
 
-    def __init__(self, model_path, processor, options, device=-1):
+    # JAX runs threads of its own: a fork after it started can deadlock, so data loaders feeding this
+    # decoder start their workers with forkserver (see evaluation.decode_dataset).
+    fork_safe = False
+
+    def __init__(self, prepared, device=-1):
         import jax
         import jax.numpy as jnp
         from flax.jax_utils import replicate
         from transformers.generation.flax_utils import FlaxGenerationMixin
 
-        self.options = options
-        self.processor = processor
+        self.options = options = prepared.options
+        self.processor = prepared.processor
         self.devices = jax_devices(device)
         self.batch_size = math.ceil(options.batch_size / len(self.devices)) * len(self.devices)
         if self.batch_size != options.batch_size:
@@ -130,7 +134,7 @@ class JaxDecoder:
 
         # Half precision: bfloat16 parameters *and* module computation dtype (Flax layers would
         # otherwise cast bfloat16 parameters back to float32 and compute in float32).
-        model, params = load_flax_model(model_path, self.dtype)
+        model, params = load_flax_model(prepared.source.model_path, self.dtype)
         if options.half_precision:
             params = model.to_bf16(params)
         config = model.generation_config

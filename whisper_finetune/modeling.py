@@ -4,16 +4,18 @@ A model is named by a Hub id, a local folder, a checkpoint written by our traine
 a bare ``transformers.Trainer`` checkpoint (processor files in its parent folder) or a LoRA adapter
 folder (``adapter_config.json``; merged into its base model on load).
 """
+import argparse
 import json
 import logging
 import os
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, replace
+from typing import Optional, Union
 
 import torch
-from transformers import WhisperForConditionalGeneration, WhisperProcessor
+from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
 
-from .errors import UserError
+from .errors import OptionError, UserError
+from .options import option
 from .text import language_code
 
 logger = logging.getLogger(__name__)
@@ -44,7 +46,8 @@ class ModelSource:
     name: str
 
 
-def _looks_like_hub_id(name):
+def looks_like_hub_id(name):
+    """``owner/name`` or ``name``, not a path."""
     parts = name.split("/")
     return len(parts) <= 2 and all(parts) and not name.startswith((".", "/", "~"))
 
@@ -65,53 +68,137 @@ def _short_name(path):
     return path.replace("/", "_")
 
 
+def parse_device(value):
+    """``--device``: an integer (-1 CPU, N GPU N) or ``all``."""
+    if str(value).strip().lower() == "all":
+        return "all"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected -1 (CPU), a GPU number or all, got {value!r}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelOptions:
+    """Which model to load and for what language/device: the model flags of every evaluator and transcriber."""
+
+    is_public_repo: bool = option(True, "True: load --hf_model (Hub id or local folder); False: load --ckpt_dir",
+                                  group="model")
+    hf_model: Optional[str] = option(None, "Hub id or local model folder (with --is_public_repo True)", group="model")
+    ckpt_dir: Optional[str] = option(None, "local checkpoint folder, e.g. op_dir/checkpoint-394 (with "
+                                     "--is_public_repo False)", group="model")
+    temp_ckpt_folder: Optional[str] = option(None, "folder holding the processor files for a bare Trainer checkpoint "
+                                             "that lacks them (by default they are taken from the checkpoint's "
+                                             "parent folder); never modified", group="model")
+    language: Optional[str] = option(None, "language name or code (hindi, hi); omitted: the language saved with a "
+                                     "fine-tuned model, else detected. English-only models accept only English",
+                                     group="model")
+    device: Union[int, str] = option(-1, "-1 for CPU, N for GPU N (JAX also takes all: every local accelerator)",
+                                     parse=parse_device, group="model")
+
+
+def resolve_model(name, option_name="model", temp_ckpt_folder=None):
+    """Where the weights and the processor of ``name`` are: a Hub id, a model folder, our checkpoint, a bare
+    Trainer checkpoint (processor from its parent or ``temp_ckpt_folder``) or a LoRA adapter folder.
+
+    Errors name ``option_name``, the option that gave ``name``.
+    """
+    if not os.path.isdir(name):
+        if os.path.exists(name) or not looks_like_hub_id(name):
+            raise OptionError(option_name, name, "no such folder, and not a Hub id (owner/name)")
+        return ModelSource(name, name, name.replace("/", "_"))
+    if not _has_weights(name):
+        if os.path.exists(os.path.join(name, "config.json")):
+            return ModelSource(name, name, _short_name(name))  # weights named otherwise: from_pretrained decides
+        raise OptionError(option_name, name, f"folder holds no model (no config.json or weights: looked for "
+                          f"{', '.join(WEIGHT_FILES[:3])})")
+    base = adapter_base(name)
+    candidates = [name, os.path.dirname(os.path.abspath(name))] + [f for f in (temp_ckpt_folder, base) if f]
+    for folder in candidates:
+        if folder == base or os.path.isdir(folder) and _has_processor(folder):
+            return ModelSource(name, folder, _short_name(name))
+    hint = "; pass --temp_ckpt_folder pointing at a folder that has them" if option_name == "ckpt_dir" else ""
+    raise OptionError(option_name, name, f"no processor files ({', '.join(PROCESSOR_FILES)}) in it or its parent "
+                      f"folder{hint}")
+
+
 def resolve_model_source(is_public_repo=True, hf_model=None, ckpt_dir=None, temp_ckpt_folder=None):
     """Check the model flags and say where weights and processor are, before any long work starts.
 
-    ``is_public_repo=True`` takes ``hf_model`` (Hub id or local folder); ``False`` takes ``ckpt_dir``.
-    For a bare Trainer checkpoint without processor files the processor comes from its parent folder,
-    or from ``temp_ckpt_folder`` when that holds one; the checkpoint itself is never modified.
+    ``is_public_repo=True`` takes ``hf_model`` (Hub id or local folder); ``False`` takes ``ckpt_dir``
+    (a local checkpoint; the checkpoint itself is never modified).
     """
     if is_public_repo:
         if not hf_model:
             raise UserError("--is_public_repo True needs --hf_model (a Hub id or a local model folder)")
         if ckpt_dir:
             raise UserError("--ckpt_dir is only used with --is_public_repo False; with True pass --hf_model")
-        if os.path.isdir(hf_model):
-            if not _has_weights(hf_model) and not os.path.exists(os.path.join(hf_model, "config.json")):
-                raise UserError(f"--hf_model {hf_model}: folder holds no model (no config.json or weights)")
-            processor = hf_model if _has_processor(hf_model) else _adapter_base(hf_model) or hf_model
-            return ModelSource(hf_model, processor, _short_name(hf_model))
-        if not _looks_like_hub_id(hf_model):
-            raise UserError(f"--hf_model {hf_model}: no such folder, and not a Hub id (owner/name)")
-        return ModelSource(hf_model, hf_model, hf_model.replace("/", "_"))
+        return resolve_model(hf_model, "hf_model")
     if not ckpt_dir:
         raise UserError("--is_public_repo False needs --ckpt_dir (a local checkpoint folder)")
     if hf_model:
         raise UserError("--hf_model is only used with --is_public_repo True; with False pass --ckpt_dir")
     if not os.path.isdir(ckpt_dir):
-        raise UserError(f"--ckpt_dir {ckpt_dir}: no such folder")
-    if not _has_weights(ckpt_dir):
-        raise UserError(f"--ckpt_dir {ckpt_dir}: no model weights in it (looked for {', '.join(WEIGHT_FILES[:3])})")
-    candidates = [ckpt_dir, os.path.dirname(os.path.abspath(ckpt_dir))]
-    if temp_ckpt_folder:
-        candidates.append(temp_ckpt_folder)
-    adapter_base = _adapter_base(ckpt_dir)
-    if adapter_base:
-        candidates.append(adapter_base)
-    for folder in candidates:
-        if os.path.isdir(folder) and _has_processor(folder) or folder == adapter_base:
-            return ModelSource(ckpt_dir, folder, _short_name(ckpt_dir))
-    raise UserError(f"--ckpt_dir {ckpt_dir}: no processor files ({', '.join(PROCESSOR_FILES)}) in it or its parent "
-                    f"folder; pass --temp_ckpt_folder pointing at a folder that has them")
+        raise OptionError("ckpt_dir", ckpt_dir, "no such folder")
+    return resolve_model(ckpt_dir, "ckpt_dir", temp_ckpt_folder)
 
 
-def _adapter_base(folder):
+def adapter_base(folder):
+    """The base model a LoRA adapter folder names (``None`` for a folder that is not an adapter)."""
     config = os.path.join(folder, "adapter_config.json")
     if not os.path.exists(config):
         return None
     with open(config, encoding="utf-8") as f:
         return json.load(f).get("base_model_name_or_path")
+
+
+def generation_config_of(source: ModelSource):
+    """The model's ``GenerationConfig`` (from a LoRA adapter's base when the adapter folder has none)."""
+    try:
+        return GenerationConfig.from_pretrained(source.model_path)
+    except OSError:
+        base = adapter_base(source.model_path) if os.path.isdir(source.model_path) else None
+        if base:
+            return GenerationConfig.from_pretrained(base)
+        raise UserError(f"cannot read a generation config from {source.model_path}")
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    """A model resolved once for decoding: where it is, its processor and generation config, and the
+    decoding options with the language settled against it. Every decoder takes one."""
+
+    source: ModelSource
+    processor: WhisperProcessor
+    generation_config: GenerationConfig
+    options: "DecodingOptions"  # noqa: F821 (decoding imports this module)
+    english_only: bool
+
+    @property
+    def prompt_ids(self):
+        """``<|startoftranscript|>[<|lang|><|task|>]<|notimestamps|>`` for these options."""
+        return decoder_prompt_ids(self.processor.tokenizer, self.options.language, self.options.task,
+                                  no_timestamps=True, english_only=self.english_only)
+
+    @property
+    def prompt_text(self):
+        """The prompt as its tokens joined, for result files."""
+        return "".join(self.processor.tokenizer.convert_ids_to_tokens(self.prompt_ids))
+
+
+def prepare_model(model: ModelOptions, options) -> PreparedModel:
+    """Check the model options, load the processor and settle the language for this model (no weights loaded)."""
+    source = resolve_model_source(model.is_public_repo, model.hf_model, model.ckpt_dir, model.temp_ckpt_folder)
+    return prepare_source(source, model.language, options)
+
+
+def prepare_source(source: ModelSource, language, options) -> PreparedModel:
+    """:func:`prepare_model` for a model already located (tools that take one ``--model`` value)."""
+    processor = load_processor(source.processor_path)
+    generation_config = generation_config_of(source)
+    code = resolve_language(language, generation_config, options.task)
+    return PreparedModel(source, processor, generation_config, replace(options, language=code),
+                         is_english_only(generation_config))
 
 
 def load_processor(path):
@@ -124,7 +211,7 @@ def load_processor(path):
 
 def load_model(path, device="cpu", dtype=torch.float32, attn_implementation="sdpa"):
     """Load a ``WhisperForConditionalGeneration`` in eval mode; LoRA adapter folders are merged."""
-    base = _adapter_base(path) if os.path.isdir(path) else None
+    base = adapter_base(path) if os.path.isdir(path) else None
     try:
         if base:
             from peft import PeftModel
@@ -134,8 +221,6 @@ def load_model(path, device="cpu", dtype=torch.float32, attn_implementation="sdp
             model = PeftModel.from_pretrained(model, path).merge_and_unload()
             saved = os.path.join(path, "generation_config.json")
             if os.path.exists(saved):
-                from transformers import GenerationConfig
-
                 model.generation_config = GenerationConfig.from_pretrained(path)
         else:
             model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype,
@@ -152,8 +237,17 @@ def torch_device(device):
         return torch.device("cpu")
     if not torch.cuda.is_available() or device >= torch.cuda.device_count():
         available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        raise UserError(f"--device {device}: no such GPU ({available} visible); use --device -1 for CPU")
+        raise OptionError("device", device, f"no such GPU ({available} visible); use --device -1 for CPU")
     return torch.device(f"cuda:{device}")
+
+
+def decoding_device(device, backend):
+    """The ``--device`` value for ``backend``: a ``torch.device`` for pytorch/ctranslate2, unchanged for JAX."""
+    if backend == "jax":
+        return device
+    if str(device).strip().lower() == "all":
+        raise UserError(f"--device all is only for --backend jax; with {backend} use -1 (CPU) or a GPU number")
+    return torch_device(device)
 
 
 def is_english_only(generation_config):

@@ -13,15 +13,17 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 
+from . import modeling
 from .audio import CHUNK_SECONDS, SAMPLE_RATE, load_audio
-from .decoding import DecodingOptions, make_decoder, prompt_text
-from .errors import UserError
-from .evaluation import prepare_model, torch_or_jax_device
+from .decoding import DecodingOptions, make_decoder, validate_options
+from .errors import OptionError, UserError
 from .files import atomic_write_text
+from .modeling import ModelOptions
+from .options import option
 
 logger = logging.getLogger(__name__)
 
@@ -31,19 +33,16 @@ ENERGY_FRAME = SAMPLE_RATE // 50  # 20 ms frames for the energy curve
 ENERGY_SMOOTHING = 5  # frames (100 ms) averaged, so a pause must last, not just a zero crossing
 
 
-@dataclass(frozen=True)
-class TranscribeConfig:
-    """Options of :func:`transcribe` (one per transcribe_audio.py flag)."""
+@dataclass(frozen=True, kw_only=True)
+class TranscribeConfig(ModelOptions):
+    """Options of :func:`transcribe`: the model options plus one field per transcribe_audio.py flag."""
 
-    path_to_audio: str
-    is_public_repo: bool = True
-    hf_model: Optional[str] = None
-    ckpt_dir: Optional[str] = None
-    temp_ckpt_folder: Optional[str] = None
-    language: Optional[str] = None  # as given; resolved against the model
-    device: Union[int, str] = -1  # -1 CPU, N GPU N ("all": JAX only)
-    output: Optional[str] = None  # .txt/.srt/.vtt/.json
-    search_seconds: float = DEFAULT_SEARCH_SECONDS
+    path_to_audio: str = option(help="audio file (wav, flac, ogg, mp3; any rate, mono or stereo, any length)")
+    output: Optional[str] = option(None, "also write the transcript to this file: .txt, .srt, .vtt or .json "
+                                   "(segments with start/end seconds)")
+    search_seconds: float = option(DEFAULT_SEARCH_SECONDS, "long audio is cut into pieces of at most 30 s, each cut "
+                                   "at the quietest moment within the last this many seconds of its window (more "
+                                   "than 0, at most 15)")
     decoding: DecodingOptions = DecodingOptions()
 
 
@@ -69,7 +68,7 @@ class Transcript:
 def check_search_seconds(search_seconds):
     """Raise :class:`UserError` unless ``0 < search_seconds <= 15``."""
     if not 0 < search_seconds <= CHUNK_SECONDS / 2:
-        raise UserError(f"--search_seconds {search_seconds}: must be more than 0 and at most {CHUNK_SECONDS / 2:g}")
+        raise OptionError("search_seconds", search_seconds, f"must be more than 0 and at most {CHUNK_SECONDS / 2:g}")
 
 
 def cut_points(audio, search_seconds=DEFAULT_SEARCH_SECONDS):
@@ -130,7 +129,7 @@ def output_format(path):
     """The writer for ``path``'s extension; errors list the accepted ones."""
     fmt = os.path.splitext(path)[1].lower().lstrip(".")
     if fmt not in OUTPUT_FORMATS:
-        raise UserError(f"--output {path}: unknown extension; use one of {', '.join('.' + f for f in OUTPUT_FORMATS)}")
+        raise OptionError("output", path, f"unknown extension; use one of {', '.join('.' + f for f in OUTPUT_FORMATS)}")
     return fmt
 
 
@@ -138,21 +137,20 @@ def transcribe(config: TranscribeConfig) -> Transcript:
     """Load the model, transcribe ``config.path_to_audio`` whole, and write ``config.output`` when given."""
     fmt = output_format(config.output) if config.output else None
     if not os.path.isfile(config.path_to_audio):
-        raise UserError(f"--path_to_audio {config.path_to_audio}: no such file")
+        raise OptionError("path_to_audio", config.path_to_audio, "no such file")
     check_search_seconds(config.search_seconds)
-    device = torch_or_jax_device(config.device, config.decoding.backend)
-    prepared = prepare_model(config.is_public_repo, config.hf_model, config.ckpt_dir, config.temp_ckpt_folder,
-                             config.language, config.decoding)
+    validate_options(config.decoding)
+    device = modeling.decoding_device(config.device, config.decoding.backend)
+    prepared = modeling.prepare_model(config, config.decoding)
     audio = load_audio(config.path_to_audio)  # (samples,) mono float32, 16 kHz
     if len(audio) == 0:
-        raise UserError(f"--path_to_audio {config.path_to_audio}: the file holds no audio samples")
+        raise OptionError("path_to_audio", config.path_to_audio, "the file holds no audio samples")
     options = prepared.options
-    decoder = make_decoder(options.backend, prepared.source.model_path, prepared.processor, options, device)
+    decoder = make_decoder(prepared, device)
     text, segments = transcribe_array(audio, decoder, prepared.processor.feature_extractor, config.search_seconds,
                                       options.batch_size)
-    ids = getattr(decoder, "prompt_ids", None)
     metadata = {"audio": config.path_to_audio, "model": prepared.source.model_path, "language": options.language,
-                "task": options.task, "decoder_prompt": prompt_text(prepared.processor, ids) if ids else None,
+                "task": options.task, "decoder_prompt": prepared.prompt_text,
                 "decoding": asdict(options)}
     transcript = Transcript(text, segments, round(len(audio) / SAMPLE_RATE, 3), metadata)
     if fmt:

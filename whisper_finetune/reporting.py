@@ -1,0 +1,116 @@
+"""What a training run reports: the typed summary, ``training_summary.json``, the curve PNG and the model card.
+
+:class:`TrainSummary` is what :func:`whisper_finetune.training.train` returns; the same values, with
+every option of the run, are written to ``training_summary.json``, drawn in ``training_curve.png``
+and rendered into the model card (``README.md``), so the folder always describes the model in it.
+"""
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from .files import atomic_write_text
+from .model_card import write_model_card
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "training_summary.json"
+PLOT_FILE = "training_curve.png"
+
+
+@dataclass
+class DatasetScore:
+    """The final (best) model on one evaluation dataset on its own."""
+
+    dataset: str
+    samples: int
+    wer: float
+    cer: float
+
+
+@dataclass
+class TrainSummary:
+    """Options and results of one training run (``training_summary.json`` holds the same fields)."""
+
+    output_dir: str
+    global_step: int
+    epochs: float
+    train_samples: Optional[int]  # None when streamed (size unknown)
+    eval_samples: int
+    train_hours: Optional[float]
+    eval_hours: float
+    filtering: dict  # per role: utterances kept and dropped, by reason
+    wall_seconds: float
+    eval_seconds: float
+    checkpoint_seconds: float
+    samples_trained: int
+    samples_per_second: float
+    train_samples_per_second_excluding_eval: float
+    train_loss: float
+    best_wer: Optional[float]
+    best_cer: Optional[float]
+    best_step: Optional[int]
+    best_checkpoint: Optional[str]
+    normalizer: str
+    language: Optional[str]
+    precision: str
+    learning_rate: float
+    world_size: int
+    peak_gpu_gb: Optional[float]
+    resumed_from: Optional[str]
+    config: dict  # every option of the run
+    eval_per_dataset: list = field(default_factory=list)  # DatasetScore per dataset when several
+    is_main_process: bool = True
+    hub_url: Optional[str] = None
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def plot_history(log_history, path):
+    """Write a PNG of training loss and eval WER against step (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
+    evals = [(e["step"], e["eval_wer"]) for e in log_history if "eval_wer" in e]
+    fig, loss_axis = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if train:
+        loss_axis.plot(*zip(*train), color="tab:blue", label="training loss")
+    loss_axis.set_xlabel("step")
+    loss_axis.set_ylabel("training loss", color="tab:blue")
+    wer_axis = loss_axis.twinx()
+    if evals:
+        wer_axis.plot(*zip(*evals), color="tab:red", marker="o", label="eval WER")
+    wer_axis.set_ylabel("eval WER (normalised)", color="tab:red")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_reports(summary: TrainSummary, log_history, hub_model_id=None):
+    """Curve PNG, ``training_summary.json`` and the model card into ``summary.output_dir`` (rank 0 only)."""
+    out = summary.output_dir
+    plot_history(log_history, os.path.join(out, PLOT_FILE))
+    atomic_write_text(os.path.join(out, SUMMARY_FILE),
+                      json.dumps(summary.to_dict(), indent=2, ensure_ascii=False, default=str) + "\n")
+    write_model_card(out, summary.to_dict(), hub_model_id)
+    logger.info("wrote the training curve %s, %s and the model card", PLOT_FILE, SUMMARY_FILE)
+
+
+def format_summary(summary: TrainSummary):
+    """The short end-of-run summary the scripts print."""
+    lines = [f"steps: {summary.global_step} ({summary.epochs:.2f} epochs, {summary.world_size} process(es), "
+             f"{summary.precision})",
+             f"time: {summary.wall_seconds:.1f} s (evaluation {summary.eval_seconds:.1f} s)",
+             f"samples/s: {summary.samples_per_second:.3f} overall, "
+             f"{summary.train_samples_per_second_excluding_eval:.3f} excluding evaluation"]
+    if summary.best_wer is not None:
+        lines.append(f"best eval WER: {summary.best_wer:.4f} (CER {summary.best_cer:.4f}, "
+                     f"{summary.normalizer} normaliser) at step {summary.best_step} ({summary.best_checkpoint})")
+    lines.append(f"model, processor and generation config: {summary.output_dir}")
+    return "\n".join(lines)

@@ -1,0 +1,267 @@
+"""The options of both training scripts, declared once, and every check made before any long work.
+
+:class:`TrainConfig` is the single declaration of each training flag (type, default, help); the
+scripts' parsers and the README's flag table are generated from it (:mod:`whisper_finetune.options`).
+:func:`check_config` validates every option (values, datasets, model, resume point, output folder)
+so that a bad run fails in seconds with one line, not after featurising the data.
+"""
+import glob
+import importlib.util
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+from transformers import GenerationConfig, WhisperConfig
+
+from . import checkpoints, hub, modeling
+from .data import DatasetSpec, check_parallel_lists
+from .errors import OptionError, UserError
+from .options import option
+
+STRATEGIES = ("steps", "epoch")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+TASKS = ("transcribe", "translate")
+# Flags only the HF script has (it reads Hub datasets by config/split/column, and streams).
+HF_ONLY = ("train_dataset_configs", "train_dataset_splits", "train_dataset_text_columns", "eval_dataset_configs",
+           "eval_dataset_splits", "eval_dataset_text_columns", "audio_column", "streaming",
+           "interleave_probabilities", "shuffle_buffer_size")
+# Files that mark an earlier run in --output_dir.
+RUN_MARKERS = ("trainer_state.json", "training_summary.json", "config.json", "model.safetensors",
+               "adapter_config.json")
+DATASETS_HELP = "(HF script: Hub ids or local dataset folders; custom script: data_prep output folders)"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of :func:`whisper_finetune.training.train`: one field per flag of the training scripts."""
+
+    model_name: str = option(help="Whisper model to fine-tune: a Hub id or a local folder", group="model")
+    train_datasets: Tuple[str, ...] = option(help=f"training datasets {DATASETS_HELP}; concatenated and shuffled",
+                                             group="data")
+    eval_datasets: Tuple[str, ...] = option(help=f"evaluation datasets {DATASETS_HELP}; concatenated; the best "
+                                            "checkpoint is chosen on them", group="data")
+    output_dir: str = option(help="folder for checkpoints, logs, the plot, the summary and the final model")
+    custom: bool = option(True, "data_prep folders (custom script) or HF datasets (HF script)", cli=False)
+    train_dataset_configs: Optional[Tuple[str, ...]] = option(
+        None, "one config per --train_datasets entry (e.g. hi); omit when the datasets have none", group="data")
+    train_dataset_splits: Optional[Tuple[str, ...]] = option(
+        None, "one split per --train_datasets entry", group="data", default_text="train")
+    train_dataset_text_columns: Optional[Tuple[str, ...]] = option(
+        None, "one transcription column per --train_datasets entry", group="data",
+        default_text="the first of sentence, text, transcription, ... that exists")
+    eval_dataset_configs: Optional[Tuple[str, ...]] = option(
+        None, "one config per --eval_datasets entry", group="data")
+    eval_dataset_splits: Optional[Tuple[str, ...]] = option(
+        None, "one split per --eval_datasets entry", group="data", default_text="test")
+    eval_dataset_text_columns: Optional[Tuple[str, ...]] = option(
+        None, "one transcription column per --eval_datasets entry", group="data",
+        default_text="the first of sentence, text, transcription, ... that exists")
+    audio_column: str = option("audio", "name of the audio column in the HF datasets", group="data")
+    language: Optional[str] = option(None, "language of the speech, a name (Hindi) or code (hi); written into the "
+                                     "saved generation config. English-only (.en) models take none (or English)",
+                                     group="model")
+    task: str = option("transcribe", "task token for multilingual models", choices=TASKS, group="model")
+    sampling_rate: int = option(16000, "resample all audio to this rate (Hz)", group="data")
+    num_proc: int = option(1, "processes computing log-mel features (once, before training)", group="data")
+    train_strategy: str = option("steps", "train for --num_steps or --num_epochs", choices=STRATEGIES,
+                                 group="schedule")
+    num_steps: int = option(1000, "optimizer steps with --train_strategy steps", group="schedule")
+    num_epochs: float = option(1.0, "epochs with --train_strategy epoch", group="schedule")
+    learning_rate: Optional[float] = option(None, "peak learning rate", group="schedule",
+                                            default_text="pre-training maximum / 40 for the model's size, e.g. "
+                                                         "tiny 3.75e-5, base 2.5e-5")
+    warmup: int = option(0, "linear warm-up steps, then linear decay to zero", group="schedule")
+    lr_scheduler_type: str = option("linear", "transformers scheduler name (linear, cosine, constant...)",
+                                    group="schedule")
+    weight_decay: float = option(0.0, "AdamW weight decay", group="schedule")
+    max_grad_norm: float = option(1.0, "gradient clipping norm", group="schedule")
+    train_batchsize: int = option(16, "training batch size per process", group="schedule")
+    eval_batchsize: int = option(8, "evaluation batch size per process", group="schedule")
+    gradient_accumulation_steps: int = option(1, "batches accumulated per optimizer step", group="schedule")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory, "
+                                          "about 30% slower)", group="model")
+    freeze_encoder: bool = option(False, "train the decoder only", group="model")
+    mixed_precision: str = option("auto", "auto: bf16 on GPUs that support it, else fp16; fp32 on CPU. bf16 also "
+                                  "runs on a CPU (autocast); fp16 needs a GPU", choices=PRECISIONS, group="model")
+    eval_steps: Optional[int] = option(None, "evaluate (WER/CER with generation) every N steps with "
+                                       "--train_strategy steps; epoch strategy: every epoch", group="schedule",
+                                       default_text="num_steps/5, at most 1000")
+    save_steps: Optional[int] = option(None, "save a checkpoint every N steps (a multiple of --eval_steps)",
+                                       group="schedule", default_text="--eval_steps")
+    save_total_limit: Optional[int] = option(None, "keep at most N checkpoints (the best one is always kept)",
+                                             group="schedule")
+    logging_steps: int = option(10, "log training loss every N steps (TensorBoard, plot)", group="schedule")
+    generation_max_new_tokens: int = option(128, "token limit when decoding for evaluation", group="schedule")
+    max_train_samples: Optional[int] = option(None, "use only the first N (shuffled) training utterances",
+                                              group="data", default_text="all")
+    max_eval_samples: Optional[int] = option(None, "use only the first N (shuffled) evaluation utterances",
+                                             group="data", default_text="all")
+    seed: int = option(42, "seed for shuffling, initialisation and data order", group="schedule")
+    lowercase: bool = option(False, "lower-case training and evaluation transcripts", group="data")
+    remove_punctuation: bool = option(False, "remove punctuation from the transcripts", group="data")
+    lora: bool = option(False, "train LoRA adapters (peft) on the attention q/k/v/out projections instead of all "
+                        "weights", group="model")
+    lora_r: int = option(32, "LoRA rank", group="model")
+    lora_alpha: int = option(64, "LoRA alpha (scaling = alpha / r)", group="model")
+    lora_dropout: float = option(0.05, "dropout on the LoRA path", group="model")
+    resume_from_ckpt: Optional[str] = option(None, "None: start fresh; a checkpoint-N folder: resume it exactly; "
+                                             "latest: the newest complete checkpoint in --output_dir (a fresh "
+                                             "start when there is none)")
+    overwrite_output_dir: bool = option(False, "replace an earlier run in --output_dir")
+    deepspeed: Optional[str] = option(None, "DeepSpeed config file, passed to the Trainer (needs pip install "
+                                      "deepspeed)", group="scale")
+    fsdp: str = option("", "FSDP options passed to the Trainer, e.g. 'full_shard auto_wrap'", group="scale")
+    fsdp_config: Optional[str] = option(None, "FSDP config JSON passed to the Trainer (e.g. configs/fsdp_config.json)",
+                                        group="scale")
+    num_workers: int = option(0, "data-loader worker processes", group="data")
+    report_to: str = option("tensorboard", "Trainer logging integration (tensorboard, none...)")
+    streaming: bool = option(False, "read the training datasets as streams (IterableDataset: never downloaded "
+                             "whole, featurised on the fly); needs --train_strategy steps", group="scale")
+    interleave_probabilities: Optional[Tuple[float, ...]] = option(
+        None, "with --streaming: one sampling weight per --train_datasets entry", group="scale",
+        default_text="proportional to size when known, else equal")
+    shuffle_buffer_size: int = option(1000, "with --streaming: examples held in the shuffle buffer", group="scale")
+    push_to_hub: bool = option(False, "after training, upload the final model, processor, generation config and "
+                               "model card (README.md) to --hub_model_id (needs a Hugging Face login)", group="scale")
+    hub_model_id: Optional[str] = option(None, "Hub repository for --push_to_hub, e.g. your-name/whisper-small-hi",
+                                         group="scale")
+    hub_private_repo: bool = option(False, "create the Hub repository as private", group="scale")
+
+
+@dataclass(frozen=True)
+class CheckedRun:
+    """What :func:`check_config` established: the model's configs and where training starts."""
+
+    model_config: WhisperConfig
+    generation_config: GenerationConfig
+    resume: Optional[str]  # a complete checkpoint folder, or None for a fresh start
+
+
+def dataset_specs(config: TrainConfig, role):
+    """The :class:`DatasetSpec` of each ``train``/``eval`` dataset (parallel lists checked)."""
+    names = getattr(config, f"{role}_datasets")
+    lists = {f"{role}_dataset_{kind}": getattr(config, f"{role}_dataset_{kind}")
+             for kind in ("configs", "splits", "text_columns")}
+    check_parallel_lists(role, **{f"{role}_datasets": names}, **lists)
+    n = len(names)
+    configs, splits, columns = (list(values) if values else [None] * n for values in lists.values())
+    default_split = None if config.custom else "train" if role == "train" else "test"
+    return [DatasetSpec(name, cfg, split or default_split, column, config.audio_column)
+            for name, cfg, split, column in zip(names, configs, splits, columns)]
+
+
+def intervals(config: TrainConfig):
+    """(eval_steps, save_steps): by default about five evaluations per run, at most every 1000 steps."""
+    eval_steps = config.eval_steps or max(1, min(1000, math.ceil(config.num_steps / 5)))
+    return eval_steps, config.save_steps or eval_steps
+
+
+def precision(choice):
+    """The (name, bf16, fp16) to train with: bf16 on GPUs that support it, else fp16; fp32 on CPU."""
+    if choice == "auto":
+        if torch.cuda.is_available():
+            choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            choice = "fp32"
+    if choice == "fp16" and not torch.cuda.is_available():
+        raise OptionError("mixed_precision", choice, "needs a GPU; use bf16 or fp32 on CPU")
+    return choice, choice == "bf16", choice == "fp16"
+
+
+def _load_model_config(name):
+    """WhisperConfig + GenerationConfig of ``model_name`` (cheap), with a one-line error if unusable."""
+    if os.path.isdir(name):
+        if not os.path.exists(os.path.join(name, "config.json")):
+            raise OptionError("model_name", name, "folder holds no model (no config.json)")
+    elif not modeling.looks_like_hub_id(name):
+        raise OptionError("model_name", name, "no such folder, and not a Hub id (owner/name)")
+    try:
+        return WhisperConfig.from_pretrained(name), GenerationConfig.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise OptionError("model_name", name, f"cannot load a Whisper model: {str(exc).splitlines()[0]}") from exc
+
+
+def earlier_run(output_dir):
+    """Names of the files and checkpoints that show an earlier run in ``output_dir``."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [m for m in RUN_MARKERS if os.path.exists(os.path.join(output_dir, m))]
+    return found + sorted(os.path.basename(p) for p in glob.glob(os.path.join(output_dir, "checkpoint-*")))
+
+
+def _check_values(config: TrainConfig):
+    for name, choices in (("train_strategy", STRATEGIES), ("mixed_precision", PRECISIONS), ("task", TASKS)):
+        if getattr(config, name) not in choices:
+            raise OptionError(name, getattr(config, name), f"choose one of {', '.join(choices)}")
+    for name in ("train_batchsize", "eval_batchsize", "gradient_accumulation_steps", "num_steps", "sampling_rate",
+                 "num_proc", "logging_steps", "generation_max_new_tokens"):
+        if getattr(config, name) < 1:
+            raise OptionError(name, getattr(config, name), "must be at least 1")
+    if config.num_epochs <= 0:
+        raise OptionError("num_epochs", config.num_epochs, "must be positive")
+    for name in ("eval_steps", "save_steps", "max_train_samples", "max_eval_samples", "save_total_limit"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise OptionError(name, getattr(config, name), "must be at least 1")
+    for name in ("warmup", "num_workers"):
+        if getattr(config, name) < 0:
+            raise OptionError(name, getattr(config, name), "must not be negative")
+    if config.learning_rate is not None and config.learning_rate <= 0:
+        raise OptionError("learning_rate", config.learning_rate, "must be positive")
+    eval_steps, save_steps = intervals(config)
+    if config.train_strategy == "steps" and save_steps % eval_steps:
+        raise OptionError("save_steps", save_steps, f"must be a multiple of --eval_steps {eval_steps} (the best "
+                          f"checkpoint is chosen by eval WER)")
+    if config.lora and config.freeze_encoder:
+        raise UserError("--lora and --freeze_encoder together: LoRA already freezes the base model; pick one")
+    for name in ("deepspeed", "fsdp_config"):
+        if getattr(config, name) and not os.path.isfile(getattr(config, name)):
+            raise OptionError(name, getattr(config, name), "no such config file")
+    if config.deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise OptionError("deepspeed", config.deepspeed, "needs the deepspeed package: pip install deepspeed")
+
+
+def _check_streaming(config: TrainConfig):
+    if not config.streaming:
+        if config.interleave_probabilities:
+            raise UserError("--interleave_probabilities needs --streaming True")
+        return
+    if config.custom:
+        raise UserError("--streaming: use train/fine-tune_on_hf_dataset.py (it also reads data_prep folders)")
+    if config.train_strategy != "steps":
+        raise UserError(f"--streaming True needs --train_strategy steps (a stream has no epoch length), "
+                        f"not {config.train_strategy}")
+    if config.shuffle_buffer_size < 1:
+        raise OptionError("shuffle_buffer_size", config.shuffle_buffer_size, "must be at least 1")
+    probabilities = config.interleave_probabilities
+    if probabilities is not None:
+        if len(probabilities) != len(config.train_datasets):
+            raise UserError(f"--interleave_probabilities: {len(probabilities)} value(s) for "
+                            f"{len(config.train_datasets)} --train_datasets; give one per dataset")
+        if any(p < 0 for p in probabilities) or not sum(probabilities) > 0:
+            raise UserError("--interleave_probabilities: values must be non-negative with a positive sum")
+
+
+def check_config(config: TrainConfig) -> CheckedRun:
+    """Validate every option before any long work (see the module docstring)."""
+    _check_values(config)
+    _check_streaming(config)
+    if config.push_to_hub:
+        hub.check_push(config.hub_model_id)
+    for role in ("train", "eval"):
+        if not getattr(config, f"{role}_datasets"):
+            raise UserError(f"--{role}_datasets: give at least one dataset")
+        dataset_specs(config, role)
+    if config.custom:
+        for name in (*config.train_datasets, *config.eval_datasets):
+            if not os.path.isdir(name):
+                raise UserError(f"{name}: no such dataset folder (make one with custom_data/data_prep.py)")
+    model_config, generation = _load_model_config(config.model_name)
+    modeling.resolve_language(config.language, generation, config.task)
+    resume = checkpoints.resolve_resume(config.resume_from_ckpt, config.output_dir)
+    earlier = earlier_run(config.output_dir)
+    if resume is None and earlier and not config.overwrite_output_dir and config.resume_from_ckpt is None:
+        raise UserError(f"--output_dir {config.output_dir} holds an earlier run ({', '.join(earlier[:4])}); pass "
+                        f"--resume_from_ckpt latest to continue it, or --overwrite_output_dir True to replace it")
+    return CheckedRun(model_config, generation, resume)
