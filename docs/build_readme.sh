@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # README.md is assembled from docs/sections/ (one file per topic); run this after editing a section.
+# Lines `<!-- flags: NAME -->` become flag tables generated from the option dataclasses (docs/flag_tables.py).
 set -euo pipefail
 cd "$(dirname "$0")/sections"
 {
@@ -8,4 +9,5 @@ cd "$(dirname "$0")/sections"
     cat "$f"
     echo
   done
-} > ../../README.md
+} | python3 ../flag_tables.py > ../../README.md.tmp
+mv ../../README.md.tmp ../../README.md

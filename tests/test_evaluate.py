@@ -72,13 +72,13 @@ def test_custom_evaluator_writes_result_files(tiny_model_dir, tiny_dataset_dir, 
     for key in ("wer", "cer", "raw_wer", "raw_cer", "substitutions", "deletions", "insertions", "utterances",
                 "audio_hours", "wall_seconds", "rtfx", "normalizer", "empty_references"):
         assert key in result, key
-    assert result.utterances == 8 and result.normalizer == "indic" and result.language == "hi"
-    assert result.decoder_prompt == "<|startoftranscript|><|hi|><|transcribe|><|notimestamps|>"
-    assert result.decoding["batch_size"] == 3 and result.decoding["backend"] == "pytorch"
-    assert result.audio_hours == pytest.approx(sum(1.0 + 0.1 * i for i in range(8)) / 3600, rel=1e-3)
+    assert result["utterances"] == 8 and result["normalizer"] == "indic" and result["language"] == "hi"
+    assert result["decoder_prompt"] == "<|startoftranscript|><|hi|><|transcribe|><|notimestamps|>"
+    assert result["decoding"]["batch_size"] == 3 and result["decoding"]["backend"] == "pytorch"
+    assert result["audio_hours"] == pytest.approx(sum(1.0 + 0.1 * i for i in range(8)) / 3600, rel=1e-3)
     text = open(txt, encoding="utf-8").read()
     assert text.count("\nID: utt") == 8 and "WER: " in text.split("\nID:")[0]
-    assert _header_value(txt, "WER") == pytest.approx(result.wer, abs=1e-4)
+    assert _header_value(txt, "WER") == pytest.approx(result["wer"], abs=1e-4)
 
 
 def test_wer_in_file_equals_jiwer_on_its_lines_and_order_is_kept(tiny_model_dir, tiny_dataset_dir, tmp_path,
@@ -130,8 +130,8 @@ def test_hf_evaluator_detects_text_column_and_counts_empty_references(tiny_model
     [json_file, txt_file] = _results(out)
     assert "hf_test" in txt_file
     result = json.load(open(os.path.join(out, json_file), encoding="utf-8"))
-    assert result.utterances == 4 and result.empty_references == 1 and result.scored_utterances == 3
-    assert result.normalizer == "basic" and "<|ta|>" in result.decoder_prompt
+    assert result["utterances"] == 4 and result["empty_references"] == 1 and result["scored_utterances"] == 3
+    assert result["normalizer"] == "basic" and "<|ta|>" in result["decoder_prompt"]
     assert "(empty reference: not scored)" in open(os.path.join(out, txt_file), encoding="utf-8").read()
     with pytest.raises(UserError, match="no text column 'words'; columns are: .*transcription"):
         main(["--hf_model", tiny_model_dir, "--dataset", data, "--split", "test", "--text_column", "words",
@@ -188,7 +188,7 @@ def test_ctranslate2_backend_from_the_script(tiny_model_dir, tiny_dataset_dir, t
     [json_file, _] = _results(out)
     assert json_file.endswith("__ctranslate2-int8.json")
     result = json.load(open(os.path.join(out, json_file), encoding="utf-8"))
-    assert result.decoding["compute_type"] == "int8" and "<|hi|>" in result.decoder_prompt
+    assert result["decoding"]["compute_type"] == "int8" and "<|hi|>" in result["decoder_prompt"]
     assert os.path.isdir(folder + ".ct2")
 
 

@@ -225,11 +225,11 @@ def test_streaming_training_run(tiny_model_dir, parquet_sets, tmp_path):
     assert "unknown (streamed)" in card
     # the card has the combined row and one row per evaluation dataset (final model, each on its own)
     rows = summary.eval_per_dataset
-    assert [(r["dataset"], r["samples"]) for r in rows] == [(f"{parquet_sets[0]}/train", 4),
+    assert [(r.dataset, r.samples) for r in rows] == [(f"{parquet_sets[0]}/train", 4),
                                                             (f"{parquet_sets[1]}/train", 3)]
     assert summary.eval_samples == 4  # combined set, cut to --max_eval_samples
     for row in rows:
-        assert f"| `{row['dataset']}` ({row['samples']} utterances) | {row['wer']:.4f} | {row['cer']:.4f} |" in card
+        assert f"| `{row.dataset}` ({row.samples} utterances) | {row.wer:.4f} | {row.cer:.4f} |" in card
 
 
 # --------------------------------------------------------------------------------------------- sharded data

@@ -39,6 +39,8 @@ def test_result_files_round_trip(tmp_path):
 
 
 def test_summary_table_lists_each_dataset():
-    table = summary_table([{"dataset": "x", "utterances": 3, "wer": 0.25, "cer": 0.1, "raw_wer": 0.5,
-                            "normalizer": "indic", "rtfx": 12.0}])
+    from types import SimpleNamespace
+
+    table = summary_table([SimpleNamespace(dataset="x", utterances=3, wer=0.25, cer=0.1, raw_wer=0.5,
+                                           normalizer="indic", rtfx=12.0)])
     assert "x" in table and "0.2500" in table and "indic" in table

@@ -11,7 +11,9 @@ import warnings
 from . import options
 from .errors import OptionError, UserError
 
-LIBRARY_LOGGERS = ("httpx", "urllib3", "filelock", "fsspec", "absl", "jax._src")
+# Loggers of libraries that report their internals at INFO (datasets lists the frameworks it found when
+# first imported, before its own verbosity setting exists).
+LIBRARY_LOGGERS = ("httpx", "urllib3", "filelock", "fsspec", "absl", "jax._src", "datasets", "transformers")
 
 
 def setup_logging(verbose=False):
@@ -91,17 +93,16 @@ HF_ONLY_EVAL = ("dataset", "config", "split", "text_column", "audio_column")
 def evaluator_main(doc, custom, argv=None, backend=None):
     """The whole body of an evaluator script: parse flags, run :func:`evaluate`, print the summary table.
 
-    ``backend="jax"`` makes a JAX evaluator: no ``--backend`` flag, result files marked ``jax``.
+    ``backend="jax"`` makes a JAX evaluator: ``--backend`` defaults to it and result files are marked ``jax``.
     """
     from .evaluation import EvalConfig, evaluate
     from .scoring import summary_table
 
-    exclude = (HF_ONLY_EVAL if custom else CUSTOM_ONLY_EVAL) + (("backend",) if backend else ())
+    exclude = HF_ONLY_EVAL if custom else CUSTOM_ONLY_EVAL
     required = CUSTOM_ONLY_EVAL if custom else ("dataset",)
-    fixed = {"custom": custom}
-    if backend:
-        fixed.update(result_marker=backend, backend=backend)
-    config, script = options.parse(EvalConfig, doc, argv, exclude=exclude, fixed=fixed, required=required)
+    fixed = {"custom": custom, "result_marker": backend}
+    config, script = options.parse(EvalConfig, doc, argv, exclude=exclude, fixed=fixed, required=required,
+                                   defaults={"backend": backend} if backend else None)
     setup_logging(script.verbose)
     results = evaluate(config)
     print(summary_table(results))
@@ -114,8 +115,7 @@ def transcriber_main(doc, argv=None, backend=None):
     """The whole body of a transcription script: parse flags, run :func:`transcribe`, print the text."""
     from .transcription import TranscribeConfig, transcribe
 
-    config, script = options.parse(TranscribeConfig, doc, argv, exclude=("backend",) if backend else (),
-                                   fixed={"backend": backend} if backend else None)
+    config, script = options.parse(TranscribeConfig, doc, argv, defaults={"backend": backend} if backend else None)
     setup_logging(script.verbose)
     print(transcribe(config).text)
     return 0

@@ -146,6 +146,8 @@ def _help_text(flag):
 
 
 def _show(value):
+    if value == "":
+        return '""'
     if isinstance(value, tuple):
         return " ".join(map(str, value))
     return str(value)

@@ -47,7 +47,7 @@ class TrainSummary:
     samples_trained: int
     samples_per_second: float
     train_samples_per_second_excluding_eval: float
-    train_loss: float
+    train_loss: Optional[float]  # mean over the run's steps, from the logged losses
     best_wer: Optional[float]
     best_cer: Optional[float]
     best_step: Optional[int]

@@ -109,10 +109,11 @@ def read_result_pairs(path):
 
 
 def summary_table(rows):
-    """Format a list of result dicts (with ``dataset``, ``wer``, ``cer``...) as an aligned text table."""
+    """Format evaluation results (objects with ``dataset``, ``wer``, ``cer``... attributes) as an aligned table."""
     columns = ["dataset", "utterances", "wer", "cer", "raw_wer", "normalizer", "rtfx"]
     cells = [[str(c) for c in columns]]
     for row in rows:
-        cells.append([f"{row.get(c):.4f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns])
+        values = [getattr(row, c, "") for c in columns]
+        cells.append([f"{v:.4f}" if isinstance(v, float) else str(v) for v in values])
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells)

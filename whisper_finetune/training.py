@@ -23,7 +23,7 @@ import time
 import torch
 import torch.distributed as dist
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, WhisperForConditionalGeneration
-from transformers.trainer_callback import ExportableState
+from transformers.trainer_callback import ExportableState, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy
 
 from . import checkpoints, hub, modeling, scoring
@@ -73,8 +73,8 @@ class _WhisperTrainer(Seq2SeqTrainer):
 
         The steps are those of ``Trainer._save_checkpoint`` (transformers 4.57): weights, optimizer and
         scheduler, scaler, RNG state, trainer state; then the processor and generation config, so the
-        folder is also a loadable model; only then the rename, and after it best-model bookkeeping and
-        rotation, which must see the final name.
+        folder is also a loadable model; only then the rename, and after it the rotation of old
+        checkpoints, which must see the final name.
         """
         with self._timed("checkpoint_seconds"):
             if self.hp_search_backend is None and trial is None:
@@ -86,6 +86,12 @@ class _WhisperTrainer(Seq2SeqTrainer):
                 checkpoints.remove_partials(run_dir)
             self._barrier()
             self.save_model(staged, _internal_call=True)
+            if self.args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH) and self.state.best_global_step:
+                # Before the trainer state is written, so the checkpoint records its best model; the
+                # best may be this very checkpoint, which exists only under its temporary name yet.
+                best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
+                if os.path.exists(best) or best == final:
+                    self.state.best_model_checkpoint = best
             if not self.args.save_only_model:
                 self._save_optimizer_and_scheduler(staged)
                 self._save_scaler(staged)
@@ -105,10 +111,6 @@ class _WhisperTrainer(Seq2SeqTrainer):
             if self.args.should_save:
                 checkpoints.publish_dir(staged, final)
             self._barrier()
-            if self.args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH) and self.state.best_global_step:
-                best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
-                if os.path.exists(best):
-                    self.state.best_model_checkpoint = best
             if self.args.push_to_hub:
                 self._push_from_checkpoint(final)
             if self.args.should_save:
@@ -372,7 +374,16 @@ def train(config: TrainConfig) -> TrainSummary:
         streaming=config.streaming, companions=(processor, generation_config))
 
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
+    if resume and args.max_steps > 0 and _start_step(resume) >= args.max_steps:
+        # Resumed at the last step (a kill after the last checkpoint, e.g. while the final model was
+        # written). transformers 4.57 would train one more step here when the last step falls
+        # mid-epoch (found by tests/test_kill.py), so the run is finished from the checkpoint instead.
+        logger.info("%s is at the last step (%d): nothing left to train", resume, args.max_steps)
+        trainer.state = TrainerState.load_from_json(os.path.join(resume, checkpoints.TRAINER_STATE))
+        if trainer.state.best_model_checkpoint:
+            trainer._load_best_model()
+    else:
+        trainer.train(resume_from_checkpoint=resume)
     elapsed = time.perf_counter() - start
     _save_final(trainer, processor, config, generation_config)
 
@@ -391,7 +402,7 @@ def train(config: TrainConfig) -> TrainSummary:
         checkpoint_seconds=round(trainer.checkpoint_seconds, 2), samples_trained=samples,
         samples_per_second=round(samples / elapsed, 3),
         train_samples_per_second_excluding_eval=round(samples / train_only, 3),
-        train_loss=result.training_loss, best_wer=best_eval.get("eval_wer"), best_cer=best_eval.get("eval_cer"),
+        train_loss=_mean_logged_loss(state.log_history), best_wer=best_eval.get("eval_wer"), best_cer=best_eval.get("eval_cer"),
         best_step=best_eval.get("step"), best_checkpoint=state.best_model_checkpoint, normalizer=normalizer,
         language=language, precision=run_precision[0], learning_rate=learning_rate, world_size=world,
         peak_gpu_gb=round(torch.cuda.max_memory_allocated() / 1e9, 3) if torch.cuda.is_available() else None,
@@ -415,6 +426,16 @@ def _evaluate_each(trainer, config, specs, processor, args):
         rows.append(DatasetScore(spec.label, len(dataset), metrics["final_eval_wer"], metrics["final_eval_cer"]))
         logger.info("final model on %s: WER %.4f, CER %.4f", spec.label, rows[-1].wer, rows[-1].cer)
     return rows
+
+
+def _mean_logged_loss(history):
+    """Mean training loss over the whole run, from the logged losses (each the mean of the steps since the
+    previous log), so a resumed run reports the same figure as one never interrupted."""
+    logged = [(e["step"], e["loss"]) for e in history if "loss" in e]
+    if not logged:
+        return None
+    previous = [0] + [step for step, _ in logged[:-1]]
+    return sum((step - prev) * loss for prev, (step, loss) in zip(previous, logged)) / logged[-1][0]
 
 
 def _hours(dataset):

@@ -1,0 +1,44 @@
+"""Fill the README's flag tables from the option dataclasses (run by docs/build_readme.sh).
+
+Reads Markdown on stdin and replaces each line ``<!-- flags: NAME -->`` with the table NAME below, so
+a flag's type, default and help are written once, on its dataclass, and the README cannot drift.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from whisper_finetune.cli import CUSTOM_ONLY_EVAL, HF_ONLY_EVAL  # noqa: E402
+from whisper_finetune.data import DataPrepConfig  # noqa: E402
+from whisper_finetune.embeddings import EmbeddingConfig  # noqa: E402
+from whisper_finetune.evaluation import EvalConfig  # noqa: E402
+from whisper_finetune.options import markdown_table  # noqa: E402
+from whisper_finetune.train_config import HF_ONLY, TrainConfig  # noqa: E402
+from whisper_finetune.transcription import TranscribeConfig  # noqa: E402
+
+SCALE = ("streaming", "interleave_probabilities", "shuffle_buffer_size", "deepspeed", "fsdp", "fsdp_config",
+         "push_to_hub", "hub_model_id", "hub_private_repo")
+TABLES = {
+    "data_prep": lambda: markdown_table(DataPrepConfig),
+    "train": lambda: markdown_table(TrainConfig, exclude=HF_ONLY),
+    "train_hf_only": lambda: markdown_table(TrainConfig, only=HF_ONLY),
+    "train_scale": lambda: markdown_table(TrainConfig, only=SCALE),
+    "evaluate": lambda: markdown_table(EvalConfig, exclude=HF_ONLY_EVAL, required=CUSTOM_ONLY_EVAL),
+    "evaluate_hf_only": lambda: markdown_table(EvalConfig, required=("dataset",), only=HF_ONLY_EVAL),
+    "transcribe": lambda: markdown_table(TranscribeConfig),
+    "embeddings": lambda: markdown_table(EmbeddingConfig),
+}
+MARKER = "<!-- flags: "
+
+
+def fill(text):
+    lines = []
+    for line in text.splitlines():
+        if line.startswith(MARKER):
+            lines.append(TABLES[line[len(MARKER):].split()[0]]())
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(fill(sys.stdin.read()))
