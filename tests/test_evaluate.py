@@ -63,7 +63,7 @@ def test_custom_evaluator_writes_result_files(tiny_model_dir, tiny_dataset_dir, 
                             "--max_new_tokens", "4", "--num_workers", "0", "--output_dir", out])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "dataset" in printed and "wer" in printed and "indic" in printed  # summary table
+    assert "dataset" in printed and "wer" in printed and "unicode" in printed  # summary table
     files = _results(out)
     assert len(files) == 2 and files[0].endswith(".json") and files[1].endswith(".txt")
     txt = os.path.join(out, files[1])
@@ -72,7 +72,7 @@ def test_custom_evaluator_writes_result_files(tiny_model_dir, tiny_dataset_dir, 
     for key in ("wer", "cer", "raw_wer", "raw_cer", "substitutions", "deletions", "insertions", "utterances",
                 "audio_hours", "wall_seconds", "rtfx", "normalizer", "empty_references"):
         assert key in result, key
-    assert result["utterances"] == 8 and result["normalizer"] == "indic" and result["language"] == "hi"
+    assert result["utterances"] == 8 and result["normalizer"] == "unicode" and result["language"] == "hi"
     assert result["decoder_prompt"] == "<|startoftranscript|><|hi|><|transcribe|><|notimestamps|>"
     assert result["decoding"]["batch_size"] == 3 and result["decoding"]["backend"] == "pytorch"
     assert result["audio_hours"] == pytest.approx(sum(1.0 + 0.1 * i for i in range(8)) / 3600, rel=1e-3)
@@ -175,7 +175,7 @@ def test_saved_language_is_the_default(tiny_model_dir, tiny_dataset_dir, tmp_pat
         eval_datasets=(tiny_dataset_dir,), output_dir=str(tmp_path / "out"),
         hf_model=folder, custom=True, max_samples=1, num_workers=0,
         decoding=evaluation.DecodingOptions(max_new_tokens=2)))
-    assert result.language == "te" and "<|te|>" in result.decoder_prompt and result.normalizer == "indic"
+    assert result.language == "te" and "<|te|>" in result.decoder_prompt and result.normalizer == "unicode"
 
 
 def test_ctranslate2_backend_from_the_script(tiny_model_dir, tiny_dataset_dir, tmp_path):
@@ -284,14 +284,52 @@ def test_tiny_en_on_espeak_en_pytorch_and_ctranslate2(real_model_dir, prepared_s
 
 @pytest.mark.slow
 @pytest.mark.real_model
-def test_whisper_base_hindi_uses_hi_token_and_indic_normaliser(real_multilingual_model_dir, prepared_shared, tmp_path):
+def test_whisper_base_hindi_uses_hi_token_and_unicode_normaliser(real_multilingual_model_dir, prepared_shared, tmp_path):
     [result] = evaluation.evaluate(evaluation.EvalConfig(
         eval_datasets=(prepared_shared("espeak_hi/eval"),), output_dir=str(tmp_path),
         hf_model=real_multilingual_model_dir, custom=True, language="hi", max_samples=8, num_workers=1,
         decoding=evaluation.DecodingOptions(max_new_tokens=64)))
-    assert result.normalizer == "indic" and result.language == "hi"
+    assert result.normalizer == "unicode" and result.language == "hi"
     assert "<|hi|>" in result.decoder_prompt
     refs, _ = read_result_pairs(result.txt_path)
     # the normalised references still hold their vowel signs (Unicode category Mc/Mn)
     assert all(any(unicodedata.category(ch).startswith("M") for ch in ref) for ref in refs)
-    assert "# normalizer: indic" in open(result.txt_path, encoding="utf-8").read()
+    assert "# normalizer: unicode" in open(result.txt_path, encoding="utf-8").read()
+
+
+JAPANESE = ["今日はいい天気ですね", "私は東京に住んでいます", "猫が窓の外を見ている", "駅まで歩いて十分です"]
+
+
+@pytest.mark.parametrize("language, first, second", [("ja", "CER", "WER"), ("es", "WER", "CER"), ("hi", "WER", "CER"),
+                                                    ("en", "WER", "CER")])
+def test_primary_metric_comes_first_in_result_file_and_summary(tiny_model_dir, tiny_en_model_dir, tmp_path, capsys,
+                                                                language, first, second):
+    from conftest import write_corpus
+
+    from whisper_finetune.data import DataPrepConfig, prepare_dataset
+
+    sentences = JAPANESE if language == "ja" else SENTENCES
+    source = write_corpus(str(tmp_path / "src"), n=4, sentences=sentences)
+    data = str(tmp_path / "data")
+    prepare_dataset(DataPrepConfig(source_data_dir=source, output_data_dir=data))
+    model = tiny_en_model_dir if language == "en" else tiny_model_dir
+    out = str(tmp_path / "preds")
+    assert _script(CUSTOM)(["--hf_model", model, "--language", language, "--eval_datasets", data,
+                            "--max_new_tokens", "3", "--num_workers", "0", "--output_dir", out]) == 0
+    printed = capsys.readouterr().out
+    [txt] = [f for f in _results(out) if f.endswith(".txt")]
+    lines = open(os.path.join(out, txt), encoding="utf-8").read().splitlines()
+    metric = first.lower()
+    assert f"# primary_metric: {metric}" in "\n".join(lines)
+    figures = [line.split(":")[0] for line in lines if line.startswith(("WER:", "CER:"))]
+    assert figures == [first, second]
+    with open(os.path.join(out, txt[:-4] + ".json"), encoding="utf-8") as f:
+        result = json.load(f)
+    assert result["primary_metric"] == metric and result["score"] == result[metric]
+    header, row = printed.splitlines()[:2]
+    assert header.split()[2:5] == ["metric", "score", "wer"] and row.split()[2] == metric
+    if language == "ja":
+        assert "(not meaningful: words are not spaced" in "\n".join(lines)
+        assert row.split()[4].startswith("(") and "wer in parentheses: not meaningful" in printed
+    else:
+        assert "not meaningful" not in "\n".join(lines) + printed

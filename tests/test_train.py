@@ -273,3 +273,25 @@ def test_torchrun_two_processes_rank_zero_writes(tiny_model_dir, tiny_dataset_di
     assert len(glob.glob(os.path.join(out, "runs", "*", "events.out.tfevents.*"))) == 1
     assert proc.stderr.count("wrote the training curve") == 1
     assert proc.stdout.count("best eval WER:") == 1
+
+
+@pytest.mark.parametrize("language, best_step", [("ja", 2), ("es", 4)])
+def test_best_checkpoint_is_chosen_by_the_primary_metric(tiny_model_dir, tiny_dataset_dir, tmp_path, monkeypatch,
+                                                         language, best_step):
+    """Evaluations at steps 2 and 4 score (WER 0.5, CER 0.2) then (WER 0.4, CER 0.6): by CER (Japanese, written
+    without spaces between words) step 2 is best, by WER (Spanish) step 4."""
+    from whisper_finetune import scoring
+
+    scripted = iter([{"wer": 0.5, "cer": 0.2}, {"wer": 0.4, "cer": 0.6}])
+    real_score = scoring.score
+
+    def scripted_score(references, hypotheses, normalizer, metric="wer"):
+        result = {**real_score(references, hypotheses, normalizer, metric), **next(scripted)}
+        return {**result, "score": result[metric]}
+
+    monkeypatch.setattr(scoring, "score", scripted_score)
+    summary = train(quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path / "out", language=language))
+    assert summary.primary_metric == ("cer" if language == "ja" else "wer")
+    assert summary.best_step == best_step and summary.best_checkpoint.endswith(f"checkpoint-{best_step}")
+    card = open(os.path.join(summary.output_dir, "README.md"), encoding="utf-8").read()
+    assert f"The best checkpoint was chosen by {summary.primary_metric.upper()}" in card

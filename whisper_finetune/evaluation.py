@@ -23,7 +23,7 @@ from .decoding import DecodingOptions, make_decoder, validate_options
 from .errors import OptionError, UserError
 from .modeling import ModelOptions
 from .options import option
-from .text import NORMALIZERS, choose_normalizer
+from .text import METRICS, NORMALIZERS, choose_metric, choose_normalizer
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +44,13 @@ class EvalConfig(ModelOptions):
     text_column: Optional[str] = option(None, "column holding the transcription", group="data and results",
                                         default_text="the first of sentence, text, transcription, transcript, ...")
     audio_column: str = option(AUDIO_COLUMN, "column holding the audio", group="data and results")
-    normalizer: Optional[str] = option(None, "text normaliser for WER/CER", choices=NORMALIZERS,
-                                       group="data and results",
-                                       default_text="english for English, indic otherwise")
+    normalizer: Optional[str] = option(None, "text normaliser for WER/CER (indic: the former name of unicode)",
+                                       choices=NORMALIZERS, group="data and results",
+                                       default_text="english for English and .en models, unicode otherwise")
+    primary_metric: Optional[str] = option(None, "the metric reported first and meant to be read", choices=METRICS,
+                                           group="data and results",
+                                           default_text="cer for zh, ja, th, lo, my, yue, km, bo (no spaces "
+                                                        "between words), wer otherwise")
     max_samples: Optional[int] = option(None, "evaluate only the first N utterances of each dataset (quick runs)",
                                         group="data and results", default_text="all")
     num_workers: int = option(2, "DataLoader workers decoding and featurising audio while the model runs (0: in the "
@@ -83,6 +87,8 @@ class EvalResult:
     utterances_per_second: float
     model_load_seconds: float
     compile_seconds: float
+    primary_metric: str  # "cer" for languages written without spaces between words, else "wer"
+    score: float  # the primary metric's value
     wer: float
     cer: float
     substitutions: int
@@ -207,6 +213,7 @@ def evaluate(config: EvalConfig) -> list:
     validate_options(config.decoding)
     prepared = modeling.prepare_model(config, config.decoding)
     normalizer = choose_normalizer(prepared.options.language, config.normalizer, prepared.english_only)
+    metric = choose_metric(prepared.options.language, config.primary_metric)
     loaded = _load_all(config)
     options = prepared.options
     start = time.perf_counter()
@@ -218,7 +225,7 @@ def evaluate(config: EvalConfig) -> list:
         hypotheses, wall, audio_seconds = decode_dataset(dataset, decoder, prepared.processor.feature_extractor,
                                                          options.batch_size, config.num_workers, spec.label)
         references = list(dataset[TEXT_COLUMN])
-        scores = scoring.score(references, hypotheses, normalizer)
+        scores = scoring.score(references, hypotheses, normalizer, metric)
         metadata = {
             "model": prepared.source.model_path, "processor": prepared.source.processor_path, "dataset": spec.label,
             "language": options.language, "task": options.task,
@@ -231,8 +238,8 @@ def evaluate(config: EvalConfig) -> list:
         stem = scoring.result_stem(prepared.source.name, name, marker)
         txt_path, json_path = scoring.write_results(config.output_dir, stem, list(dataset[ID_COLUMN]), references,
                                                     hypotheses, scores, metadata)
-        logger.info("%s: WER %.4f (normalizer %s), RTFx %.2f -> %s", spec.label, scores["wer"], normalizer,
-                    metadata["rtfx"], txt_path)
+        logger.info("%s: %s %.4f (normalizer %s), RTFx %.2f -> %s", spec.label, metric.upper(), scores["score"],
+                    normalizer, metadata["rtfx"], txt_path)
         figures = {k: v for k, v in scores.items() if k not in ("normalized_references", "normalized_hypotheses",
                                                                   "scored")}
         results.append(EvalResult(**metadata, **figures, txt_path=txt_path, json_path=json_path))

@@ -51,10 +51,13 @@ def render_model_card(summary, hub_model_id=None):
                   *(f"| `{row['dataset']}` ({row['samples']} utterances) | {row['wer']:.4f} | {row['cer']:.4f} | "
                     f"{summary['normalizer']} | {summary['best_step']} |" for row in summary.get("eval_per_dataset", [])),
                   "",
-                  "WER/CER are computed with jiwer after the normaliser named above, decoding with `generate`.", ""]
+                  "WER/CER are computed with jiwer after the normaliser named above, decoding with `generate`. "
+                  + (f"The best checkpoint was chosen by CER: {language} is written without spaces between words, "
+                     "so its WER measures spacing rather than recognition and is not meaningful."
+                     if summary.get("primary_metric") == "cer" else "The best checkpoint was chosen by WER."), ""]
     else:
         lines += ["No evaluation was recorded.", ""]
-    lines += ["![training loss and eval WER](training_curve.png)", "", "## Training arguments", "",
+    lines += [f"![training loss and eval {summary.get('primary_metric', 'wer').upper()}](training_curve.png)", "", "## Training arguments", "",
               "| argument | value |", "| --- | --- |"]
     lines += [f"| {key} | {config.get(key)} |" for key in SHOWN_ARGUMENTS if key in config]
     lines += [f"| effective learning rate | {summary['learning_rate']:.3g} |",

@@ -53,6 +53,7 @@ class TrainSummary:
     best_step: Optional[int]
     best_checkpoint: Optional[str]
     normalizer: str
+    primary_metric: str  # the metric that chose best_checkpoint: cer for languages without spaces between words
     language: Optional[str]
     precision: str
     learning_rate: float
@@ -68,15 +69,15 @@ class TrainSummary:
         return asdict(self)
 
 
-def plot_history(log_history, path):
-    """Write a PNG of training loss and eval WER against step (matplotlib, Agg backend)."""
+def plot_history(log_history, path, metric="wer"):
+    """Write a PNG of training loss and eval WER (or CER, the run's primary metric) against step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
-    evals = [(e["step"], e["eval_wer"]) for e in log_history if "eval_wer" in e]
+    evals = [(e["step"], e[f"eval_{metric}"]) for e in log_history if f"eval_{metric}" in e]
     fig, loss_axis = plt.subplots(figsize=(6, 3.5), dpi=100)
     if train:
         loss_axis.plot(*zip(*train), color="tab:blue", label="training loss")
@@ -84,8 +85,8 @@ def plot_history(log_history, path):
     loss_axis.set_ylabel("training loss", color="tab:blue")
     wer_axis = loss_axis.twinx()
     if evals:
-        wer_axis.plot(*zip(*evals), color="tab:red", marker="o", label="eval WER")
-    wer_axis.set_ylabel("eval WER (normalised)", color="tab:red")
+        wer_axis.plot(*zip(*evals), color="tab:red", marker="o", label=f"eval {metric.upper()}")
+    wer_axis.set_ylabel(f"eval {metric.upper()} (normalised)", color="tab:red")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -95,7 +96,7 @@ def plot_history(log_history, path):
 def write_reports(summary: TrainSummary, log_history, hub_model_id=None):
     """Curve PNG, ``training_summary.json`` and the model card into ``summary.output_dir`` (rank 0 only)."""
     out = summary.output_dir
-    plot_history(log_history, os.path.join(out, PLOT_FILE))
+    plot_history(log_history, os.path.join(out, PLOT_FILE), summary.primary_metric)
     atomic_write_text(os.path.join(out, SUMMARY_FILE),
                       json.dumps(summary.to_dict(), indent=2, ensure_ascii=False, default=str) + "\n")
     write_model_card(out, summary.to_dict(), hub_model_id)
@@ -110,7 +111,12 @@ def format_summary(summary: TrainSummary):
              f"samples/s: {summary.samples_per_second:.3f} overall, "
              f"{summary.train_samples_per_second_excluding_eval:.3f} excluding evaluation"]
     if summary.best_wer is not None:
-        lines.append(f"best eval WER: {summary.best_wer:.4f} (CER {summary.best_cer:.4f}, "
-                     f"{summary.normalizer} normaliser) at step {summary.best_step} ({summary.best_checkpoint})")
+        if summary.primary_metric == "cer":
+            figures = (f"best eval CER: {summary.best_cer:.4f} (WER {summary.best_wer:.4f}, not meaningful without "
+                       f"spaces between words; {summary.normalizer} normaliser)")
+        else:
+            figures = (f"best eval WER: {summary.best_wer:.4f} (CER {summary.best_cer:.4f}, {summary.normalizer} "
+                       f"normaliser)")
+        lines.append(f"{figures} at step {summary.best_step} ({summary.best_checkpoint})")
     lines.append(f"model, processor and generation config: {summary.output_dir}")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from .files import atomic_write_text
 from .text import get_normalizer
 
 RESULT_SUFFIX = ".txt"
+WER_NOT_MEANINGFUL = " (not meaningful: words are not spaced in this language; read CER)"
 
 
 def _safe_measures(refs, hyps):
@@ -26,12 +27,13 @@ def _safe_measures(refs, hyps):
             "deletions": words.deletions, "insertions": words.insertions, "hits": words.hits}
 
 
-def score(references, hypotheses, normalizer):
+def score(references, hypotheses, normalizer, primary_metric="wer"):
     """Score hypotheses against references.
 
     Returns a dict with normalised ``wer``/``cer`` and their S/D/I/hit counts, ``raw_wer``/``raw_cer``
-    (whitespace collapsed only), utterance counts, and ``scored`` (indices of the utterances that
-    entered the normalised score).
+    (whitespace collapsed only), ``primary_metric`` (the one to read: ``cer`` for languages written
+    without spaces between words) and ``score`` (its value), utterance counts, and ``scored``
+    (indices of the utterances that entered the normalised score).
     """
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
@@ -43,7 +45,8 @@ def score(references, hypotheses, normalizer):
     result = _safe_measures([n_refs[i] for i in scored], [n_hyps[i] for i in scored])
     raw_scored = [i for i in range(len(references)) if raw(references[i])]
     raw_measures = _safe_measures([raw(references[i]) for i in raw_scored], [raw(hypotheses[i]) for i in raw_scored])
-    result.update(raw_wer=raw_measures["wer"], raw_cer=raw_measures["cer"], normalizer=normalizer,
+    result.update(primary_metric=primary_metric, score=result[primary_metric],
+                  raw_wer=raw_measures["wer"], raw_cer=raw_measures["cer"], normalizer=normalizer,
                   utterances=len(references), scored_utterances=len(scored),
                   empty_references=len(references) - len(scored),
                   reference_words=sum(len(n_refs[i].split()) for i in scored),
@@ -67,10 +70,13 @@ def write_results(output_dir, stem, ids, references, hypotheses, scores, metadat
     os.makedirs(output_dir, exist_ok=True)
     scored = set(scores["scored"])
     header = [f"# {key}: {value}" for key, value in metadata.items()]
+    by_cer = scores["primary_metric"] == "cer"
+    figures = [f"CER: {scores['cer']:.4f}", f"WER: {scores['wer']:.4f}{WER_NOT_MEANINGFUL if by_cer else ''}"]
     header += [
         f"# normalizer: {scores['normalizer']} (REF/HYP lines are normalised; RAW_* lines are as decoded)",
-        f"WER: {scores['wer']:.4f}",
-        f"CER: {scores['cer']:.4f}",
+        f"# primary_metric: {scores['primary_metric']}" + (" (the language is written without spaces between "
+                                                          "words)" if by_cer else ""),
+        *(figures if by_cer else figures[::-1]),
         f"RAW_WER: {scores['raw_wer']:.4f}",
         f"RAW_CER: {scores['raw_cer']:.4f}",
         f"UTTERANCES: {scores['utterances']} (scored {scores['scored_utterances']}, "
@@ -109,11 +115,19 @@ def read_result_pairs(path):
 
 
 def summary_table(rows):
-    """Format evaluation results (objects with ``dataset``, ``wer``, ``cer``... attributes) as an aligned table."""
-    columns = ["dataset", "utterances", "wer", "cer", "raw_wer", "normalizer", "rtfx"]
-    cells = [[str(c) for c in columns]]
+    """Format evaluation results (objects with ``dataset``, ``primary_metric``, ``score``, ``wer``, ``cer``...
+    attributes) as an aligned table: the primary metric and its score first; a WER that is not meaningful
+    (languages scored by characters) in parentheses, explained under the table."""
+    columns = ["dataset", "utterances", "primary_metric", "score", "wer", "cer", "raw_wer", "normalizer", "rtfx"]
+    cells = [["dataset", "utterances", "metric", "score", "wer", "cer", "raw_wer", "normalizer", "rtfx"]]
     for row in rows:
         values = [getattr(row, c, "") for c in columns]
-        cells.append([f"{v:.4f}" if isinstance(v, float) else str(v) for v in values])
+        line = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in values]
+        if getattr(row, "primary_metric", "wer") == "cer":
+            line[columns.index("wer")] = f"({line[columns.index('wer')]})"
+        cells.append(line)
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells)
+    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells)
+    if any(getattr(row, "primary_metric", "wer") == "cer" for row in rows):
+        table += "\n(wer in parentheses: not meaningful for languages written without spaces between words)"
+    return table

@@ -3,10 +3,13 @@
 Normalisers (chosen by :func:`choose_normalizer`, overridable with ``--normalizer``):
 
 * ``english``: Whisper's English normaliser (spelling, numbers, contractions; ``Mr.`` == ``mister``).
-* ``indic``: for every non-English language. Unicode NFKC, lower-case where the script has case,
-  punctuation and symbols (Unicode categories P* and S*, the danda and double danda included) become
-  spaces, whitespace collapsed. Combining marks (category M: vowel signs, virama, anusvara, nukta)
-  are kept, so a one-vowel-sign error still counts as an error.
+* ``unicode``: for every non-English language, whatever its script. Unicode NFKC (full-width
+  forms become ASCII, composed and decomposed letters compare equal), case-folded where the script
+  has case, punctuation and symbols (Unicode categories P* and S*: the danda, full-width and CJK
+  punctuation included) become spaces, whitespace collapsed. Combining marks (category M: Indic
+  vowel signs, virama, nukta, Arabic harakat, Thai vowel and tone marks, Vietnamese tone marks,
+  kana voicing marks) are kept, so a one-mark error still counts as an error. ``indic`` is its
+  former name and stays an alias, so older commands and result files keep working.
 * ``basic``: transformers' ``BasicTextNormalizer``, kept only for comparison with other tools. It
   turns every combining mark into a space and so scores abugida scripts (Devanagari, Telugu, ...)
   wrongly; never the default.
@@ -23,7 +26,13 @@ from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGU
 
 from .errors import UserError
 
-NORMALIZERS = ("english", "indic", "basic", "none")
+NORMALIZERS = ("english", "unicode", "indic", "basic", "none")
+NORMALIZER_ALIASES = {"indic": "unicode"}  # the name it had before it was named for what it does
+METRICS = ("wer", "cer")
+# Languages written without spaces between words: a "word" there is whatever run the decoder happened
+# to space, so WER measures spacing, not recognition. Scored by characters, as openai/whisper and the
+# Open ASR Leaderboard do: Chinese, Japanese, Thai, Lao, Burmese, Cantonese, Khmer, Tibetan.
+CER_LANGUAGES = ("zh", "ja", "th", "lo", "my", "yue", "km", "bo")
 
 _SPELLING_FILE = os.path.join(os.path.dirname(__file__), "english_spelling.json")  # OpenAI's english.json
 _WHITESPACE = re.compile(r"\s+")
@@ -52,9 +61,9 @@ def language_name(code):
     return LANGUAGES[code]
 
 
-def indic_normalize(text):
-    """Normalise non-English text without touching combining marks (see the module docstring)."""
-    text = unicodedata.normalize("NFKC", text).lower()
+def unicode_normalize(text):
+    """Normalise text of any script without touching combining marks (see the module docstring)."""
+    text = unicodedata.normalize("NFKC", text).casefold()
     kept = [" " if unicodedata.category(ch)[0] in "PS" else ch for ch in text]
     return _WHITESPACE.sub(" ", "".join(kept)).strip()
 
@@ -71,8 +80,8 @@ def get_normalizer(name):
         with open(_SPELLING_FILE, encoding="utf-8") as f:
             english = EnglishTextNormalizer(json.load(f))
         return lambda text: no_normalize(english(text))
-    if name == "indic":
-        return indic_normalize
+    if NORMALIZER_ALIASES.get(name, name) == "unicode":
+        return unicode_normalize
     if name == "basic":
         basic = BasicTextNormalizer()
         return lambda text: no_normalize(basic(text))
@@ -82,10 +91,21 @@ def get_normalizer(name):
 
 
 def choose_normalizer(language, requested=None, english_only_model=False):
-    """Pick the normaliser: ``requested`` when given, else ``english`` for English, else ``indic``."""
+    """Pick the normaliser: ``requested`` when given (``indic`` read as ``unicode``), else ``english`` for
+    English, else ``unicode``."""
     if requested:
         get_normalizer(requested)  # validates the name
-        return requested
+        return NORMALIZER_ALIASES.get(requested, requested)
     if english_only_model or language_code(language) == "en":
         return "english"
-    return "indic"
+    return "unicode"
+
+
+def choose_metric(language, requested=None):
+    """The primary metric: ``requested`` when given, else ``cer`` for languages written without spaces
+    between words (:data:`CER_LANGUAGES`), else ``wer``."""
+    if requested:
+        if requested not in METRICS:
+            raise UserError(f"--primary_metric {requested}: choose one of {', '.join(METRICS)}")
+        return requested
+    return "cer" if language_code(language) in CER_LANGUAGES else "wer"

@@ -19,6 +19,7 @@ from . import checkpoints, hub, modeling
 from .data import DatasetSpec, check_parallel_lists
 from .errors import OptionError, UserError
 from .options import option
+from .text import METRICS
 
 STRATEGIES = ("steps", "epoch")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -63,6 +64,10 @@ class TrainConfig:
                                      "saved generation config. English-only (.en) models take none (or English)",
                                      group="model")
     task: str = option("transcribe", "task token for multilingual models", choices=TASKS, group="model")
+    primary_metric: Optional[str] = option(None, "the metric that picks the best checkpoint and is reported first",
+                                           choices=METRICS, group="model",
+                                           default_text="cer for zh, ja, th, lo, my, yue, km, bo (no spaces "
+                                                        "between words), wer otherwise")
     sampling_rate: int = option(16000, "resample all audio to this rate (Hz)", group="data")
     num_proc: int = option(1, "processes computing log-mel features (once, before training)", group="data")
     train_strategy: str = option("steps", "train for --num_steps or --num_epochs", choices=STRATEGIES,
@@ -192,7 +197,8 @@ def earlier_run(output_dir):
 
 
 def _check_values(config: TrainConfig):
-    for name, choices in (("train_strategy", STRATEGIES), ("mixed_precision", PRECISIONS), ("task", TASKS)):
+    for name, choices in (("train_strategy", STRATEGIES), ("mixed_precision", PRECISIONS), ("task", TASKS),
+                          ("primary_metric", METRICS + (None,))):
         if getattr(config, name) not in choices:
             raise OptionError(name, getattr(config, name), f"choose one of {', '.join(choices)}")
     for name in ("train_batchsize", "eval_batchsize", "gradient_accumulation_steps", "num_steps", "sampling_rate",
@@ -212,7 +218,7 @@ def _check_values(config: TrainConfig):
     eval_steps, save_steps = intervals(config)
     if config.train_strategy == "steps" and save_steps % eval_steps:
         raise OptionError("save_steps", save_steps, f"must be a multiple of --eval_steps {eval_steps} (the best "
-                          f"checkpoint is chosen by eval WER)")
+                          f"checkpoint is chosen at evaluations)")
     if config.lora and config.freeze_encoder:
         raise UserError("--lora and --freeze_encoder together: LoRA already freezes the base model; pick one")
     for name in ("deepspeed", "fsdp_config"):

@@ -32,7 +32,7 @@ from .errors import UserError
 from .features import LENGTH_COLUMN, DataCollatorSpeechSeq2SeqWithPadding, drop_too_long, featurize, featurize_stream
 from .files import publish
 from .reporting import PLOT_FILE, SUMMARY_FILE, DatasetScore, TrainSummary, write_reports
-from .text import choose_normalizer
+from .text import choose_metric, choose_normalizer
 from .train_config import RUN_MARKERS, TrainConfig, check_config, dataset_specs, intervals, precision
 
 logger = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class _StreamLoader(torch.utils.data.DataLoader):
         self.dataset.set_epoch(epoch)
 
 
-def _metrics_function(tokenizer, normalizer):
+def _metrics_function(tokenizer, normalizer, metric):
     def compute_metrics(prediction):
         predictions = prediction.predictions
         labels = prediction.label_ids.copy()
@@ -150,7 +150,7 @@ def _metrics_function(tokenizer, normalizer):
         predictions[predictions == -100] = tokenizer.pad_token_id
         hyps = tokenizer.batch_decode(predictions, skip_special_tokens=True)
         refs = tokenizer.batch_decode(labels, skip_special_tokens=True)
-        scores = scoring.score(refs, hyps, normalizer)
+        scores = scoring.score(refs, hyps, normalizer, metric)
         return {"wer": scores["wer"], "cer": scores["cer"]}
 
     return compute_metrics
@@ -174,7 +174,7 @@ def _build_model(config, language):
     return model
 
 
-def _training_arguments(config, learning_rate, run_precision):
+def _training_arguments(config, learning_rate, run_precision, metric):
     eval_steps, save_steps = intervals(config)
     by_steps = config.train_strategy == "steps"
     return Seq2SeqTrainingArguments(
@@ -186,7 +186,7 @@ def _training_arguments(config, learning_rate, run_precision):
         max_steps=config.num_steps if by_steps else -1, num_train_epochs=config.num_epochs,
         eval_strategy=config.train_strategy, save_strategy=config.train_strategy,
         eval_steps=eval_steps if by_steps else None, save_steps=save_steps if by_steps else None,
-        save_total_limit=config.save_total_limit, load_best_model_at_end=True, metric_for_best_model="wer",
+        save_total_limit=config.save_total_limit, load_best_model_at_end=True, metric_for_best_model=metric,
         greater_is_better=False, logging_steps=config.logging_steps, logging_first_step=True,
         predict_with_generate=True, gradient_checkpointing=config.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
@@ -340,7 +340,8 @@ def train(config: TrainConfig) -> TrainSummary:
     language = modeling.resolve_language(config.language, generation, config.task)
     learning_rate = config.learning_rate or modeling.default_learning_rate(model_config, config.model_name)
     run_precision = precision(config.mixed_precision)
-    args = _training_arguments(config, learning_rate, run_precision)
+    metric = choose_metric(language, config.primary_metric)
+    args = _training_arguments(config, learning_rate, run_precision, metric)
     logger.info("precision: %s (%s); learning rate %.3g%s", run_precision[0],
                 "GPU" if torch.cuda.is_available() else "CPU",
                 learning_rate, "" if config.learning_rate else " (default for this model size)")
@@ -370,7 +371,7 @@ def train(config: TrainConfig) -> TrainSummary:
     trainer = _WhisperTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, processing_class=processor,
         data_collator=DataCollatorSpeechSeq2SeqWithPadding(model_config.decoder_start_token_id),
-        compute_metrics=_metrics_function(processor.tokenizer, normalizer), decode_kwargs=decode_kwargs,
+        compute_metrics=_metrics_function(processor.tokenizer, normalizer, metric), decode_kwargs=decode_kwargs,
         streaming=config.streaming, companions=(processor, generation_config))
 
     start = time.perf_counter()
@@ -392,7 +393,8 @@ def train(config: TrainConfig) -> TrainSummary:
     world = args.world_size
     samples = (state.global_step - _start_step(resume)) * config.train_batchsize * config.gradient_accumulation_steps * world
     train_only = max(elapsed - trainer.eval_seconds, 1e-9)
-    best_eval = min((e for e in state.log_history if "eval_wer" in e), key=lambda e: e["eval_wer"], default={})
+    best_eval = min((e for e in state.log_history if f"eval_{metric}" in e), key=lambda e: e[f"eval_{metric}"],
+                    default={})
     summary = TrainSummary(
         output_dir=os.path.abspath(config.output_dir), global_step=state.global_step, epochs=state.epoch,
         train_samples=None if config.streaming else len(train_set), eval_samples=len(eval_set),
@@ -404,6 +406,7 @@ def train(config: TrainConfig) -> TrainSummary:
         train_samples_per_second_excluding_eval=round(samples / train_only, 3),
         train_loss=_mean_logged_loss(state.log_history), best_wer=best_eval.get("eval_wer"), best_cer=best_eval.get("eval_cer"),
         best_step=best_eval.get("step"), best_checkpoint=state.best_model_checkpoint, normalizer=normalizer,
+        primary_metric=metric,
         language=language, precision=run_precision[0], learning_rate=learning_rate, world_size=world,
         peak_gpu_gb=round(torch.cuda.max_memory_allocated() / 1e9, 3) if torch.cuda.is_available() else None,
         resumed_from=resume, config=dataclasses.asdict(config), eval_per_dataset=per_dataset,
