@@ -133,11 +133,26 @@ def test_hf_evaluator_in_process(tiny_model_dir, tiny_dataset_dir, tmp_path):
                         "--output_dir", str(out)]) == 0
     (json_path,) = out.glob("*__jax.json")
     result = json.loads(json_path.read_text())
-    assert result.decoding["backend"] == "jax" and result.compile_seconds > 0
-    assert result.decoder_prompt == PROMPT_HI
+    assert result["decoding"]["backend"] == "jax" and result["compile_seconds"] > 0
+    assert result["decoder_prompt"] == PROMPT_HI
     refs, _ = read_result_pairs(str(json_path).replace(".json", ".txt"))
     hyps = _raw_hyps(str(json_path).replace(".json", ".txt"))
     assert len(refs) == len(hyps) == 8 and all(hyps)
+
+
+def test_evaluator_with_loader_workers_forks_nothing_after_jax_started(sharp_model_dir, tiny_dataset_dir, tmp_path):
+    """JAX is multithreaded once loaded: a fork after that can deadlock (Python warns "os.fork() was called
+    ... JAX is multithreaded"). Data-loader workers for a JAX decoder start by forkserver instead."""
+    args = ["--hf_model", sharp_model_dir, "--language", "hi", "--eval_datasets", tiny_dataset_dir,
+            "--batch_size", "3", "--max_new_tokens", "8", "--device", "-1", "--verbose", "True"]
+    with_workers = run_script(CUSTOM, *args, "--num_workers", "2", "--output_dir", tmp_path / "workers", timeout=300)
+    assert with_workers.returncode == 0, with_workers.stderr[-3000:]
+    assert "os.fork()" not in with_workers.stderr and "multithreaded" not in with_workers.stderr
+    in_process = run_script(CUSTOM, *args, "--num_workers", "0", "--output_dir", tmp_path / "main", timeout=300)
+    assert in_process.returncode == 0, in_process.stderr[-3000:]
+    (workers_txt,) = (tmp_path / "workers").glob("*__jax.txt")
+    (main_txt,) = (tmp_path / "main").glob("*__jax.txt")
+    assert _raw_hyps(str(workers_txt)) == _raw_hyps(str(main_txt))
 
 
 def test_custom_evaluator_on_two_host_devices(sharp_model_dir, tiny_dataset_dir, tmp_path):
