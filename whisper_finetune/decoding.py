@@ -84,18 +84,26 @@ def validate_options(options: DecodingOptions):
                         f"choose one of {', '.join(allowed)}")
 
 
-class TorchDecoder:
-    """transformers ``generate`` (SDPA attention, inference mode) with language and task passed explicitly."""
+class PreparedDecoder:
+    """What every backend keeps of the :class:`PreparedModel` it was built from."""
 
-    compile_seconds = 0.0
+    compile_seconds = 0.0  # eager backends compile nothing
     fork_safe = True
 
-    def __init__(self, prepared: PreparedModel, device="cpu"):
+    def __init__(self, prepared: PreparedModel):
         self.prepared = prepared
-        self.options = options = prepared.options
+        self.options = prepared.options
         self.processor = prepared.processor
         self.english_only = prepared.english_only
         self.prompt_ids = prepared.prompt_ids
+
+
+class TorchDecoder(PreparedDecoder):
+    """transformers ``generate`` (SDPA attention, inference mode) with language and task passed explicitly."""
+
+    def __init__(self, prepared: PreparedModel, device="cpu"):
+        super().__init__(prepared)
+        options = self.options
         self.device = torch.device(device)
         dtype = TORCH_COMPUTE_TYPES[options.compute_type]
         if dtype is None:  # fp16 on GPU is the usual fast choice; CPU stays float32
@@ -196,19 +204,14 @@ def convert_to_ct2(model_path, cache_dir=None, quantization=None, copy_files=())
     return cache_dir
 
 
-class CT2Decoder:
+class CT2Decoder(PreparedDecoder):
     """CTranslate2's Whisper ``generate`` on a converted copy of the checkpoint, in batches."""
-
-    compile_seconds = 0.0
-    fork_safe = True
 
     def __init__(self, prepared: PreparedModel, device="cpu"):
         import ctranslate2
 
-        self.prepared = prepared
-        self.options = options = prepared.options
-        self.processor = prepared.processor
-        self.prompt_ids = prepared.prompt_ids
+        super().__init__(prepared)
+        options = self.options
         device = torch.device(device)
         self.model_dir = convert_to_ct2(prepared.source.model_path)
         compute_type = "default" if options.compute_type in ("default", "auto") else options.compute_type

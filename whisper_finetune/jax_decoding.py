@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from .audio import N_FRAMES
+from .decoding import PreparedDecoder
 from .errors import OptionError, UserError
 from .modeling import is_english_only
 
@@ -105,7 +106,7 @@ def forced_decoder_ids(generation_config, language=None, task="transcribe"):
     return forced
 
 
-class JaxDecoder:
+class JaxDecoder(PreparedDecoder):
     """Decode log-mel batches with a jitted, data-parallel FlaxWhisper ``generate`` (see the module docstring).
 
     ``compilations`` counts how often ``generate`` was traced: 1 after construction, and it stays 1.
@@ -121,8 +122,8 @@ class JaxDecoder:
         from flax.jax_utils import replicate
         from transformers.generation.flax_utils import FlaxGenerationMixin
 
-        self.options = options = prepared.options
-        self.processor = prepared.processor
+        super().__init__(prepared)
+        options = self.options
         self.devices = jax_devices(device)
         self.batch_size = math.ceil(options.batch_size / len(self.devices)) * len(self.devices)
         if self.batch_size != options.batch_size:

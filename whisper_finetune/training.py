@@ -279,17 +279,6 @@ def _configure_tokenizer(tokenizer, language, task, english_only):
 
 
 def _clear_earlier_run(output_dir):
-    for marker in RUN_MARKERS + ("generation_config.json", PLOT_FILE, "runs", ".feature_cache", ADAPTER_DIR):
-        path = os.path.join(output_dir, marker)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
-    for path in glob.glob(os.path.join(output_dir, "checkpoint-*")):
-        shutil.rmtree(path)
-
-
-def _clear_earlier_run(output_dir):
     for marker in RUN_MARKERS + ("generation_config.json", PLOT_FILE, SUMMARY_FILE, "runs", ".feature_cache",
                                  ADAPTER_DIR):
         path = os.path.join(output_dir, marker)
