@@ -20,12 +20,14 @@ import torch
 
 from . import checkpoints, modeling
 from .errors import OptionError, UserError
+from .features import AudioContext
 from .modeling import PreparedModel
 from .options import option
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("pytorch", "ctranslate2", "jax")
+AUDIO_CONTEXTS = ("full", "dynamic")
 TASKS = ("transcribe", "translate")
 TORCH_COMPUTE_TYPES = {"default": None, "float32": torch.float32, "float16": torch.float16,
                        "bfloat16": torch.bfloat16}
@@ -53,6 +55,16 @@ class DecodingOptions:
                                "CPU); ctranslate2: int8, int8_float16, float16, bfloat16, float32, ...",
                                group="decoding")
     half_precision: bool = option(False, "jax: compute in bfloat16", group="decoding")
+    audio_context: str = option("full", "full: every batch padded to Whisper's 30 s window; dynamic: cut to the "
+                                "batch's longest clip rounded up to --audio_context_bucket_seconds (pytorch "
+                                "backend; several times faster on short clips, for models fine-tuned with "
+                                "--dynamic_audio_context: stock models lose accuracy)", choices=AUDIO_CONTEXTS,
+                                group="decoding")
+    context: AudioContext = AudioContext()
+
+    def context_frames(self, seconds):
+        """Log-mel frames to decode a batch whose longest clip lasts ``seconds`` (``None``: all 3000)."""
+        return self.context.frames(seconds) if self.audio_context == "dynamic" else None
 
 
 class Decoder(Protocol):
@@ -78,6 +90,12 @@ def validate_options(options: DecodingOptions):
         raise OptionError("batch_size", options.batch_size, "must be at least 1")
     if not 1 <= options.max_new_tokens <= MAX_TARGET_POSITIONS - 4:
         raise OptionError("max_new_tokens", options.max_new_tokens, f"must be between 1 and {MAX_TARGET_POSITIONS - 4}")
+    if options.audio_context not in AUDIO_CONTEXTS:
+        raise OptionError("audio_context", options.audio_context, f"choose one of {', '.join(AUDIO_CONTEXTS)}")
+    if options.audio_context == "dynamic" and options.backend != "pytorch":
+        raise OptionError("audio_context", "dynamic", f"needs --backend pytorch ({options.backend} pads every "
+                          f"input to 30 s)")
+    options.context.check()
     allowed = CT2_COMPUTE_TYPES if options.backend == "ctranslate2" else tuple(TORCH_COMPUTE_TYPES)
     if options.backend != "jax" and options.compute_type not in allowed:
         raise UserError(f"--compute_type {options.compute_type} is not valid with --backend {options.backend}: "
@@ -111,6 +129,8 @@ class TorchDecoder(PreparedDecoder):
         self.dtype = dtype
         self.model = modeling.load_model(prepared.source.model_path, self.device, dtype=dtype)
         modeling.set_language_and_task(self.model, options.language, options.task)
+        if options.audio_context == "dynamic":
+            modeling.enable_dynamic_audio_context(self.model)
         if self.english_only and hasattr(self.model.generation_config, "lang_to_id"):
             # transformers runs language detection whenever this attribute exists, even when it is None
             del self.model.generation_config.lang_to_id
@@ -125,7 +145,7 @@ class TorchDecoder(PreparedDecoder):
 
     @torch.inference_mode()
     def decode(self, features):
-        inputs = torch.from_numpy(np.ascontiguousarray(features)).to(self.device, self.dtype)  # (B, n_mels, 3000)
+        inputs = torch.from_numpy(np.ascontiguousarray(features)).to(self.device, self.dtype)  # (B, n_mels, frames)
         tokens = self.model.generate(inputs, **self.generate_kwargs())  # (B, generated) prompt stripped
         return [t.strip() for t in self.processor.batch_decode(tokens, skip_special_tokens=True)]
 

@@ -137,8 +137,9 @@ def length_sorted_batches(durations, batch_size):
 class _Featurizer(torch.utils.data.Dataset):
     """Decodes and featurises one batch per item, so DataLoader workers overlap audio work with decoding."""
 
-    def __init__(self, dataset, batches, feature_extractor):
+    def __init__(self, dataset, batches, feature_extractor, context_frames=None):
         self.dataset, self.batches, self.feature_extractor = dataset, batches, feature_extractor
+        self.context_frames = context_frames  # seconds -> log-mel frames (dynamic audio context), or None
 
     def __len__(self):
         return len(self.batches)
@@ -147,7 +148,9 @@ class _Featurizer(torch.utils.data.Dataset):
         rows = self.dataset[self.batches[index]]
         audio = [decode_example_audio(value, SAMPLE_RATE) for value in rows[AUDIO_COLUMN]]
         features = self.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
-        return self.batches[index], features.astype(np.float32)  # (B, n_mels, 3000)
+        if self.context_frames:
+            features = features[:, :, :self.context_frames(max(len(a) for a in audio) / SAMPLE_RATE)]
+        return self.batches[index], features.astype(np.float32)  # (B, n_mels, 3000 or the batch's bucket)
 
 
 def _as_is(item):
@@ -155,13 +158,15 @@ def _as_is(item):
     return item
 
 
-def decode_dataset(dataset, decoder, feature_extractor, batch_size, num_workers=0, description="decoding"):
+def decode_dataset(dataset, decoder, feature_extractor, batch_size, num_workers=0, description="decoding",
+                   context_frames=None):
     """Decode every row of a standardised dataset; returns hypotheses in dataset order and the wall time."""
     durations = audio_durations(dataset)
     batches = length_sorted_batches(durations, batch_size)
     # A decoder whose runtime is multithreaded before the workers start (JAX) must not be forked.
     context = "forkserver" if num_workers and not getattr(decoder, "fork_safe", True) else None
-    loader = torch.utils.data.DataLoader(_Featurizer(dataset, batches, feature_extractor), batch_size=None,
+    loader = torch.utils.data.DataLoader(_Featurizer(dataset, batches, feature_extractor, context_frames),
+                                         batch_size=None,
                                          shuffle=False, num_workers=num_workers, collate_fn=_as_is,
                                          prefetch_factor=2 if num_workers else None, multiprocessing_context=context)
     hypotheses = [None] * len(dataset)
@@ -222,8 +227,9 @@ def evaluate(config: EvalConfig) -> list:
     marker = config.result_marker or (None if options.backend == "pytorch" else f"{options.backend}-{options.compute_type}")
     results = []
     for (spec, dataset), name in zip(loaded, result_names([spec for spec, _ in loaded])):
-        hypotheses, wall, audio_seconds = decode_dataset(dataset, decoder, prepared.processor.feature_extractor,
-                                                         options.batch_size, config.num_workers, spec.label)
+        hypotheses, wall, audio_seconds = decode_dataset(
+            dataset, decoder, prepared.processor.feature_extractor, options.batch_size, config.num_workers,
+            spec.label, options.context_frames if options.audio_context == "dynamic" else None)
         references = list(dataset[TEXT_COLUMN])
         scores = scoring.score(references, hypotheses, normalizer, metric)
         metadata = {

@@ -5,16 +5,21 @@ log-mel values lie in [-1.5, 1.5] after Whisper's scaling, well inside float16's
 turned back into float32 by the collator.
 """
 import logging
+import math
 import re
 import unicodedata
+import zlib
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 from datasets import Array2D, Features, Sequence, Value
 
-from .audio import CHUNK_SECONDS, N_FRAMES, decode_example_audio
+from .audio import CHUNK_SECONDS, ENCODER_STRIDE, MEL_FRAMES_PER_SECOND, N_FRAMES, decode_example_audio
 from .data import AUDIO_COLUMN, TEXT_COLUMN
+from .errors import UserError
+from .options import option
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +27,35 @@ MAX_LABEL_TOKENS = 448  # Whisper's decoder has 448 learned positions
 FEATURE_COLUMN = "input_features"
 LABEL_COLUMN = "labels"
 LENGTH_COLUMN = "input_length"  # seconds of audio, kept for length-grouped sampling
+
+
+@dataclass(frozen=True)
+class AudioContext:
+    """How much of Whisper's 30 s window the encoder runs on, when it runs on the clip's own length."""
+
+    audio_context_bucket_seconds: float = option(
+        2.0, "with a dynamic audio context: the log-mel input is cut to the longest clip of the batch rounded up "
+        "to a multiple of this many seconds (few shapes, so buckets fill and kernels are reused)")
+
+    def frames(self, seconds):
+        """Log-mel frames for a batch whose longest clip lasts ``seconds`` (at most the full 3000)."""
+        buckets = max(1, math.ceil(seconds / self.audio_context_bucket_seconds - 1e-9))
+        frames = int(round(buckets * self.audio_context_bucket_seconds * MEL_FRAMES_PER_SECOND))
+        return min(N_FRAMES, frames - frames % ENCODER_STRIDE)  # the encoder's stride-2 convolution halves it
+
+    def check(self):
+        if not 0 < self.audio_context_bucket_seconds <= CHUNK_SECONDS:
+            raise UserError(f"--audio_context_bucket_seconds {self.audio_context_bucket_seconds}: must be more "
+                            f"than 0 and at most {CHUNK_SECONDS:g}")
+
+
+def full_context_batch(labels, ratio):
+    """Whether a training batch keeps the full 30 s window (a ``ratio`` share of batches, chosen from the
+    batch's own labels: the same batch gets the same answer after a resume, with no RNG state to save)."""
+    if ratio <= 0:
+        return False
+    digest = zlib.crc32(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    return digest / 2**32 < ratio
 
 
 def clean_text(text, lowercase=False, remove_punctuation=False):
@@ -114,6 +148,8 @@ class DataCollatorSpeechSeq2SeqWithPadding:
     """
 
     decoder_start_token_id: int
+    context: Optional[AudioContext] = None  # set: cut each batch to its bucket (dynamic audio context)
+    full_context_ratio: float = 0.0  # with context: the share of batches kept at 30 s
 
     def __call__(self, items):
         features = torch.stack([torch.as_tensor(np.asarray(item[FEATURE_COLUMN])) for item in items])
@@ -121,4 +157,7 @@ class DataCollatorSpeechSeq2SeqWithPadding:
         padded = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=-100)  # (batch, tokens)
         if padded.shape[1] and (padded[:, 0] == self.decoder_start_token_id).all():
             padded = padded[:, 1:]
-        return {FEATURE_COLUMN: features.float(), LABEL_COLUMN: padded}  # features: (batch, n_mels, 3000)
+        if self.context is not None and not full_context_batch(padded.numpy(), self.full_context_ratio):
+            longest = max(float(np.asarray(item[LENGTH_COLUMN])) for item in items)
+            features = features[:, :, :self.context.frames(longest)]  # (batch, n_mels, bucket frames)
+        return {FEATURE_COLUMN: features.float(), LABEL_COLUMN: padded}  # features: (batch, n_mels, frames)

@@ -11,7 +11,7 @@ CARD_FILE = "README.md"
 SHOWN_ARGUMENTS = ("train_strategy", "num_steps", "num_epochs", "learning_rate", "warmup", "lr_scheduler_type",
                    "train_batchsize", "gradient_accumulation_steps", "mixed_precision", "freeze_encoder", "lora",
                    "gradient_checkpointing", "streaming", "shuffle_buffer_size", "interleave_probabilities",
-                   "lowercase", "remove_punctuation", "seed")
+                   "lowercase", "remove_punctuation", "seed", "dynamic_audio_context", "full_context_ratio")
 
 
 def _dataset_rows(config, role):
@@ -57,7 +57,14 @@ def render_model_card(summary, hub_model_id=None):
                      if summary.get("primary_metric") == "cer" else "The best checkpoint was chosen by WER."), ""]
     else:
         lines += ["No evaluation was recorded.", ""]
-    lines += [f"![training loss and eval {summary.get('primary_metric', 'wer').upper()}](training_curve.png)", "", "## Training arguments", "",
+    if config.get("dynamic_audio_context"):
+        bucket = config["audio_context"]["audio_context_bucket_seconds"]
+        lines += [f"Trained with a dynamic audio context: the encoder ran on each batch's own length rounded up "
+                  f"to {bucket:g} s, with {config['full_context_ratio']:.0%} of batches at the full 30 s window. "
+                  f"It is a plain Whisper checkpoint: every tool loads it and pads to 30 s; with "
+                  f"whisper_finetune, `--audio_context dynamic` decodes short clips several times faster.", ""]
+    metric = summary.get("primary_metric", "wer").upper()
+    lines += [f"![training loss and eval {metric}](training_curve.png)", "", "## Training arguments", "",
               "| argument | value |", "| --- | --- |"]
     lines += [f"| {key} | {config.get(key)} |" for key in SHOWN_ARGUMENTS if key in config]
     lines += [f"| effective learning rate | {summary['learning_rate']:.3g} |",

@@ -12,7 +12,9 @@ from dataclasses import dataclass, replace
 from typing import Optional, Union
 
 import torch
+from torch import nn
 from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from .errors import OptionError, UserError
 from .options import option
@@ -228,6 +230,56 @@ def load_model(path, device="cpu", dtype=torch.float32, attn_implementation="sdp
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load a Whisper model from {path}: {str(exc).splitlines()[0]}") from exc
     return model.to(device).eval()
+
+
+class DynamicContextEncoder(WhisperEncoder):
+    """transformers' ``WhisperEncoder`` that also runs on fewer than 3000 log-mel frames (a dynamic audio context).
+
+    transformers refuses any other length and adds all 1500 positional embeddings. For a shorter input
+    the first ``frames / 2`` positions are used, as whisper.cpp's ``audio_ctx`` does; the 30 s path is
+    transformers' own, untouched. The class is swapped onto a loaded encoder (no new weights), so the
+    saved model stays a plain Whisper checkpoint.
+    """
+
+    def forward(self, input_features, *args, **kwargs):
+        stride = self.conv1.stride[0] * self.conv2.stride[0]
+        positions = input_features.shape[-1] // stride  # input: (batch, n_mels, frames)
+        if positions == self.embed_positions.num_embeddings or input_features.shape[-1] % stride:
+            return super().forward(input_features, *args, **kwargs)  # 30 s (or a length it reports as wrong)
+        # transformers' forward checks the length against config.max_source_positions and adds every row
+        # of embed_positions: both are narrowed for this call (the positions are frozen sinusoids, and
+        # the slice is a view of the same weights).
+        full, full_positions = self.embed_positions, self.config.max_source_positions
+        self.embed_positions = nn.Embedding(positions, full.embedding_dim, _weight=full.weight[:positions],
+                                            _freeze=True)
+        self.config.max_source_positions = positions
+        try:
+            return super().forward(input_features, *args, **kwargs)
+        finally:
+            self.embed_positions, self.config.max_source_positions = full, full_positions
+
+
+def enable_dynamic_audio_context(model):
+    """Let ``model`` (a ``WhisperForConditionalGeneration``) encode and decode inputs shorter than 30 s.
+
+    Whisper's ``generate`` pads every input back to 3000 frames (with zeros, not the log-mel of
+    silence), so on this model instance inputs shorter than that are encoded first and handed to
+    ``generate`` as ``encoder_outputs``; the Trainer's evaluation and our decoders both go through it.
+    """
+    model.model.encoder.__class__ = DynamicContextEncoder
+    generate = model.generate
+    full_frames = model.config.max_source_positions * model.model.encoder.conv1.stride[0] * \
+        model.model.encoder.conv2.stride[0]
+
+    def generate_on_own_length(input_features=None, **kwargs):
+        if input_features is None or input_features.shape[-1] >= full_frames or "encoder_outputs" in kwargs:
+            return generate(input_features, **kwargs)
+        with torch.no_grad():
+            kwargs["encoder_outputs"] = model.model.encoder(input_features)  # (batch, frames / 2, d_model)
+        return generate(**kwargs)
+
+    model.generate = generate_on_own_length
+    return model
 
 
 def torch_device(device):

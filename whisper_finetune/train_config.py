@@ -18,6 +18,7 @@ from transformers import GenerationConfig, WhisperConfig
 from . import checkpoints, hub, modeling
 from .data import DatasetSpec, check_parallel_lists
 from .errors import OptionError, UserError
+from .features import AudioContext
 from .options import option
 from .text import METRICS
 
@@ -68,6 +69,12 @@ class TrainConfig:
                                            choices=METRICS, group="model",
                                            default_text="cer for zh, ja, th, lo, my, yue, km, bo (no spaces "
                                                         "between words), wer otherwise")
+    dynamic_audio_context: bool = option(False, "train on each batch's own length instead of 30 s of padding: the "
+                                         "encoder runs on the longest clip rounded up to a bucket, batches are "
+                                         "grouped by length (much faster on short clips)", group="model")
+    audio_context: AudioContext = AudioContext()
+    full_context_ratio: float = option(0.25, "with --dynamic_audio_context: the share of batches kept at 30 s, so "
+                                       "the model still works in tools that pad to 30 s", group="model")
     sampling_rate: int = option(16000, "resample all audio to this rate (Hz)", group="data")
     num_proc: int = option(1, "processes computing log-mel features (once, before training)", group="data")
     train_strategy: str = option("steps", "train for --num_steps or --num_epochs", choices=STRATEGIES,
@@ -219,6 +226,12 @@ def _check_values(config: TrainConfig):
     if config.train_strategy == "steps" and save_steps % eval_steps:
         raise OptionError("save_steps", save_steps, f"must be a multiple of --eval_steps {eval_steps} (the best "
                           f"checkpoint is chosen at evaluations)")
+    if not 0 <= config.full_context_ratio <= 1:
+        raise OptionError("full_context_ratio", config.full_context_ratio, "must be between 0 and 1")
+    config.audio_context.check()
+    if config.dynamic_audio_context and config.streaming:
+        raise UserError("--dynamic_audio_context True groups batches by length, which a stream cannot; use it "
+                        "without --streaming")
     if config.lora and config.freeze_encoder:
         raise UserError("--lora and --freeze_encoder together: LoRA already freezes the base model; pick one")
     for name in ("deepspeed", "fsdp_config"):

@@ -159,6 +159,11 @@ def _metrics_function(tokenizer, normalizer, metric):
 def _build_model(config, language):
     model = WhisperForConditionalGeneration.from_pretrained(config.model_name, attn_implementation="sdpa")
     modeling.set_language_and_task(model, language, config.task)
+    if config.dynamic_audio_context:
+        modeling.enable_dynamic_audio_context(model)
+        # Recorded in config.json, so the saved (plain Whisper) checkpoint says how it was trained.
+        model.config.dynamic_audio_context = {"bucket_seconds": config.audio_context.audio_context_bucket_seconds,
+                                              "full_context_ratio": config.full_context_ratio}
     model.config.use_cache = not config.gradient_checkpointing
     if config.freeze_encoder:
         model.freeze_encoder()
@@ -194,6 +199,8 @@ def _training_arguments(config, learning_rate, run_precision, metric):
         # bf16 on a CPU is torch.autocast on the CPU, which the Trainer only allows with use_cpu
         use_cpu=run_precision[1] and not torch.cuda.is_available(),
         dataloader_num_workers=config.num_workers, remove_unused_columns=False, label_names=["labels"],
+        # Batches of similar length fill their audio-context bucket (dynamic context only).
+        group_by_length=config.dynamic_audio_context, length_column_name=LENGTH_COLUMN,
         report_to=[] if config.report_to in ("", "none") else [config.report_to],
         deepspeed=config.deepspeed, fsdp=config.fsdp or "", fsdp_config=config.fsdp_config,
         ddp_find_unused_parameters=False,
@@ -359,7 +366,9 @@ def train(config: TrainConfig) -> TrainSummary:
     normalizer = choose_normalizer(language, english_only_model=english_only)
     trainer = _WhisperTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, processing_class=processor,
-        data_collator=DataCollatorSpeechSeq2SeqWithPadding(model_config.decoder_start_token_id),
+        data_collator=DataCollatorSpeechSeq2SeqWithPadding(
+            model_config.decoder_start_token_id, config.audio_context if config.dynamic_audio_context else None,
+            config.full_context_ratio),
         compute_metrics=_metrics_function(processor.tokenizer, normalizer, metric), decode_kwargs=decode_kwargs,
         streaming=config.streaming, companions=(processor, generation_config))
 

@@ -96,7 +96,9 @@ def transcribe_array(audio, decoder, feature_extractor, search_seconds=DEFAULT_S
     for i in range(0, len(pieces), batch_size):
         chunks = [audio[a:b] for a, b in pieces[i:i + batch_size]]
         features = feature_extractor(chunks, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
-        texts.extend(t.strip() for t in decoder.decode(features.astype(np.float32)))  # (B, n_mels, 3000)
+        frames = decoder.options.context_frames(max(len(c) for c in chunks) / SAMPLE_RATE)
+        features = features[:, :, :frames] if frames else features  # (B, n_mels, 3000 or the bucket's frames)
+        texts.extend(t.strip() for t in decoder.decode(features.astype(np.float32)))
     segments = [Segment(round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3), t) for (a, b), t in zip(pieces, texts) if t]
     return " ".join(s.text for s in segments), segments
 

@@ -1,0 +1,106 @@
+"""Dynamic audio context: the encoder runs on the batch's own length (rounded up to a bucket) instead of 30 s."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import prepared_for
+
+from whisper_finetune import modeling
+from whisper_finetune.decoding import DecodingOptions, make_decoder, validate_options
+from whisper_finetune.errors import UserError
+from whisper_finetune.features import (FEATURE_COLUMN, LABEL_COLUMN, LENGTH_COLUMN, AudioContext,
+                                       DataCollatorSpeechSeq2SeqWithPadding, full_context_batch)
+from whisper_finetune.testing import synthetic_speech
+
+
+@pytest.mark.parametrize("seconds, frames", [(0.3, 200), (2.0, 200), (2.01, 400), (3.4, 400), (29.9, 3000),
+                                             (31.0, 3000)])
+def test_bucket_frames(seconds, frames):
+    assert AudioContext(2.0).frames(seconds) == frames
+
+
+def test_full_length_path_is_transformers_own_bit_for_bit(sharp_model_dir):
+    model = modeling.load_model(sharp_model_dir)
+    processor = modeling.load_processor(sharp_model_dir)
+    audio = [synthetic_speech(1.5 + i, seed=i) for i in range(2)]
+    features = torch.from_numpy(processor.feature_extractor(audio, sampling_rate=16000,
+                                                            return_tensors="np").input_features)  # (2, 80, 3000)
+    with torch.inference_mode():
+        theirs = model.model.encoder(features).last_hidden_state
+        modeling.enable_dynamic_audio_context(model)
+        ours = model.model.encoder(features).last_hidden_state
+        short = model.model.encoder(features[:, :, :400]).last_hidden_state
+    assert type(model.model.encoder) is modeling.DynamicContextEncoder
+    assert torch.equal(ours, theirs)  # (2, 1500, d_model), same bits
+    assert short.shape == (2, 200, theirs.shape[-1])
+    # Attention sees the whole input, so a shorter context changes every frame: it is not a crop of the 30 s run.
+    assert not torch.allclose(short, theirs[:, :200], atol=1e-4)
+    assert model.model.encoder.embed_positions.num_embeddings == 1500  # restored after the short call
+
+
+def _items(lengths, labels):
+    return [{FEATURE_COLUMN: np.ones((80, 3000), np.float16), LABEL_COLUMN: np.array(label), LENGTH_COLUMN: seconds}
+            for seconds, label in zip(lengths, labels)]
+
+
+def test_collator_cuts_each_batch_to_its_bucket_and_keeps_a_share_at_30_s():
+    labels = [[50258, 10 + i, 11, 50257] for i in range(2)]
+    cut = DataCollatorSpeechSeq2SeqWithPadding(50258, AudioContext(2.0), full_context_ratio=0.0)
+    assert cut(_items([1.2, 3.1], labels))[FEATURE_COLUMN].shape == (2, 80, 400)
+    full = DataCollatorSpeechSeq2SeqWithPadding(50258, AudioContext(2.0), full_context_ratio=1.0)
+    assert full(_items([1.2, 3.1], labels))[FEATURE_COLUMN].shape == (2, 80, 3000)
+    plain = DataCollatorSpeechSeq2SeqWithPadding(50258)
+    assert plain(_items([1.2, 3.1], labels))[FEATURE_COLUMN].shape == (2, 80, 3000)
+    # The 30 s share is decided by each batch's labels: stable for one batch, near the ratio over many.
+    batches = [np.array([[i, i * 7 % 13, 3]]) for i in range(2000)]
+    chosen = [full_context_batch(b, 0.25) for b in batches]
+    assert chosen == [full_context_batch(b, 0.25) for b in batches]
+    assert 0.2 < np.mean(chosen) < 0.3
+
+
+def test_dynamic_decoding_is_pytorch_only():
+    with pytest.raises(UserError, match=r"--audio_context dynamic: needs --backend pytorch \(ctranslate2 pads"):
+        validate_options(DecodingOptions(audio_context="dynamic", backend="ctranslate2"))
+    with pytest.raises(UserError, match=r"--audio_context_bucket_seconds 0: must be more than 0 and at most 30"):
+        validate_options(DecodingOptions(audio_context="dynamic", context=AudioContext(0)))
+
+
+def test_dynamic_decoding_runs_the_encoder_on_the_bucket(sharp_model_dir, tiny_dataset_dir, tmp_path):
+    from whisper_finetune.data import load_custom_dataset
+    from whisper_finetune.evaluation import decode_dataset
+
+    decoder = make_decoder(prepared_for(sharp_model_dir, "hi", max_new_tokens=6, audio_context="dynamic"), "cpu")
+    seen = []
+    decoder.model.model.encoder.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((args[0] if args else kwargs["input_features"]).shape[-1]),
+        with_kwargs=True)
+    options = decoder.options
+    hyps, _, _ = decode_dataset(load_custom_dataset(tiny_dataset_dir), decoder,
+                                decoder.processor.feature_extractor, 4, context_frames=options.context_frames)
+    assert len(hyps) == 8 and all(isinstance(h, str) for h in hyps)
+    assert seen == [200, 200]  # clips of 1.0-1.7 s: one 2 s bucket, not 3000 frames
+
+
+@pytest.mark.slow
+def test_training_with_dynamic_context_saves_a_plain_whisper(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    from transformers import WhisperForConditionalGeneration, pipeline
+
+    from whisper_finetune.train_config import TrainConfig
+    from whisper_finetune.training import train
+
+    out = tmp_path / "out"
+    summary = train(TrainConfig(model_name=tiny_model_dir, train_datasets=(tiny_dataset_dir,),
+                                eval_datasets=(tiny_dataset_dir,), output_dir=str(out), language="hi",
+                                train_batchsize=2, eval_batchsize=4, num_steps=4, eval_steps=2, logging_steps=1,
+                                generation_max_new_tokens=4, report_to="none", dynamic_audio_context=True,
+                                full_context_ratio=0.0))
+    assert summary.global_step == 4 and summary.config["dynamic_audio_context"] is True
+    config = json.load(open(out / "config.json", encoding="utf-8"))
+    assert config["dynamic_audio_context"] == {"bucket_seconds": 2.0, "full_context_ratio": 0.0}
+    plain = WhisperForConditionalGeneration.from_pretrained(str(out))
+    assert type(plain.model.encoder).__name__ == "WhisperEncoder"  # nothing of ours is needed to load it
+    asr = pipeline("automatic-speech-recognition", model=str(out), device="cpu")
+    assert isinstance(asr(synthetic_speech(1.0), generate_kwargs={"max_new_tokens": 4})["text"], str)
+    assert "dynamic audio context" in open(out / "README.md", encoding="utf-8").read()
