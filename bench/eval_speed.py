@@ -19,6 +19,8 @@ Rows (--rows picks a subset):
   pytorch_fp16       (f) our evaluator, PyTorch backend, float16 (GPU)
   pipeline_batched_fp16  (b) the batched pipeline in float16 (dtype=torch.float16; GPU), what a GPU user
                          of the pipeline would run
+  pytorch_dynamic    (g) our evaluator, PyTorch float32, --audio_context dynamic (the encoder runs on each
+                         batch's bucket instead of 30 s; for models fine-tuned with --dynamic_audio_context)
 
 --device -1 runs every row on the CPU (default); --device N runs them on GPU N (the pipeline with
 device=N, ours with --device N, CTranslate2 with device="cuda"); the JSON then also holds each row's
@@ -55,15 +57,19 @@ from whisper_finetune.errors import UserError  # noqa: E402
 # row -> (batch size, dtype) of transformers.pipeline; None: --batch_size
 PIPELINE_ROWS = {"pipeline": (1, "float32"), "pipeline_batched": (None, "float32"),
                  "pipeline_batched_fp16": (None, "float16")}
-# row -> (backend, compute_type, half_precision) of our evaluator
-OUR_ROWS = {"pytorch": ("pytorch", "float32", False), "jax": ("jax", "default", False),
-            "ct2_float32": ("ctranslate2", "float32", False), "ct2_int8": ("ctranslate2", "int8", False),
-            "pytorch_bf16": ("pytorch", "bfloat16", False), "jax_bf16": ("jax", "default", True),
-            "pytorch_fp16": ("pytorch", "float16", False)}
+# row -> (backend, compute_type, half_precision, audio_context) of our evaluator
+OUR_ROWS = {"pytorch": ("pytorch", "float32", False, "full"), "jax": ("jax", "default", False, "full"),
+            "ct2_float32": ("ctranslate2", "float32", False, "full"),
+            "ct2_int8": ("ctranslate2", "int8", False, "full"),
+            "pytorch_bf16": ("pytorch", "bfloat16", False, "full"), "jax_bf16": ("jax", "default", True, "full"),
+            "pytorch_fp16": ("pytorch", "float16", False, "full"),
+            "pytorch_dynamic": ("pytorch", "float32", False, "dynamic")}
 REFERENCE_ROWS = {"ct2_ref_float32": "float32", "ct2_ref_int8": "int8"}
 ROWS = ("pipeline", "pipeline_batched", "pytorch", "jax", "ct2_float32", "ct2_int8", "ct2_ref_float32",
         "ct2_ref_int8", "pytorch_bf16", "jax_bf16")
-EXTRA_ROWS = ("pytorch_fp16", "pipeline_batched_fp16")  # float16: GPU only, so not in the default set
+# float16 rows need a GPU; the dynamic audio context is for models fine-tuned with it: not in the default set
+EXTRA_ROWS = ("pytorch_fp16", "pipeline_batched_fp16", "pytorch_dynamic")
+GPU_ROWS = ("pytorch_fp16", "pipeline_batched_fp16")
 DESCRIPTIONS = {
     "pipeline": "(a) transformers.pipeline, 1 file at a time", "pipeline_batched": "(b) transformers.pipeline, batched",
     "pytorch": "(c) ours, pytorch fp32", "jax": "(d) ours, jax fp32",
@@ -71,6 +77,7 @@ DESCRIPTIONS = {
     "ct2_ref_float32": "(e) plain ctranslate2 generate, float32", "ct2_ref_int8": "(e) plain ctranslate2 generate, int8",
     "pytorch_bf16": "(f) ours, pytorch bf16", "jax_bf16": "(f) ours, jax bf16",
     "pytorch_fp16": "(f) ours, pytorch fp16", "pipeline_batched_fp16": "(b) transformers.pipeline, batched, fp16",
+    "pytorch_dynamic": "(g) ours, pytorch fp32, dynamic audio context",
 }
 COLUMNS = ["row", "system", "batch", "wer", "audio_s", "wall_s", "rtfx", "vs_a", "load_s", "compile_s",
            "peak_rss_gb", "error"]
@@ -192,10 +199,10 @@ def run_ours(args, row, normalizer, code):
     from whisper_finetune.decoding import DecodingOptions
     from whisper_finetune.evaluation import EvalConfig, evaluate
 
-    backend, compute_type, half = OUR_ROWS[row]
+    backend, compute_type, half, audio_context = OUR_ROWS[row]
     options = DecodingOptions(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
                               batch_size=args.batch_size, backend=backend, compute_type=compute_type,
-                              half_precision=half)
+                              half_precision=half, audio_context=audio_context)
     config = EvalConfig(eval_datasets=(args.data,),
                         output_dir=os.path.join(args.work_dir, f"results-{row}"), hf_model=args.model, custom=True,
                         language=code, normalizer=normalizer, max_samples=args.max_samples, device=args.device,
@@ -221,9 +228,9 @@ def run_row(args):
     row = args.only
     if row in OUR_ROWS:
         result = run_ours(args, row, normalizer, code)
-        figures = {"wer": result["wer"], "wall_s": result["wall_seconds"], "load_s": result["model_load_seconds"],
-                   "compile_s": result["compile_seconds"], "normalizer": result["normalizer"],
-                   "utterances": result["utterances"]}
+        figures = {"wer": result.wer, "wall_s": result.wall_seconds, "load_s": result.model_load_seconds,
+                   "compile_s": result.compile_seconds, "normalizer": result.normalizer,
+                   "utterances": result.utterances}
     else:
         dataset, durations = load_clips(args.data, args.max_samples)
         if row in PIPELINE_ROWS:
@@ -246,7 +253,8 @@ def run_row(args):
 # ---------------------------------------------------------------------------------------------
 def prepared_data(data, work_dir):
     """``data`` when it is a data_prep folder; a Kaldi-style folder is prepared into ``work_dir`` first."""
-    from whisper_finetune.data import DataPrepConfig, is_saved_dataset, prepare_dataset
+    from whisper_finetune.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data import is_saved_dataset
 
     if is_saved_dataset(data):
         return data
@@ -312,8 +320,8 @@ def check_args(args):
     unknown = [r for r in args.rows if r not in ROWS + EXTRA_ROWS]
     if unknown:
         raise UserError(f"--rows {' '.join(unknown)}: unknown row(s); choose from {', '.join(ROWS + EXTRA_ROWS)}")
-    if args.device < 0 and set(args.rows) & set(EXTRA_ROWS):
-        raise UserError(f"--rows {' '.join(sorted(set(args.rows) & set(EXTRA_ROWS)))}: float16 rows need a GPU "
+    if args.device < 0 and set(args.rows) & set(GPU_ROWS):
+        raise UserError(f"--rows {' '.join(sorted(set(args.rows) & set(GPU_ROWS)))}: float16 rows need a GPU "
                         "(--device 0)")
     for flag in ("batch_size", "num_beams", "max_new_tokens"):
         if getattr(args, flag) < 1:

@@ -3,7 +3,9 @@
 Reads SRC/text (`<id> <transcription>`) and SRC/audio_paths (`<id> <path>`, absolute or relative
 to SRC), checks every entry, decodes the audio (wav/flac/ogg/mp3, any rate, stereo down-mixed),
 resamples it and writes a dataset that `datasets.load_from_disk(OUT)` opens, with columns
-`audio` (bytes stored inside the dataset), `sentence`, `id` and `duration` (seconds).
+`audio` (bytes stored inside the dataset), `sentence`, `id` and `duration` (seconds). An optional
+SRC/utt2spk (`<id> <speaker>`, Kaldi's file) adds a `speaker` column (the evaluation report shows WER
+per speaker); with it, every utterance needs a speaker.
 
 Problems (id in one file only, duplicated id, ids in a different order, empty transcription,
 missing/unreadable audio, clip over 30 s) are each reported with the id and line number; the run
@@ -18,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from whisper_finetune import cli, options  # noqa: E402
-from whisper_finetune.data import DataPrepConfig, prepare_dataset  # noqa: E402
+from whisper_finetune.corpus import DataPrepConfig, prepare_dataset  # noqa: E402
 
 
 def main(argv=None):

@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 
 from conftest import run_script, write_corpus
-from whisper_finetune import data as data_mod
+from whisper_finetune import corpus as data_mod
 from whisper_finetune.audio import decode_example_audio
-from whisper_finetune.data import DataPrepConfig, prepare_dataset
+from whisper_finetune.corpus import DataPrepConfig, prepare_dataset
 from whisper_finetune.errors import DataValidationError, UserError
 from whisper_finetune.testing import synthetic_speech
 

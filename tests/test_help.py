@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO_ROOT
 
 from whisper_finetune.cli import CUSTOM_ONLY_EVAL, HF_ONLY_EVAL
-from whisper_finetune.data import DataPrepConfig
+from whisper_finetune.corpus import DataPrepConfig
 from whisper_finetune.embeddings import EmbeddingConfig
 from whisper_finetune.evaluation import EvalConfig
 from whisper_finetune.options import flags_of

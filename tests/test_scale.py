@@ -235,7 +235,8 @@ def test_streaming_training_run(tiny_model_dir, parquet_sets, tmp_path):
 # --------------------------------------------------------------------------------------------- sharded data
 def test_sharded_data_prep_is_read_by_training(tiny_model_dir, tmp_path):
     from conftest import write_corpus
-    from whisper_finetune.data import DataPrepConfig, DatasetSpec, load_hf_dataset, prepare_dataset
+    from whisper_finetune.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data import DatasetSpec, load_hf_dataset
 
     source = write_corpus(str(tmp_path / "src"), n=6)
     data = str(tmp_path / "sharded")

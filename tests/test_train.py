@@ -109,7 +109,7 @@ def test_english_only_model_refuses_other_languages(tiny_en_model_dir, tiny_data
 
 
 def test_empty_dataset_after_filtering_is_an_error(tiny_model_dir, tmp_path):
-    from whisper_finetune.data import DataPrepConfig, prepare_dataset
+    from whisper_finetune.corpus import DataPrepConfig, prepare_dataset
 
     source = write_corpus(str(tmp_path / "src"), n=2, sentences=["word " * 100])  # 500 byte tokens > 448
     data = str(tmp_path / "long")
