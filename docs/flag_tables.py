@@ -9,6 +9,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from whisper_finetune.cli import CUSTOM_ONLY_EVAL, HF_ONLY_EVAL  # noqa: E402
 from whisper_finetune.corpus import DataPrepConfig  # noqa: E402
+from whisper_finetune.demo import DemoConfig  # noqa: E402
 from whisper_finetune.embeddings import EmbeddingConfig  # noqa: E402
 from whisper_finetune.evaluation import EvalConfig  # noqa: E402
 from whisper_finetune.options import markdown_table  # noqa: E402
@@ -26,6 +27,7 @@ TABLES = {
     "evaluate_hf_only": lambda: markdown_table(EvalConfig, required=("dataset",), only=HF_ONLY_EVAL),
     "transcribe": lambda: markdown_table(TranscribeConfig),
     "embeddings": lambda: markdown_table(EmbeddingConfig),
+    "demo": lambda: markdown_table(DemoConfig),
 }
 MARKER = "<!-- flags: "
 

@@ -60,9 +60,9 @@ def test_collator_cuts_each_batch_to_its_bucket_and_keeps_a_share_at_30_s():
     assert 0.2 < np.mean(chosen) < 0.3
 
 
-def test_dynamic_decoding_is_pytorch_only():
-    with pytest.raises(UserError, match=r"--audio_context dynamic: needs --backend pytorch \(ctranslate2 pads"):
-        validate_options(DecodingOptions(audio_context="dynamic", backend="ctranslate2"))
+def test_dynamic_decoding_is_not_for_jax():
+    with pytest.raises(UserError, match=r"--audio_context dynamic: needs --backend pytorch or ctranslate2 \(the JAX"):
+        validate_options(DecodingOptions(audio_context="dynamic", backend="jax"))
     with pytest.raises(UserError, match=r"--audio_context_bucket_seconds 0: must be more than 0 and at most 30"):
         validate_options(DecodingOptions(audio_context="dynamic", context=AudioContext(0)))
 
@@ -81,6 +81,21 @@ def test_dynamic_decoding_runs_the_encoder_on_the_bucket(sharp_model_dir, tiny_d
                                 decoder.processor.feature_extractor, 4, context_frames=options.context_frames)
     assert len(hyps) == 8 and all(isinstance(h, str) for h in hyps)
     assert seen == [200, 200]  # clips of 1.0-1.7 s: one 2 s bucket, not 3000 frames
+
+
+def test_ctranslate2_decodes_the_short_context_as_pytorch_does(sharp_model_dir, tmp_path):
+    import shutil
+
+    folder = str(tmp_path / "model")
+    shutil.copytree(sharp_model_dir, folder)
+    processor = modeling.load_processor(folder)
+    audio = [synthetic_speech(1.0 + 0.4 * i, seed=i) for i in range(4)]
+    features = processor.feature_extractor(audio, sampling_rate=16000, return_tensors="np").input_features
+    short = features[:, :, :AudioContext(2.0).frames(2.2)]  # (4, 80, 400)
+    torch_texts = make_decoder(prepared_for(folder, "hi", max_new_tokens=8, audio_context="dynamic"), "cpu").decode(short)
+    ct2 = make_decoder(prepared_for(folder, "hi", max_new_tokens=8, audio_context="dynamic", backend="ctranslate2",
+                                    compute_type="float32"), "cpu")
+    assert ct2.decode(short) == torch_texts and len(set(torch_texts)) > 1
 
 
 @pytest.mark.slow

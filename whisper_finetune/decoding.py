@@ -92,9 +92,9 @@ def validate_options(options: DecodingOptions):
         raise OptionError("max_new_tokens", options.max_new_tokens, f"must be between 1 and {MAX_TARGET_POSITIONS - 4}")
     if options.audio_context not in AUDIO_CONTEXTS:
         raise OptionError("audio_context", options.audio_context, f"choose one of {', '.join(AUDIO_CONTEXTS)}")
-    if options.audio_context == "dynamic" and options.backend != "pytorch":
-        raise OptionError("audio_context", "dynamic", f"needs --backend pytorch ({options.backend} pads every "
-                          f"input to 30 s)")
+    if options.audio_context == "dynamic" and options.backend == "jax":
+        raise OptionError("audio_context", "dynamic", "needs --backend pytorch or ctranslate2 (the JAX decoder is "
+                          "compiled for one input shape, 30 s)")
     options.context.check()
     allowed = CT2_COMPUTE_TYPES if options.backend == "ctranslate2" else tuple(TORCH_COMPUTE_TYPES)
     if options.backend != "jax" and options.compute_type not in allowed:

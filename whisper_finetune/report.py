@@ -1,0 +1,850 @@
+"""The evaluation report page: one self-contained HTML file built from result files.
+
+Input: the ``<model>__<dataset>.json`` / ``.txt`` pairs the evaluators write (figures in the JSON,
+per-utterance normalised and raw text in the text file). Output: a single HTML page with inline CSS,
+JavaScript and data (no CDN, no server; it works opened from disk) holding
+
+* a summary table per dataset, one column per model;
+* every utterance with reference and hypothesis aligned word by word (jiwer's alignment), sortable
+  by WER, filterable by text, paginated (so 10,000 utterances stay usable), with an audio player;
+* top substitution pairs, most deleted and inserted words, WER by clip duration and by speaker;
+* with two or more models on one dataset: the utterances that got better and worse against the first
+  model, and the difference per duration bucket and speaker.
+
+Audio, durations and speakers come from the dataset the result names (a data_prep folder), read when
+the page is built; a result whose dataset cannot be opened (a Hub dataset, a moved folder) gets a page
+without them, and the page says so. Clips are embedded as Ogg Vorbis until ``max_embedded_audio_mb``
+is spent; later ones are linked: to their source file when the dataset names one that exists, else to
+a compressed copy written beside the page in ``<page name>_audio/``.
+"""
+import base64
+import collections
+import datetime
+import glob
+import io
+import json
+import logging
+import os
+import pathlib
+import urllib.parse
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import jiwer
+import numpy as np
+import soundfile as sf
+
+from .audio import decode_example_audio
+from .data import AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, SPEAKER_COLUMN, is_saved_dataset
+from .errors import OptionError, UserError
+from .files import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_EMBEDDED_AUDIO_MB = 50.0
+# Upper bounds (seconds) of the duration buckets; Whisper's window is 30 s, longer clips get their own.
+DURATION_EDGES = (2.0, 5.0, 10.0, 20.0, 30.0)
+TOP_WORDS = 20  # rows in each substitution / deletion / insertion table
+TOP_CHANGES = 20  # utterances listed as most improved / most degraded
+AUDIO_RATE = 16000
+# libsndfile's Vorbis "compression level" (0 best quality .. 1 smallest): 0.8 keeps speech clear at
+# about 5 kB/s, and Vorbis encodes about ten times faster than Opus here.
+VORBIS_COMPRESSION = 0.8
+
+# Alignment chunk codes in the page data (ints keep 10,000 utterances small).
+EQUAL, SUBSTITUTE, DELETE, INSERT = 0, 1, 2, 3
+_CHUNK_CODES = {"equal": EQUAL, "substitute": SUBSTITUTE, "delete": DELETE, "insert": INSERT}
+_NOT_SCORED = "  (empty reference: not scored)"
+
+# The figures of a result JSON shown in the summary table, in this order.
+SUMMARY_FIELDS = ("utterances", "scored_utterances", "wer", "cer", "raw_wer", "raw_cer", "substitutions",
+                  "deletions", "insertions", "hits", "reference_words", "rtfx", "audio_hours", "wall_seconds",
+                  "normalizer", "language", "task", "decoder_prompt", "decoding", "model", "device")
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """One evaluator result: the JSON figures and the per-utterance lines of its text file."""
+
+    json_path: str
+    figures: dict
+    ids: List[str]
+    references: List[str]  # normalised (what the WER was computed on)
+    hypotheses: List[str]
+    raw_references: List[str]
+    raw_hypotheses: List[str]
+    scored: List[bool]  # False: empty normalised reference, left out of the scores
+
+
+@dataclass
+class WordCount:
+    word: str
+    count: int
+
+
+@dataclass
+class SubstitutionCount:
+    reference: str
+    hypothesis: str
+    count: int
+
+
+@dataclass
+class GroupWer:
+    """WER over a group of utterances (a duration bucket or a speaker)."""
+
+    group: str
+    utterances: int
+    reference_words: int
+    errors: int
+    wer: Optional[float]  # None when the group has no scored reference word
+
+
+@dataclass
+class ModelResult:
+    """One model on one dataset: its figures and, per dataset utterance (``None`` where it was not
+    evaluated), hypothesis, raw hypothesis, alignment chunks ``[code, r0, r1, h0, h1]``, errors and
+    reference word count."""
+
+    name: str
+    json_path: str
+    figures: dict
+    hypotheses: List[Optional[str]]
+    raw_hypotheses: List[Optional[str]]
+    alignments: List[Optional[list]]
+    errors: List[Optional[int]]
+    reference_words: List[Optional[int]]
+    references: Optional[List[Optional[str]]] = None  # only when its normaliser differs from the dataset's
+    substitutions: List[SubstitutionCount] = field(default_factory=list)
+    deletions: List[WordCount] = field(default_factory=list)
+    insertions: List[WordCount] = field(default_factory=list)
+    by_duration: List[GroupWer] = field(default_factory=list)
+    by_speaker: List[GroupWer] = field(default_factory=list)
+
+
+@dataclass
+class UtteranceChange:
+    index: int  # into the dataset's utterance list
+    id: str
+    errors_before: int
+    errors_after: int
+
+
+@dataclass
+class GroupChange:
+    group: str
+    utterances: int
+    wer_before: Optional[float]
+    wer_after: Optional[float]
+    difference: Optional[float]
+
+
+@dataclass
+class Comparison:
+    """``after`` against ``before`` (indices into the dataset's models) on the utterances both scored."""
+
+    before: int
+    after: int
+    common_utterances: int
+    wer_before: Optional[float]
+    wer_after: Optional[float]
+    better: int
+    worse: int
+    unchanged: int
+    most_improved: List[UtteranceChange]
+    most_degraded: List[UtteranceChange]
+    by_duration: List[GroupChange]
+    by_speaker: List[GroupChange]
+
+
+@dataclass
+class DatasetReport:
+    """Everything the page shows for one dataset."""
+
+    label: str
+    language: Optional[str]
+    normalizer: str
+    ids: List[str]
+    references: List[Optional[str]]
+    raw_references: List[Optional[str]]
+    scored: List[bool]
+    durations: Optional[List[Optional[float]]]
+    speakers: Optional[List[Optional[str]]]
+    audio: List[Optional[str]]  # per utterance: a data: URI, a relative or file: link, or None
+    audio_note: str
+    models: List[ModelResult]
+    comparisons: List[Comparison]
+
+
+@dataclass
+class Report:
+    title: str
+    generated: str
+    datasets: List[DatasetReport]
+    embedded_audio: int = 0  # clips embedded in the page
+    linked_audio: int = 0  # clips linked (source file or a copy beside the page)
+    embedded_audio_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class ReportSummary:
+    """What :func:`write_report` wrote."""
+
+    path: str
+    bytes: int
+    datasets: int
+    models: int
+    utterances: int
+    embedded_audio: int  # clips embedded in the page
+    linked_audio: int  # clips linked (source file or a copy beside the page)
+    embedded_audio_bytes: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading result files
+# ---------------------------------------------------------------------------------------------
+def find_result_files(paths: Sequence[str]) -> List[str]:
+    """Result JSON files named by ``paths``: each a result ``.json`` file or a folder holding some.
+
+    Folders contribute every ``*.json`` with a matching ``.txt`` (sorted by name); order is kept
+    otherwise, so the first path given is the baseline of comparisons.
+    """
+    found = []
+    for path in paths:
+        if os.path.isdir(path):
+            in_folder = [p for p in sorted(glob.glob(os.path.join(path, "*.json")))
+                         if os.path.isfile(p[:-len(".json")] + ".txt")]
+            if not in_folder:
+                raise UserError(f"{path}: no result files (<model>__<dataset>.json with its .txt) in this folder")
+            found.extend(in_folder)
+        elif os.path.isfile(path) and path.endswith(".json"):
+            found.append(path)
+        else:
+            raise UserError(f"{path}: not a result folder or a result .json file")
+    unique = list(dict.fromkeys(os.path.abspath(p) for p in found))
+    return unique
+
+
+def read_result(json_path: str) -> ResultFile:
+    """Read a result JSON and its text file (same stem); errors name the file."""
+    txt_path = json_path[:-len(".json")] + ".txt"
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            figures = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{json_path}: cannot read the result file ({exc})") from exc
+    if not isinstance(figures, dict) or "wer" not in figures or "dataset" not in figures:
+        raise UserError(f"{json_path}: not an evaluation result (no wer/dataset fields)")
+    if not os.path.isfile(txt_path):
+        raise UserError(f"{json_path}: its per-utterance file {txt_path} is missing")
+    ids, refs, hyps, raw_refs, raw_hyps, scored = [], [], [], [], [], []
+    prefixes = {"REF: ": refs, "HYP: ": hyps, "RAW_REF: ": raw_refs, "RAW_HYP: ": raw_hyps}
+    with open(txt_path, encoding="utf-8") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if line.startswith("ID: "):
+                unscored = line.endswith(_NOT_SCORED)
+                ids.append(line[4:-len(_NOT_SCORED)] if unscored else line[4:])
+                scored.append(not unscored)
+                continue
+            for prefix, target in prefixes.items():
+                if line.startswith(prefix) and ids:
+                    target.append(line[len(prefix):])
+                    break
+    if not ids or not all(len(column) == len(ids) for column in prefixes.values()):
+        raise UserError(f"{txt_path}: not a complete result file (expected ID/REF/HYP/RAW_REF/RAW_HYP per utterance)")
+    return ResultFile(os.path.abspath(json_path), figures, ids, refs, hyps, raw_refs, raw_hyps, scored)
+
+
+# ---------------------------------------------------------------------------------------------
+# Alignment and statistics
+# ---------------------------------------------------------------------------------------------
+def align_pairs(references: Sequence[str], hypotheses: Sequence[str]):
+    """Word alignment of each pair as ``[code, r0, r1, h0, h1]`` chunks (jiwer), and S+D+I per pair."""
+    chunks = [[] for _ in references]
+    errors = [0] * len(references)
+    todo = [i for i, (r, h) in enumerate(zip(references, hypotheses)) if r.split() or h.split()]
+    if todo:
+        output = jiwer.process_words([references[i] for i in todo], [hypotheses[i] for i in todo])
+        for i, alignment in zip(todo, output.alignments):
+            chunks[i] = [[_CHUNK_CODES[c.type], c.ref_start_idx, c.ref_end_idx, c.hyp_start_idx, c.hyp_end_idx]
+                         for c in alignment]
+            errors[i] = sum(max(c[2] - c[1], c[4] - c[3]) for c in chunks[i] if c[0] != EQUAL)
+    return chunks, errors
+
+
+def word_statistics(references, hypotheses, alignments, top=TOP_WORDS):
+    """Most frequent substitution pairs, deleted words and inserted words over aligned utterances."""
+    subs, dels, ins = collections.Counter(), collections.Counter(), collections.Counter()
+    for ref, hyp, chunks in zip(references, hypotheses, alignments):
+        if chunks is None:
+            continue
+        ref_words, hyp_words = ref.split(), hyp.split()
+        for code, r0, r1, h0, h1 in chunks:
+            if code == SUBSTITUTE:
+                subs.update(zip(ref_words[r0:r1], hyp_words[h0:h1]))
+            elif code == DELETE:
+                dels.update(ref_words[r0:r1])
+            elif code == INSERT:
+                ins.update(hyp_words[h0:h1])
+    return ([SubstitutionCount(r, h, n) for (r, h), n in subs.most_common(top)],
+            [WordCount(w, n) for w, n in dels.most_common(top)],
+            [WordCount(w, n) for w, n in ins.most_common(top)])
+
+
+def duration_bucket(seconds):
+    """The label of the duration bucket ``seconds`` falls in (``None`` stays ``None``)."""
+    if seconds is None:
+        return None
+    low = 0.0
+    for high in DURATION_EDGES:
+        if seconds <= high:
+            return f"{low:g}–{high:g} s"
+        low = high
+    return f"> {DURATION_EDGES[-1]:g} s"
+
+
+def bucket_order():
+    """Every duration bucket label, shortest first."""
+    labels, low = [], 0.0
+    for high in DURATION_EDGES:
+        labels.append(f"{low:g}–{high:g} s")
+        low = high
+    return labels + [f"> {DURATION_EDGES[-1]:g} s"]
+
+
+def group_wer(groups, errors, ref_words, scored, order=None) -> List[GroupWer]:
+    """WER per group label (``groups[i]``; ``None`` leaves utterance ``i`` out) over scored utterances."""
+    totals = collections.OrderedDict((g, [0, 0, 0]) for g in (order or []))
+    for g, e, n, s in zip(groups, errors, ref_words, scored):
+        if g is None or e is None or not s:
+            continue
+        total = totals.setdefault(g, [0, 0, 0])
+        total[0] += 1
+        total[1] += n
+        total[2] += e
+    rows = [GroupWer(g, u, n, e, e / n if n else None) for g, (u, n, e) in totals.items() if u]
+    return rows if order else sorted(rows, key=lambda r: r.group)
+
+
+def compare(before: ModelResult, after: ModelResult, index_before, index_after, ids, scored, buckets, speakers):
+    """How ``after`` differs from ``before`` on the utterances both scored (per utterance and per group)."""
+    common = [i for i in range(len(ids)) if scored[i] and before.errors[i] is not None and after.errors[i] is not None]
+    changes = [UtteranceChange(i, ids[i], before.errors[i], after.errors[i]) for i in common]
+    better = sorted((c for c in changes if c.errors_after < c.errors_before),
+                    key=lambda c: (c.errors_after - c.errors_before, c.index))
+    worse = sorted((c for c in changes if c.errors_after > c.errors_before),
+                   key=lambda c: (c.errors_before - c.errors_after, c.index))
+    words = sum(before.reference_words[i] for i in common)
+
+    def wer(model, subset):
+        n = sum(model.reference_words[i] for i in subset)
+        return sum(model.errors[i] for i in subset) / n if n else None
+
+    def by_group(labels, order=None):
+        grouped = collections.OrderedDict((g, []) for g in (order or []))
+        for i in common:
+            if labels[i] is not None:
+                grouped.setdefault(labels[i], []).append(i)
+        rows = []
+        for g, subset in grouped.items():
+            if not subset:
+                continue
+            a, b = wer(before, subset), wer(after, subset)
+            rows.append(GroupChange(g, len(subset), a, b, None if a is None or b is None else b - a))
+        return rows if order else sorted(rows, key=lambda r: r.group)
+
+    return Comparison(index_before, index_after, len(common), wer(before, common) if words else None,
+                      wer(after, common) if words else None, len(better), len(worse),
+                      len(common) - len(better) - len(worse), better[:TOP_CHANGES], worse[:TOP_CHANGES],
+                      by_group(buckets, bucket_order()) if any(b is not None for b in buckets) else [],
+                      by_group(speakers) if speakers else [])
+
+
+# ---------------------------------------------------------------------------------------------
+# Audio, durations and speakers from the dataset
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class _AudioBudget:
+    remaining: int  # bytes of data: URIs still allowed in the page
+    embedded: int = 0
+    linked: int = 0
+    embedded_bytes: int = 0
+
+
+def encode_clip(audio: np.ndarray, sampling_rate=AUDIO_RATE) -> bytes:
+    """Ogg Vorbis bytes for a mono float array (what the page embeds or writes beside itself)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(audio, -1.0, 1.0), sampling_rate, format="OGG", subtype="VORBIS",
+             compression_level=VORBIS_COMPRESSION)
+    return buffer.getvalue()
+
+
+def _open_dataset(label):
+    """The raw dataset (all columns, audio undecoded) behind a result's dataset label, or a reason why not."""
+    import datasets
+    from datasets import Audio
+
+    if not os.path.isdir(label):
+        return None, f"audio, durations and speakers are not shown: the dataset folder {label} is not on this machine"
+    if not is_saved_dataset(label):
+        return None, f"audio, durations and speakers are not shown: {label} is not a data_prep dataset"
+    dataset = datasets.load_from_disk(label)
+    if isinstance(dataset, datasets.DatasetDict) or AUDIO_COLUMN not in dataset.column_names:
+        return None, f"audio, durations and speakers are not shown: {label} is not a single-split data_prep dataset"
+    return dataset.cast_column(AUDIO_COLUMN, Audio(decode=False)), ""
+
+
+def _clip_link(value, label, clip, link_dir, page_dir, name):
+    """A link for a clip over the budget: its source file when that exists, else a copy beside the page."""
+    path = value.get("path") if isinstance(value, dict) else value
+    if path:
+        candidate = path if os.path.isabs(path) else os.path.join(label, path)
+        if os.path.isfile(candidate):
+            return pathlib.Path(os.path.abspath(candidate)).as_uri()
+    os.makedirs(link_dir, exist_ok=True)
+    target = os.path.join(link_dir, name)
+    with open(target, "wb") as f:
+        f.write(encode_clip(clip))
+    return urllib.parse.quote(os.path.relpath(target, page_dir).replace(os.sep, "/"))
+
+
+def dataset_extras(label, ids, budget: _AudioBudget, link_dir, page_dir, prefix):
+    """Per utterance: durations, speakers (``None`` without a speaker column), audio sources, and a note."""
+    dataset, note = _open_dataset(label)
+    if dataset is None:
+        return None, None, [None] * len(ids), note
+    if ID_COLUMN not in dataset.column_names:
+        return None, None, [None] * len(ids), f"audio, durations and speakers are not shown: {label} has no id column"
+    row_of = {str(uid): row for row, uid in enumerate(dataset[ID_COLUMN])}
+    rows = [row_of.get(uid) for uid in ids]
+    missing = sum(r is None for r in rows)
+    durations_column = dataset[DURATION_COLUMN] if DURATION_COLUMN in dataset.column_names else None
+    speakers = None
+    if SPEAKER_COLUMN in dataset.column_names:
+        column = dataset[SPEAKER_COLUMN]
+        speakers = [None if r is None or column[r] is None else str(column[r]) for r in rows]
+    durations, audio = [None] * len(ids), [None] * len(ids)
+    for i, row in enumerate(rows):
+        if row is None:
+            continue
+        value = dataset[row][AUDIO_COLUMN]
+        clip = decode_example_audio(value, AUDIO_RATE)
+        durations[i] = round(float(durations_column[row]) if durations_column else len(clip) / AUDIO_RATE, 3)
+        encoded = encode_clip(clip)
+        uri = "data:audio/ogg;base64," + base64.b64encode(encoded).decode("ascii")
+        if len(uri) <= budget.remaining:
+            budget.remaining -= len(uri)
+            budget.embedded += 1
+            budget.embedded_bytes += len(uri)
+            audio[i] = uri
+        else:
+            budget.remaining = 0  # keep clips in order: once one is linked, all later ones are
+            safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in ids[i])
+            audio[i] = _clip_link(value, label, clip, link_dir, page_dir, f"{prefix}_{i:06d}_{safe}.ogg")
+            budget.linked += 1
+    note = "" if not missing else f"{missing} utterance id(s) of the results are not in {label}: no audio for them"
+    return durations, speakers, audio, note
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the report
+# ---------------------------------------------------------------------------------------------
+def model_names(results: Sequence[ResultFile]):
+    """Column names: the model folder's name, made unique with the result folder when two share it."""
+    base = [os.path.basename(os.path.normpath(str(r.figures.get("model") or "model"))) for r in results]
+    names = []
+    for name, result in zip(base, results):
+        if base.count(name) > 1:
+            name = f"{name} ({os.path.basename(os.path.dirname(result.json_path))})"
+        names.append(name)
+    counts = collections.Counter(names)
+    seen = collections.Counter()
+    unique = []
+    for name in names:
+        seen[name] += 1
+        unique.append(name if counts[name] == 1 else f"{name} #{seen[name]}")
+    return unique
+
+
+def _dataset_key(label):
+    return os.path.realpath(label) if os.path.exists(label) else label
+
+
+def build_report(json_paths: Sequence[str], page_path: str, max_embedded_audio_mb=DEFAULT_MAX_EMBEDDED_AUDIO_MB,
+                 title="Whisper evaluation report") -> Report:
+    """Read result files and build the report's content (results on one dataset are grouped)."""
+    if max_embedded_audio_mb < 0:
+        raise OptionError("max_embedded_audio_mb", max_embedded_audio_mb, "must be 0 or more")
+    if not json_paths:
+        raise UserError("no result files to report on")
+    groups = collections.OrderedDict()
+    for result in (read_result(p) for p in json_paths):
+        groups.setdefault(_dataset_key(str(result.figures["dataset"])), []).append(result)
+    groups = [list(zip(members, model_names(members))) for members in groups.values()]
+    page_dir = os.path.dirname(os.path.abspath(page_path))
+    link_dir = os.path.splitext(os.path.abspath(page_path))[0] + "_audio"
+    budget = _AudioBudget(int(max_embedded_audio_mb * 1024 * 1024))
+    datasets = []
+    for number, members in enumerate(groups):
+        datasets.append(_dataset_report(members, budget, link_dir, page_dir, f"d{number}"))
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return Report(title, stamp, datasets, budget.embedded, budget.linked, budget.embedded_bytes)
+
+
+def _dataset_report(members, budget, link_dir, page_dir, prefix) -> DatasetReport:
+    first = members[0][0]
+    ids = list(dict.fromkeys(uid for result, _ in members for uid in result.ids))
+    index = {uid: i for i, uid in enumerate(ids)}
+    refs, raw_refs, scored = [None] * len(ids), [None] * len(ids), [False] * len(ids)
+    for result, _ in reversed(members):  # the first model's text wins where several have it
+        for j, uid in enumerate(result.ids):
+            i = index[uid]
+            refs[i], raw_refs[i], scored[i] = result.references[j], result.raw_references[j], result.scored[j]
+    label = str(first.figures["dataset"])
+    durations, speakers, audio, note = dataset_extras(label, ids, budget, link_dir, page_dir, prefix)
+    buckets = [duration_bucket(d) for d in durations] if durations else [None] * len(ids)
+    models = []
+    for result, name in members:
+        rows = [index[uid] for uid in result.ids]
+        chunks, errors = align_pairs(result.references, result.hypotheses)
+        model = ModelResult(name, result.json_path, {k: result.figures.get(k) for k in SUMMARY_FIELDS},
+                            *([None] * len(ids) for _ in range(5)))
+        own_refs = [None] * len(ids)
+        for j, i in enumerate(rows):
+            model.hypotheses[i], model.raw_hypotheses[i] = result.hypotheses[j], result.raw_hypotheses[j]
+            model.alignments[i], model.errors[i] = chunks[j], errors[j]
+            model.reference_words[i] = len(result.references[j].split())
+            own_refs[i] = result.references[j]
+        if any(r is not None and r != refs[i] for i, r in enumerate(own_refs)):
+            model.references = own_refs
+        model_refs = model.references or refs
+        model_scored = [scored[i] and model.errors[i] is not None for i in range(len(ids))]
+        model.substitutions, model.deletions, model.insertions = word_statistics(
+            [model_refs[i] or "" for i in range(len(ids))], [h or "" for h in model.hypotheses],
+            [a if s else None for a, s in zip(model.alignments, model_scored)])
+        model.by_duration = group_wer(buckets, model.errors, model.reference_words, model_scored, bucket_order()) \
+            if durations else []
+        model.by_speaker = group_wer(speakers, model.errors, model.reference_words, model_scored) if speakers else []
+        models.append(model)
+    comparisons = [compare(models[0], models[k], 0, k, ids, scored, buckets, speakers) for k in range(1, len(models))]
+    language = first.figures.get("language") or ("en" if first.figures.get("normalizer") == "english" else None)
+    return DatasetReport(label, language, str(first.figures.get("normalizer")), ids, refs,
+                         raw_refs, scored, durations, speakers, audio, note, models, comparisons)
+
+
+def render_html(report: Report) -> str:
+    """The page: the report's data as JSON inside one HTML file with inline CSS and JavaScript."""
+    # "<" escaped so no text in the data can close the script element.
+    data = json.dumps(asdict(report), ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+    title = report.title.replace("&", "&amp;").replace("<", "&lt;")
+    return (_PAGE.replace("__TITLE__", title).replace("__CSS__", _CSS).replace("__JS__", _JS)
+            .replace("__DATA__", data))
+
+
+def write_report(json_paths: Sequence[str], output_path: str, max_embedded_audio_mb=DEFAULT_MAX_EMBEDDED_AUDIO_MB,
+                 title="Whisper evaluation report") -> ReportSummary:
+    """Build the report page for ``json_paths`` and write it (atomically) to ``output_path``."""
+    report = build_report(json_paths, output_path, max_embedded_audio_mb, title)
+    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+    html = render_html(report)
+    atomic_write_text(output_path, html)
+    summary = ReportSummary(output_path, len(html.encode("utf-8")), len(report.datasets),
+                            len({m.json_path for d in report.datasets for m in d.models}),
+                            sum(len(d.ids) for d in report.datasets), report.embedded_audio, report.linked_audio,
+                            report.embedded_audio_bytes)
+    logger.info("report: %s (%.1f MB; %d utterances; %d clips embedded, %d linked)", output_path,
+                summary.bytes / 1e6, summary.utterances, summary.embedded_audio, summary.linked_audio)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+# ---------------------------------------------------------------------------------------------
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>__TITLE__</title>
+<style>__CSS__</style>
+</head>
+<body>
+<header><h1>__TITLE__</h1><p id="generated"></p></header>
+<main id="app"><p>This page needs JavaScript.</p></main>
+<script type="application/json" id="report-data">__DATA__</script>
+<script>__JS__</script>
+</body>
+</html>
+"""
+
+_CSS = r"""
+body{font-family:system-ui,sans-serif;margin:0 1.5rem 3rem;color:#1b1b1b;background:#fff;line-height:1.4}
+h1{font-size:1.4rem;margin:1rem 0 .2rem}h2{font-size:1.2rem;margin:1.6rem 0 .4rem;border-bottom:1px solid #ccc}
+h3{font-size:1rem;margin:1rem 0 .3rem}
+table{border-collapse:collapse;margin:.3rem 0}th,td{border:1px solid #d4d4d4;padding:.2rem .5rem;vertical-align:top}
+th{background:#f3f3f3;text-align:left}table.summary td{max-width:24rem;overflow-wrap:anywhere}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.note{color:#555;font-size:.9rem}.warn{color:#8a4b00}
+.grid{display:flex;flex-wrap:wrap;gap:1.5rem}.grid>div{min-width:14rem}
+.controls{display:flex;flex-wrap:wrap;gap:.8rem;align-items:center;margin:.5rem 0}
+.controls input[type=search]{min-width:18rem;padding:.2rem}
+button{cursor:pointer}th button{font:inherit;font-weight:bold;border:0;background:none;padding:0}
+.align{display:flex;flex-wrap:wrap;gap:.15rem .35rem;margin:.1rem 0}
+.w{display:inline-flex;flex-direction:column;padding:0 .15rem;border-radius:3px}
+.w>span{white-space:pre;min-height:1.3em}.w>.h{color:#333}
+.w.s{background:#fde2b8}.w.d{background:#f8c4c4}.w.i{background:#c9e6ff}
+.w .gap{color:#999}
+.legend span{padding:0 .3rem;border-radius:3px;margin-right:.4rem}
+.model-label{font-size:.8rem;color:#555}
+.raw{font-size:.85rem;color:#555;margin-top:.2rem}
+.better{color:#0a6b2b}.worse{color:#a11}
+#utt-table td.wer{white-space:nowrap}
+audio{height:2rem;max-width:16rem}
+.tabs button{margin-right:.3rem}.tabs button.active{font-weight:bold}
+"""
+
+_JS = r"""
+"use strict";
+const R = JSON.parse(document.getElementById("report-data").textContent);
+const PAGE_SIZE = 50;
+const CODE = ["e", "s", "d", "i"];
+const RTL = new Set(["ar", "fa", "ur", "he", "yi", "ps", "sd"]);  // Whisper's right-to-left languages
+const state = {dataset: 0, view: "0", filter: "", sort: "wer-desc", page: 0};
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined) continue;
+    if (k === "text") node.textContent = v; else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) if (c !== null && c !== undefined) node.append(c);
+  return node;
+}
+const fmt = (v, d = 4) => (v === null || v === undefined) ? "—" : (typeof v === "number" ? v.toFixed(d) : String(v));
+const pct = v => (v === null || v === undefined) ? "—" : (100 * v).toFixed(1) + "%";
+function signed(v) { return (v === null || v === undefined) ? "—" : (v > 0 ? "+" : "") + (100 * v).toFixed(1) + " pt"; }
+function table(head, rows, cls) {
+  return el("table", {class: cls || null}, el("thead", {}, el("tr", {}, ...head.map(h => el("th", {text: h})))),
+            el("tbody", {}, ...rows.map(r => el("tr", {}, ...r.map(c => c instanceof Node ? el("td", {}, c) :
+              el("td", {class: typeof c === "number" ? "num" : null, text: typeof c === "number" ? String(c) : c}))))));
+}
+function uttWer(m, i) { const n = m.reference_words[i], e = m.errors[i]; return (e === null || !n) ? null : e / n; }
+
+function summaryTable(ds, index) {
+  const rows = [
+    ["utterances", "utterances", 0], ["scored utterances", "scored_utterances", 0], ["WER", "wer", 4],
+    ["CER", "cer", 4], ["raw WER", "raw_wer", 4], ["raw CER", "raw_cer", 4], ["substitutions", "substitutions", 0],
+    ["deletions", "deletions", 0], ["insertions", "insertions", 0], ["reference words", "reference_words", 0],
+    ["RTFx", "rtfx", 2], ["audio hours", "audio_hours", 4], ["decoding seconds", "wall_seconds", 1],
+    ["normaliser", "normalizer"], ["language", "language"], ["task", "task"], ["decoder prompt", "decoder_prompt"],
+    ["decoding", "decoding"], ["device", "device"], ["model", "model"]];
+  const body = rows.map(([label, key, digits]) => el("tr", {}, el("th", {text: label}),
+    ...ds.models.map((m, k) => {
+      let v = m.figures[key];
+      if (key === "decoding" && v) v = Object.entries(v).filter(([a, b]) => b !== null && b !== false)
+                                       .map(([a, b]) => a + "=" + (typeof b === "object" ? JSON.stringify(b) : b)).join(", ");
+      const num = typeof v === "number";
+      return el("td", {class: num ? "num" : null, "data-metric": key, "data-model": k,
+                       "data-value": num ? String(v) : null, text: num ? v.toFixed(digits) : fmt(v)});
+    })));
+  return el("table", {class: "summary", id: "summary-" + index, "data-dataset": ds.label},
+    el("thead", {}, el("tr", {}, el("th", {text: "model"}), ...ds.models.map(m => el("th", {title: m.json_path, text: m.name})))),
+    el("tbody", {}, ...body));
+}
+
+function alignment(words, hyp, chunks, lang) {
+  const ref = (words || "").split(" ").filter(Boolean), h = (hyp || "").split(" ").filter(Boolean);
+  // The row runs in the language's direction; each word gets its own (a hypothesis may be in another script).
+  const box = el("div", {class: "align", lang: lang, dir: RTL.has(lang) ? "rtl" : "ltr"});
+  for (const [code, r0, r1, h0, h1] of (chunks || [])) {
+    const n = Math.max(r1 - r0, h1 - h0);
+    for (let k = 0; k < n; k++) {
+      const rw = r0 + k < r1 ? ref[r0 + k] : null, hw = h0 + k < h1 ? h[h0 + k] : null;
+      const cls = "w " + CODE[code];
+      box.append(el("span", {class: cls, title: ["", "substitution", "deletion", "insertion"][code] || null},
+        el("span", {class: "r" + (rw === null ? " gap" : ""), dir: "auto", text: rw === null ? "∅" : rw}),
+        el("span", {class: "h" + (hw === null ? " gap" : ""), dir: "auto", text: hw === null ? "∅" : hw})));
+    }
+  }
+  return box;
+}
+
+function renderAnalysis(ds, root) {
+  const lang = ds.language || null;
+  for (const m of ds.models) {
+    root.append(el("h3", {text: "Errors of " + m.name}));
+    const grid = el("div", {class: "grid"});
+    grid.append(el("div", {}, el("h4", {text: "Top substitutions (reference → hypothesis)"}),
+      table(["reference", "hypothesis", "count"], m.substitutions.map(s => [el("span", {lang, text: s.reference}),
+        el("span", {lang, text: s.hypothesis}), s.count]), "subs")));
+    grid.append(el("div", {}, el("h4", {text: "Most deleted words"}),
+      table(["word", "count"], m.deletions.map(s => [el("span", {lang, text: s.word}), s.count]), "dels")));
+    grid.append(el("div", {}, el("h4", {text: "Most inserted words"}),
+      table(["word", "count"], m.insertions.map(s => [el("span", {lang, text: s.word}), s.count]), "ins")));
+    if (m.by_duration.length) grid.append(el("div", {}, el("h4", {text: "WER by clip duration"}),
+      table(["duration", "utterances", "words", "WER"], m.by_duration.map(g => [g.group, g.utterances, g.reference_words, pct(g.wer)]), "by-duration")));
+    if (m.by_speaker.length) grid.append(el("div", {}, el("h4", {text: "WER by speaker"}),
+      table(["speaker", "utterances", "words", "WER"], m.by_speaker.map(g => [g.group, g.utterances, g.reference_words, pct(g.wer)]), "by-speaker")));
+    root.append(grid);
+  }
+  for (const c of ds.comparisons) {
+    const a = ds.models[c.before], b = ds.models[c.after];
+    root.append(el("h3", {text: b.name + " against " + a.name}));
+    root.append(el("p", {class: "comparison-counts"}, `On ${c.common_utterances} utterances both scored: WER ${pct(c.wer_before)} → ${pct(c.wer_after)}; `,
+      el("span", {class: "better", text: `${c.better} better`}), ", ", el("span", {class: "worse", text: `${c.worse} worse`}),
+      `, ${c.unchanged} unchanged (errors per utterance).`));
+    const grid = el("div", {class: "grid"});
+    const link = ch => el("button", {text: ch.id, onclick: () => showUtterance(c, ch.id)});
+    grid.append(el("div", {}, el("h4", {text: "Most improved"}), table(["utterance", "errors before", "after"],
+      c.most_improved.map(ch => [link(ch), ch.errors_before, ch.errors_after]), "improved")));
+    grid.append(el("div", {}, el("h4", {text: "Most degraded"}), table(["utterance", "errors before", "after"],
+      c.most_degraded.map(ch => [link(ch), ch.errors_before, ch.errors_after]), "degraded")));
+    const diff = rows => rows.map(g => [g.group, g.utterances, pct(g.wer_before), pct(g.wer_after),
+      el("span", {class: g.difference < 0 ? "better" : (g.difference > 0 ? "worse" : null), text: signed(g.difference)})]);
+    if (c.by_duration.length) grid.append(el("div", {}, el("h4", {text: "WER difference by duration"}),
+      table(["duration", "utterances", a.name, b.name, "difference"], diff(c.by_duration), "diff-duration")));
+    if (c.by_speaker.length) grid.append(el("div", {}, el("h4", {text: "WER difference by speaker"}),
+      table(["speaker", "utterances", a.name, b.name, "difference"], diff(c.by_speaker), "diff-speaker")));
+    root.append(grid);
+  }
+}
+
+function showUtterance(c, id) {
+  state.view = c.before + ":" + c.after; state.filter = id; state.page = 0;
+  document.getElementById("view-select").value = state.view;
+  document.getElementById("filter").value = id;
+  renderTable();
+  document.getElementById("utterances").scrollIntoView();
+}
+
+function viewModels(ds) { return state.view.split(":").map(Number).map(k => ds.models[k]); }
+
+function rowsFor(ds) {
+  const models = viewModels(ds);
+  const q = state.filter.trim().toLowerCase();
+  let rows = [];
+  for (let i = 0; i < ds.ids.length; i++) {
+    if (models.every(m => m.errors[i] === null)) continue;
+    if (q) {
+      const texts = [ds.ids[i], ds.references[i], ds.raw_references[i]];
+      for (const m of models) texts.push(m.hypotheses[i], m.raw_hypotheses[i]);
+      if (!texts.some(t => t && t.toLowerCase().includes(q))) continue;
+    }
+    rows.push(i);
+  }
+  const key = i => {
+    if (models.length === 2) { const a = uttWer(models[0], i), b = uttWer(models[1], i);
+      return (a === null || b === null) ? null : b - a; }
+    return uttWer(models[0], i);
+  };
+  const [field, dir] = state.sort.split("-");
+  const sign = dir === "asc" ? 1 : -1;
+  const value = field === "wer" ? key : (field === "duration" ? (i => ds.durations ? ds.durations[i] : null) : (i => i));
+  rows.sort((x, y) => {
+    const a = value(x), b = value(y);
+    if (a === null && b === null) return x - y; if (a === null) return 1; if (b === null) return -1;
+    return a === b ? x - y : (a < b ? -sign : sign);
+  });
+  return rows;
+}
+
+function renderTable() {
+  const ds = R.datasets[state.dataset];
+  const models = viewModels(ds);
+  const rows = rowsFor(ds);
+  const pages = Math.max(1, Math.ceil(rows.length / PAGE_SIZE));
+  state.page = Math.min(state.page, pages - 1);
+  const shown = rows.slice(state.page * PAGE_SIZE, (state.page + 1) * PAGE_SIZE);
+  const lang = ds.language || null;
+  const werLabel = models.length === 2 ? "ΔWER" : "WER";
+  const arrow = state.sort.startsWith("wer") ? (state.sort.endsWith("desc") ? " ▼" : " ▲") : "";
+  const head = el("tr", {}, el("th", {text: "utterance"}),
+    el("th", {}, el("button", {id: "sort-wer", "data-sort": "wer", text: werLabel + arrow, onclick: () => {
+      state.sort = state.sort === "wer-desc" ? "wer-asc" : "wer-desc"; state.page = 0; renderTable(); }})),
+    el("th", {text: "reference / hypothesis, aligned word by word"}), el("th", {text: "audio"}));
+  const body = el("tbody");
+  for (const i of shown) {
+    const cell = el("td");
+    for (const m of models) {
+      const ref = (m.references || ds.references)[i];
+      if (models.length > 1) cell.append(el("div", {class: "model-label", text: m.name + " — WER " + pct(uttWer(m, i))}));
+      cell.append(m.errors[i] === null ? el("div", {class: "note", text: "not evaluated by this model"}) :
+        alignment(ref, m.hypotheses[i], m.alignments[i], lang));
+    }
+    const raw = el("details", {class: "raw"}, el("summary", {text: "raw text"}),
+      el("div", {lang, dir: "auto", text: "REF: " + (ds.raw_references[i] || "")}),
+      ...models.map(m => el("div", {lang, dir: "auto", text: (models.length > 1 ? m.name + ": " : "HYP: ") + (m.raw_hypotheses[i] || "")})));
+    cell.append(raw);
+    let wer;
+    if (models.length === 2) { const a = uttWer(models[0], i), b = uttWer(models[1], i);
+      wer = (a === null || b === null) ? null : b - a; }
+    else wer = uttWer(models[0], i);
+    const werText = !ds.scored[i] ? "not scored" : (models.length === 2 ? signed(wer) : pct(wer));
+    const info = [el("div", {text: ds.ids[i]})];
+    if (ds.durations && ds.durations[i] !== null) info.push(el("div", {class: "note", text: ds.durations[i].toFixed(1) + " s"}));
+    if (ds.speakers && ds.speakers[i] !== null) info.push(el("div", {class: "note", text: "speaker " + ds.speakers[i]}));
+    body.append(el("tr", {"data-id": ds.ids[i], "data-index": i},
+      el("td", {class: "id"}, ...info),
+      el("td", {class: "wer num" + (models.length === 2 && wer !== null ? (wer < 0 ? " better" : (wer > 0 ? " worse" : "")) : ""),
+                "data-wer": wer === null ? "" : String(wer), text: werText}),
+      cell,
+      el("td", {}, ds.audio[i] ? el("audio", {controls: "", preload: "metadata", src: ds.audio[i]}) :
+                               el("span", {class: "note", text: "—"}))));
+  }
+  const table = document.getElementById("utt-table");
+  table.replaceChildren(el("thead", {}, head), body);
+  document.getElementById("page-info").textContent =
+    `${rows.length} utterance(s); page ${state.page + 1} of ${pages}`;
+  document.getElementById("prev-page").disabled = state.page === 0;
+  document.getElementById("next-page").disabled = state.page >= pages - 1;
+}
+
+function renderDataset() {
+  const ds = R.datasets[state.dataset];
+  const root = document.getElementById("dataset-view");
+  root.replaceChildren();
+  root.append(el("h2", {text: "Dataset " + ds.label}));
+  root.append(el("p", {class: "note", id: "normaliser-note"},
+    `Aligned text is normalised by the “${ds.normalizer}” normaliser (what WER was computed on); the raw text is under “raw text”.`));
+  if (ds.audio_note) root.append(el("p", {class: "note warn", text: ds.audio_note}));
+  renderAnalysis(ds, root);
+  const views = ds.models.map((m, k) => el("option", {value: String(k), text: m.name}));
+  for (const c of ds.comparisons) views.push(el("option", {value: c.before + ":" + c.after,
+    text: ds.models[c.after].name + " against " + ds.models[c.before].name}));
+  state.view = ds.comparisons.length ? ds.comparisons[0].before + ":" + ds.comparisons[0].after : "0";
+  const viewSelect = el("select", {id: "view-select", onchange: e => { state.view = e.target.value; state.page = 0; renderTable(); }}, ...views);
+  viewSelect.value = state.view;
+  const sortSelect = el("select", {id: "sort-select", onchange: e => { state.sort = e.target.value; state.page = 0; renderTable(); }},
+    el("option", {value: "wer-desc", text: "WER (or ΔWER), worst first"}), el("option", {value: "wer-asc", text: "WER (or ΔWER), best first"}),
+    el("option", {value: "index-asc", text: "dataset order"}), el("option", {value: "duration-desc", text: "longest first"}));
+  sortSelect.value = state.sort;
+  const filter = el("input", {type: "search", id: "filter", placeholder: "filter: id or words in any text", value: state.filter});
+  filter.addEventListener("input", e => { state.filter = e.target.value; state.page = 0; renderTable(); });
+  root.append(el("h2", {id: "utterances", text: "Utterances"}),
+    el("div", {class: "legend note"}, "Marks: ", el("span", {class: "w s", text: "substitution"}),
+      el("span", {class: "w d", text: "deletion (∅ in hypothesis)"}), el("span", {class: "w i", text: "insertion (∅ in reference)"}),
+      "top line reference, bottom line hypothesis."),
+    el("div", {class: "controls"}, el("label", {}, "show ", viewSelect), el("label", {}, "sort ", sortSelect), filter,
+      el("button", {id: "prev-page", text: "◀ previous", onclick: () => { state.page--; renderTable(); }}),
+      el("span", {id: "page-info"}),
+      el("button", {id: "next-page", text: "next ▶", onclick: () => { state.page++; renderTable(); }})),
+    el("table", {id: "utt-table"}));
+  renderTable();
+}
+
+function main() {
+  document.getElementById("generated").textContent = "Generated " + R.generated + " from " +
+    R.datasets.reduce((n, d) => n + d.models.length, 0) + " result file(s).";
+  const app = document.getElementById("app");
+  app.replaceChildren(el("h2", {text: "Summary"}));
+  app.append(el("div", {class: "grid"}, ...R.datasets.map((ds, k) => el("div", {}, el("h3", {text: ds.label}), summaryTable(ds, k)))));
+  const tabs = el("div", {class: "tabs", id: "dataset-tabs"}, "Dataset: ");
+  const select = el("select", {id: "dataset-select", onchange: e => { state.dataset = Number(e.target.value);
+    state.page = 0; state.filter = ""; renderDataset(); }}, ...R.datasets.map((d, k) => el("option", {value: String(k), text: d.label})));
+  tabs.append(select);
+  app.append(tabs, el("section", {id: "dataset-view"}));
+  renderDataset();
+}
+main();
+"""
