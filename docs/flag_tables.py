@@ -13,6 +13,7 @@ from whisper_finetune.demo import DemoConfig  # noqa: E402
 from whisper_finetune.embeddings import EmbeddingConfig  # noqa: E402
 from whisper_finetune.evaluation import EvalConfig  # noqa: E402
 from whisper_finetune.options import markdown_table  # noqa: E402
+from whisper_finetune.report import ReportConfig  # noqa: E402
 from whisper_finetune.train_config import HF_ONLY, TrainConfig  # noqa: E402
 from whisper_finetune.transcription import TranscribeConfig  # noqa: E402
 
@@ -28,6 +29,7 @@ TABLES = {
     "transcribe": lambda: markdown_table(TranscribeConfig),
     "embeddings": lambda: markdown_table(EmbeddingConfig),
     "demo": lambda: markdown_table(DemoConfig),
+    "report": lambda: markdown_table(ReportConfig),
 }
 MARKER = "<!-- flags: "
 

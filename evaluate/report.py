@@ -18,26 +18,16 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from whisper_finetune import cli  # noqa: E402
+from whisper_finetune import cli, options  # noqa: E402
 
 
 def main(argv=None):
-    from whisper_finetune.report import DEFAULT_MAX_EMBEDDED_AUDIO_MB, find_result_files, write_report
+    from whisper_finetune.report import ReportConfig, find_result_files, write_report
 
-    parser = cli.parser(__doc__.split("\n\n")[0], "\n\n".join(__doc__.split("\n\n")[1:]))
-    parser.add_argument("results", nargs="+", metavar="RESULT_DIR_OR_JSON",
-                        help="evaluator output folders (every <model>__<dataset>.json with its .txt in them) or "
-                             "single result .json files; the first one given is the baseline of comparisons")
-    parser.add_argument("--output", required=True, help="the HTML page to write (replaced if it exists)")
-    parser.add_argument("--max_embedded_audio_mb", type=float, default=DEFAULT_MAX_EMBEDDED_AUDIO_MB,
-                        help="megabytes of audio embedded in the page; clips beyond it are linked instead "
-                             "(0: link every clip)")
-    parser.add_argument("--title", default="Whisper evaluation report", help="the page's title")
-    parser.add_argument("--verbose", type=cli.str2bool, nargs="?", const=True, default=False, metavar="True|False",
-                        help="show library warnings and debug logging")
-    args = parser.parse_args(argv)
-    cli.setup_logging(args.verbose)
-    summary = write_report(find_result_files(args.results), args.output, args.max_embedded_audio_mb, args.title)
+    config, script = options.parse(ReportConfig, __doc__, argv)
+    cli.setup_logging(script.verbose)
+    summary = write_report(find_result_files(config.results), config.output, config.max_embedded_audio_mb,
+                           config.title)
     print(f"wrote {summary.path}: {summary.bytes / 1e6:.1f} MB, {summary.datasets} dataset(s), "
           f"{summary.models} result file(s), {summary.utterances} utterances, {summary.embedded_audio} clips "
           f"embedded, {summary.linked_audio} linked")

@@ -9,9 +9,11 @@ from conftest import REPO_ROOT
 
 from whisper_finetune.cli import CUSTOM_ONLY_EVAL, HF_ONLY_EVAL
 from whisper_finetune.corpus import DataPrepConfig
+from whisper_finetune.demo import DemoConfig
 from whisper_finetune.embeddings import EmbeddingConfig
 from whisper_finetune.evaluation import EvalConfig
 from whisper_finetune.options import flags_of
+from whisper_finetune.report import ReportConfig
 from whisper_finetune.train_config import HF_ONLY, TrainConfig
 from whisper_finetune.transcription import TranscribeConfig
 
@@ -26,6 +28,8 @@ SCRIPTS = [
     ("transcribe_audio.py", TranscribeConfig, ()),
     ("jax_transcribe_audio.py", TranscribeConfig, ()),
     ("extract_embeddings.py", EmbeddingConfig, ()),
+    ("evaluate/report.py", ReportConfig, ()),
+    ("demo.py", DemoConfig, ()),
 ]
 
 
@@ -47,7 +51,7 @@ def test_help_explains_every_flag(script, config, excluded, capsys):
     flags = flags_of(config, excluded)
     assert flags and "--verbose" in shown
     for flag in flags:
-        assert re.search(rf"--{flag.name}\b", shown), flag.name
+        assert re.search(rf"{re.escape(flag.usage)}\b", shown), flag.name
         assert "".join(flag.help.split()[:6]) in packed, flag.name
     for name in excluded:
         assert not re.search(rf"--{name}\b", shown), name

@@ -26,15 +26,16 @@ REQUIRED = "(required)"
 
 
 def option(default=dataclasses.MISSING, help="", *, flag=None, choices=None, parse=None, metavar=None, group=None,
-           cli=True, default_text=None):
+           cli=True, default_text=None, positional=False):
     """A dataclass field that is also a command-line flag.
 
     ``flag``: the flag's name when it differs from the field's; ``choices``: the accepted values;
     ``parse``: a converter for values argparse cannot derive from the annotation; ``group``: the
-    ``-h`` section; ``default_text``: how to show a default computed later (e.g. "by model size").
+    ``-h`` section; ``default_text``: how to show a default computed later (e.g. "by model size");
+    ``positional``: an argument written without ``--`` (the result folders of evaluate/report.py).
     """
     metadata = {"help": help, "flag": flag, "choices": choices, "parse": parse, "metavar": metavar, "group": group,
-                "cli": cli, "default_text": default_text}
+                "cli": cli, "default_text": default_text, "positional": positional}
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -71,6 +72,12 @@ class Flag:
     is_bool: bool
     nargs: Optional[str]
     group: Optional[str]
+    positional: bool = False
+
+    @property
+    def usage(self):
+        """How the flag is written: ``--name`` (``NAME`` for a positional argument)."""
+        return (self.kwargs.get("metavar") or self.name.upper()) if self.positional else f"--{self.name}"
 
 
 def _is_options_class(kind):
@@ -124,12 +131,16 @@ def flags_of(cls, exclude=(), defaults=None, required=(), _path=()) -> list:
             kwargs["nargs"] = nargs
         if is_bool:
             kwargs.update(const=True, metavar=meta["metavar"] or "True|False")
-        if is_required:
+        positional = meta.get("positional", False)
+        if positional:
+            del kwargs["dest"]  # argparse takes a positional's destination from its name
+        elif is_required:
             kwargs["required"] = True
-        else:
+        if not is_required:
             kwargs["default"] = default
         flags.append(Flag(meta["flag"] or field.name, _path + (field.name,), kwargs, is_required, default,
-                          meta["help"], meta["default_text"], kwargs.get("choices"), is_bool, nargs, meta["group"]))
+                          meta["help"], meta["default_text"], kwargs.get("choices"), is_bool, nargs, meta["group"],
+                          positional))
     return flags
 
 
@@ -162,7 +173,8 @@ def build_parser(cls, description, epilog=None, exclude=(), defaults=None, requi
         if name and name not in groups:
             groups[name] = parser.add_argument_group(name)
         target = groups[name] if name else parser
-        target.add_argument(f"--{flag.name}", **{**flag.kwargs, "help": _help_text(flag)})
+        target.add_argument(flag.name if flag.positional else f"--{flag.name}",
+                            **{**flag.kwargs, "help": _help_text(flag)})
     return parser
 
 
@@ -210,9 +222,10 @@ def markdown_table(cls, exclude=(), defaults=None, required=(), only=None) -> st
         flags = [by_field[name] for name in only]
     rows = ["| flag | default | meaning |", "| --- | --- | --- |"]
     for flag in flags:
-        usage = f"`--{flag.name}`" + (" ..." if flag.nargs == "+" else "")
+        usage = f"`{flag.usage}`" + (" ..." if flag.nargs == "+" else "")
         default = REQUIRED if flag.required else flag.default_text or f"`{_show(flag.default)}`"
         meaning = flag.help + (f" (one of: {', '.join(map(str, flag.choices))})" if flag.choices else "")
-        rows.append(f"| {usage} | {default} | {meaning.replace('|', '&#124;')} |")
+        meaning = meaning.replace("|", "&#124;").replace("<", "&lt;")  # Markdown would read <model> as a tag
+        rows.append(f"| {usage} | {default} | {meaning} |")
     return "\n".join(rows)
 
