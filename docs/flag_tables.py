@@ -12,6 +12,7 @@ from whisper_finetune.corpus import DataPrepConfig  # noqa: E402
 from whisper_finetune.demo import DemoConfig  # noqa: E402
 from whisper_finetune.embeddings import EmbeddingConfig  # noqa: E402
 from whisper_finetune.evaluation import EvalConfig  # noqa: E402
+from whisper_finetune.export import ExportOptions  # noqa: E402
 from whisper_finetune.options import markdown_table  # noqa: E402
 from whisper_finetune.report import ReportConfig  # noqa: E402
 from whisper_finetune.train_config import HF_ONLY, TrainConfig  # noqa: E402
@@ -30,6 +31,7 @@ TABLES = {
     "embeddings": lambda: markdown_table(EmbeddingConfig),
     "demo": lambda: markdown_table(DemoConfig),
     "report": lambda: markdown_table(ReportConfig),
+    "export": lambda: markdown_table(ExportOptions),
 }
 MARKER = "<!-- flags: "
 

@@ -12,6 +12,7 @@ from whisper_finetune.corpus import DataPrepConfig
 from whisper_finetune.demo import DemoConfig
 from whisper_finetune.embeddings import EmbeddingConfig
 from whisper_finetune.evaluation import EvalConfig
+from whisper_finetune.export import ExportOptions
 from whisper_finetune.options import flags_of
 from whisper_finetune.report import ReportConfig
 from whisper_finetune.train_config import HF_ONLY, TrainConfig
@@ -30,6 +31,7 @@ SCRIPTS = [
     ("extract_embeddings.py", EmbeddingConfig, ()),
     ("evaluate/report.py", ReportConfig, ()),
     ("demo.py", DemoConfig, ()),
+    ("export_model.py", ExportOptions, ()),
 ]
 
 
