@@ -85,12 +85,13 @@ def sharp_model_dir(tiny_model_dir, tmp_path_factory):
     return folder
 
 
-def prepared_for(model_dir, language=None, **options):
-    """The :class:`PreparedModel` every decoder takes, for a local model folder and decoding options."""
+def prepared_for(model_dir, language=None, options=None, **fields):
+    """The :class:`PreparedModel` every decoder takes, for a local model folder and decoding options
+    (a ``DecodingOptions`` or its fields)."""
     from whisper_finetune import modeling
     from whisper_finetune.decoding import DecodingOptions
 
-    return modeling.prepare_source(modeling.resolve_model(model_dir), language, DecodingOptions(**options))
+    return modeling.prepare_source(modeling.resolve_model(model_dir), language, options or DecodingOptions(**fields))
 
 
 @pytest.fixture(scope="session")

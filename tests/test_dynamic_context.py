@@ -1,6 +1,5 @@
 """Dynamic audio context: the encoder runs on the batch's own length (rounded up to a bucket) instead of 30 s."""
 import json
-import os
 
 import numpy as np
 import pytest

@@ -1,5 +1,4 @@
 """The JAX backend: FlaxWhisper decoding, the JAX evaluators and jax_transcribe_audio.py."""
-from dataclasses import asdict
 import json
 import os
 import re
@@ -83,7 +82,7 @@ def test_matches_pytorch_and_last_batch_does_not_recompile(sharp_model_dir):
 def test_half_precision_casts_params_and_decodes(tiny_model_dir):
     processor = load_processor(tiny_model_dir)
     options = DecodingOptions(language="hi", batch_size=2, max_new_tokens=12, backend="jax", half_precision=True)
-    decoder = JaxDecoder(prepared_for(tiny_model_dir, **asdict(options)), -1)
+    decoder = JaxDecoder(prepared_for(tiny_model_dir, options.language, options), -1)
     dtypes = {leaf.dtype for leaf in jax.tree_util.tree_leaves(decoder._params)}
     assert dtypes == {np.dtype(jax.numpy.bfloat16)}
     features = _features(processor, 3)
@@ -118,7 +117,6 @@ def test_lora_adapter_is_merged_and_converted(tiny_model_dir, tmp_path):
 
 
 def test_bad_device_is_a_user_error(tiny_model_dir):
-    processor = load_processor(tiny_model_dir)
     with pytest.raises(UserError, match=r"--device 3: JAX sees no such accelerator"):
         JaxDecoder(prepared_for(tiny_model_dir, backend="jax"), 3)
     if not [d for d in jax.local_devices() if d.platform != "cpu"]:
@@ -197,7 +195,7 @@ def test_transcribe_long_audio(tiny_model_dir, tmp_path, capsys):
 def test_beam_search(sharp_model_dir):
     processor = load_processor(sharp_model_dir)
     options = DecodingOptions(language="hi", batch_size=2, max_new_tokens=8, num_beams=2, backend="jax")
-    decoder = JaxDecoder(prepared_for(sharp_model_dir, **asdict(options)), -1)
+    decoder = JaxDecoder(prepared_for(sharp_model_dir, options.language, options), -1)
     features = _features(processor, 3)
     rows = decoder.generate_tokens(features)
     assert len(rows) == 3 and decoder.compilations == 1
@@ -214,7 +212,6 @@ def test_real_tiny_en_matches_pytorch(real_model_dir, prepared_shared, tmp_path)
 
     The first 40 of the 80 clips keep the test near a minute; the full set is measured in docs/sections/jax.md.
     """
-    from whisper_finetune.data import DatasetSpec
     from whisper_finetune.evaluation import EvalConfig, evaluate
 
     data = prepared_shared("espeak_en/eval")

@@ -57,7 +57,7 @@ class DecodingOptions:
     half_precision: bool = option(False, "jax: compute in bfloat16", group="decoding")
     audio_context: str = option("full", "full: every batch padded to Whisper's 30 s window; dynamic: cut to the "
                                 "batch's longest clip rounded up to --audio_context_bucket_seconds (pytorch "
-                                "backend; several times faster on short clips, for models fine-tuned with "
+                                "and ctranslate2 backends; faster on short clips, for models fine-tuned with "
                                 "--dynamic_audio_context: stock models lose accuracy)", choices=AUDIO_CONTEXTS,
                                 group="decoding")
     context: AudioContext = AudioContext()

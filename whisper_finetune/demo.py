@@ -98,8 +98,9 @@ def language_label(model: DemoModel):
 def transcribe_clip(model: DemoModel, audio, search_seconds=DEFAULT_SEARCH_SECONDS) -> DemoTranscript:
     """Transcribe a mono 16 kHz float array of any length with one model, timing the decoding."""
     start = time.perf_counter()
+    options = model.prepared.options
     text, segments = transcribe_array(audio, model.decoder, model.prepared.processor.feature_extractor,
-                                      search_seconds, model.prepared.options.batch_size)
+                                      search_seconds, options.batch_size, options.context_frames)
     return DemoTranscript(model.name, text, segments, len(audio) / SAMPLE_RATE, time.perf_counter() - start)
 
 

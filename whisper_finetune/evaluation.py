@@ -7,6 +7,7 @@ differ only in their :class:`EvalConfig`.
 import io
 import logging
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
@@ -163,8 +164,10 @@ def decode_dataset(dataset, decoder, feature_extractor, batch_size, num_workers=
     """Decode every row of a standardised dataset; returns hypotheses in dataset order and the wall time."""
     durations = audio_durations(dataset)
     batches = length_sorted_batches(durations, batch_size)
-    # A decoder whose runtime is multithreaded before the workers start (JAX) must not be forked.
-    context = "forkserver" if num_workers and not getattr(decoder, "fork_safe", True) else None
+    # Once JAX runs in this process (a JAX decoder, or one loaded earlier by the same program) it is
+    # multithreaded, and forking it can deadlock: workers then start from a fresh forkserver process.
+    fork_unsafe = not getattr(decoder, "fork_safe", True) or "jax" in sys.modules
+    context = "forkserver" if num_workers and fork_unsafe else None
     loader = torch.utils.data.DataLoader(_Featurizer(dataset, batches, feature_extractor, context_frames),
                                          batch_size=None,
                                          shuffle=False, num_workers=num_workers, collate_fn=_as_is,

@@ -62,7 +62,7 @@ def render_model_card(summary, hub_model_id=None):
         lines += [f"Trained with a dynamic audio context: the encoder ran on each batch's own length rounded up "
                   f"to {bucket:g} s, with {config['full_context_ratio']:.0%} of batches at the full 30 s window. "
                   f"It is a plain Whisper checkpoint: every tool loads it and pads to 30 s; with "
-                  f"whisper_finetune, `--audio_context dynamic` decodes short clips several times faster.", ""]
+                  f"whisper_finetune, `--audio_context dynamic` decodes short clips faster.", ""]
     metric = summary.get("primary_metric", "wer").upper()
     lines += [f"![training loss and eval {metric}](training_curve.png)", "", "## Training arguments", "",
               "| argument | value |", "| --- | --- |"]

@@ -28,7 +28,7 @@ import os
 import pathlib
 import urllib.parse
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import jiwer
 import numpy as np

@@ -20,7 +20,7 @@ import numpy as np
 from . import modeling
 from .audio import CHUNK_SECONDS, SAMPLE_RATE, load_audio
 from .decoding import DecodingOptions, make_decoder, validate_options
-from .errors import OptionError, UserError
+from .errors import OptionError
 from .files import atomic_write_text
 from .modeling import ModelOptions
 from .options import option
@@ -87,8 +87,13 @@ def cut_points(audio, search_seconds=DEFAULT_SEARCH_SECONDS):
     return cuts + [len(audio)]
 
 
-def transcribe_array(audio, decoder, feature_extractor, search_seconds=DEFAULT_SEARCH_SECONDS, batch_size=16):
-    """Transcribe a mono float32 array at 16 kHz of any length; returns ``(text, segments)``."""
+def transcribe_array(audio, decoder, feature_extractor, search_seconds=DEFAULT_SEARCH_SECONDS, batch_size=16,
+                     context_frames=None):
+    """Transcribe a mono float32 array at 16 kHz of any length; returns ``(text, segments)``.
+
+    ``context_frames`` (seconds -> log-mel frames; ``DecodingOptions.context_frames``) cuts each batch to its
+    bucket for a dynamic audio context; ``None`` keeps Whisper's 30 s window.
+    """
     check_search_seconds(search_seconds)
     cuts = cut_points(audio, search_seconds)
     pieces = list(zip(cuts, cuts[1:]))
@@ -96,7 +101,7 @@ def transcribe_array(audio, decoder, feature_extractor, search_seconds=DEFAULT_S
     for i in range(0, len(pieces), batch_size):
         chunks = [audio[a:b] for a, b in pieces[i:i + batch_size]]
         features = feature_extractor(chunks, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
-        frames = decoder.options.context_frames(max(len(c) for c in chunks) / SAMPLE_RATE)
+        frames = context_frames(max(len(c) for c in chunks) / SAMPLE_RATE) if context_frames else None
         features = features[:, :, :frames] if frames else features  # (B, n_mels, 3000 or the bucket's frames)
         texts.extend(t.strip() for t in decoder.decode(features.astype(np.float32)))
     segments = [Segment(round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3), t) for (a, b), t in zip(pieces, texts) if t]
@@ -150,7 +155,7 @@ def transcribe(config: TranscribeConfig) -> Transcript:
     options = prepared.options
     decoder = make_decoder(prepared, device)
     text, segments = transcribe_array(audio, decoder, prepared.processor.feature_extractor, config.search_seconds,
-                                      options.batch_size)
+                                      options.batch_size, options.context_frames)
     metadata = {"audio": config.path_to_audio, "model": prepared.source.model_path, "language": options.language,
                 "task": options.task, "decoder_prompt": prepared.prompt_text,
                 "decoding": asdict(options)}
