@@ -38,16 +38,13 @@ def setup_logging(verbose=False):
 
 
 def parser(description, epilog=None):
-    """An ``ArgumentParser`` that shows defaults and keeps the description's line breaks (for scripts whose
-    flags are positional or tool-specific; option flags come from :func:`options.build_parser`)."""
+    """An ``ArgumentParser`` that shows defaults and keeps the description's line breaks (for the benchmark
+    scripts; every user script's flags come from :func:`options.parse`)."""
     return argparse.ArgumentParser(description=description, epilog=epilog, formatter_class=_Formatter)
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     pass
-
-
-str2bool = options.parse_bool
 
 
 def run(main, argv=None, flag_names=None):

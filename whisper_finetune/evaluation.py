@@ -232,7 +232,7 @@ def evaluate(config: EvalConfig) -> list:
     for (spec, dataset), name in zip(loaded, result_names([spec for spec, _ in loaded])):
         hypotheses, wall, audio_seconds = decode_dataset(
             dataset, decoder, prepared.processor.feature_extractor, options.batch_size, config.num_workers,
-            spec.label, options.context_frames if options.audio_context == "dynamic" else None)
+            spec.label, options.context_frames)
         references = list(dataset[TEXT_COLUMN])
         scores = scoring.score(references, hypotheses, normalizer, metric)
         metadata = {

@@ -20,6 +20,7 @@ from .data import DatasetSpec, check_parallel_lists
 from .errors import OptionError, UserError
 from .features import AudioContext
 from .options import option
+from .reporting import SUMMARY_FILE
 from .text import METRICS
 
 STRATEGIES = ("steps", "epoch")
@@ -30,7 +31,7 @@ HF_ONLY = ("train_dataset_configs", "train_dataset_splits", "train_dataset_text_
            "eval_dataset_splits", "eval_dataset_text_columns", "audio_column", "streaming",
            "interleave_probabilities", "shuffle_buffer_size")
 # Files that mark an earlier run in --output_dir.
-RUN_MARKERS = ("trainer_state.json", "training_summary.json", "config.json", "model.safetensors",
+RUN_MARKERS = ("trainer_state.json", SUMMARY_FILE, "config.json", "model.safetensors",
                "adapter_config.json")
 DATASETS_HELP = "(HF script: Hub ids or local dataset folders; custom script: data_prep output folders)"
 

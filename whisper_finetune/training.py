@@ -31,7 +31,7 @@ from .data import load_datasets
 from .errors import UserError
 from .features import LENGTH_COLUMN, DataCollatorSpeechSeq2SeqWithPadding, drop_too_long, featurize, featurize_stream
 from .files import publish
-from .reporting import PLOT_FILE, SUMMARY_FILE, DatasetScore, TrainSummary, write_reports
+from .reporting import PLOT_FILE, DatasetScore, TrainSummary, write_reports
 from .text import choose_metric, choose_normalizer
 from .train_config import RUN_MARKERS, TrainConfig, check_config, dataset_specs, intervals, precision
 
@@ -286,8 +286,7 @@ def _configure_tokenizer(tokenizer, language, task, english_only):
 
 
 def _clear_earlier_run(output_dir):
-    for marker in RUN_MARKERS + ("generation_config.json", PLOT_FILE, SUMMARY_FILE, "runs", ".feature_cache",
-                                 ADAPTER_DIR):
+    for marker in RUN_MARKERS + ("generation_config.json", PLOT_FILE, "runs", ".feature_cache", ADAPTER_DIR):
         path = os.path.join(output_dir, marker)
         if os.path.isdir(path):
             shutil.rmtree(path)
