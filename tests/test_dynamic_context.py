@@ -10,7 +10,7 @@ from whisper_finetune import modeling
 from whisper_finetune.decoding import DecodingOptions, make_decoder, validate_options
 from whisper_finetune.errors import UserError
 from whisper_finetune.features import (FEATURE_COLUMN, LABEL_COLUMN, LENGTH_COLUMN, AudioContext,
-                                       DataCollatorSpeechSeq2SeqWithPadding, full_context_batch)
+                                       CONTEXT_FRAMES, DataCollatorSpeechSeq2SeqWithPadding, full_context_step)
 from whisper_finetune.testing import synthetic_speech
 
 
@@ -44,19 +44,18 @@ def _items(lengths, labels):
             for seconds, label in zip(lengths, labels)]
 
 
-def test_collator_cuts_each_batch_to_its_bucket_and_keeps_a_share_at_30_s():
+def test_collator_gives_each_batch_its_bucket_and_a_share_of_steps_keeps_30_s():
     labels = [[50258, 10 + i, 11, 50257] for i in range(2)]
-    cut = DataCollatorSpeechSeq2SeqWithPadding(50258, AudioContext(2.0), full_context_ratio=0.0)
-    assert cut(_items([1.2, 3.1], labels))[FEATURE_COLUMN].shape == (2, 80, 400)
-    full = DataCollatorSpeechSeq2SeqWithPadding(50258, AudioContext(2.0), full_context_ratio=1.0)
-    assert full(_items([1.2, 3.1], labels))[FEATURE_COLUMN].shape == (2, 80, 3000)
-    plain = DataCollatorSpeechSeq2SeqWithPadding(50258)
-    assert plain(_items([1.2, 3.1], labels))[FEATURE_COLUMN].shape == (2, 80, 3000)
-    # The 30 s share is decided by each batch's labels: stable for one batch, near the ratio over many.
-    batches = [np.array([[i, i * 7 % 13, 3]]) for i in range(2000)]
-    chosen = [full_context_batch(b, 0.25) for b in batches]
-    assert chosen == [full_context_batch(b, 0.25) for b in batches]
+    batch = DataCollatorSpeechSeq2SeqWithPadding(50258, AudioContext(2.0))(_items([1.2, 3.1], labels))
+    assert batch[FEATURE_COLUMN].shape == (2, 80, 3000) and batch[CONTEXT_FRAMES] == 400  # the trainer cuts
+    plain = DataCollatorSpeechSeq2SeqWithPadding(50258)(_items([1.2, 3.1], labels))
+    assert plain[FEATURE_COLUMN].shape == (2, 80, 3000) and CONTEXT_FRAMES not in plain
+    # The 30 s share is decided by the optimizer step: stable for one step, near the ratio over many.
+    chosen = [full_context_step(step, 0.25) for step in range(4000)]
+    assert chosen == [full_context_step(step, 0.25) for step in range(4000)]
     assert 0.2 < np.mean(chosen) < 0.3
+    assert not any(full_context_step(step, 0.0) for step in range(100))
+    assert all(full_context_step(step, 1.0) for step in range(100))
 
 
 def test_dynamic_decoding_is_not_for_jax():
@@ -112,9 +111,33 @@ def test_training_with_dynamic_context_saves_a_plain_whisper(tiny_model_dir, tin
                                 full_context_ratio=0.0))
     assert summary.global_step == 4 and summary.config["dynamic_audio_context"] is True
     config = json.load(open(out / "config.json", encoding="utf-8"))
-    assert config["dynamic_audio_context"] == {"bucket_seconds": 2.0, "full_context_ratio": 0.0}
+    assert config["dynamic_audio_context"] == {"bucket_seconds": 2.0, "full_context_ratio": 0.0,
+                                               "short_context_updates": "encoder"}
+    # Every step was short (ratio 0), and short steps update the encoder only.
+    changed = _changed_parts(tiny_model_dir, out)
+    assert changed == {"encoder"}
     plain = WhisperForConditionalGeneration.from_pretrained(str(out))
     assert type(plain.model.encoder).__name__ == "WhisperEncoder"  # nothing of ours is needed to load it
     asr = pipeline("automatic-speech-recognition", model=str(out), device="cpu")
     assert isinstance(asr(synthetic_speech(1.0), generate_kwargs={"max_new_tokens": 4})["text"], str)
     assert "dynamic audio context" in open(out / "README.md", encoding="utf-8").read()
+
+
+def _changed_parts(before_dir, after_dir):
+    """Which of encoder/decoder differ (any bit) between two saved models."""
+    before, after = modeling.load_model(str(before_dir)).state_dict(), modeling.load_model(str(after_dir)).state_dict()
+    return {name.split(".")[1] for name in before
+            if name.startswith("model.") and not torch.equal(before[name], after[name])}
+
+
+@pytest.mark.slow
+def test_short_context_updates_all_trains_the_decoder_too(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    from whisper_finetune.train_config import TrainConfig
+    from whisper_finetune.training import train
+
+    out = tmp_path / "out"
+    train(TrainConfig(model_name=tiny_model_dir, train_datasets=(tiny_dataset_dir,), eval_datasets=(tiny_dataset_dir,),
+                      output_dir=str(out), language="hi", train_batchsize=2, eval_batchsize=4, max_eval_samples=4,
+                      num_steps=2, eval_steps=2, generation_max_new_tokens=4, report_to="none",
+                      dynamic_audio_context=True, full_context_ratio=0.0, short_context_updates="all"))
+    assert _changed_parts(tiny_model_dir, out) == {"encoder", "decoder"}

@@ -93,6 +93,10 @@ def test_clean_text_options():
     ({"language": "Klingon"}, "unknown language 'Klingon'"),
     ({"train_strategy": "forever"}, "--train_strategy forever: choose one of steps, epoch"),
     ({"save_steps": 3}, "--save_steps 3: must be a multiple of --eval_steps 2"),
+    ({"short_context_updates": "decoder"}, "--short_context_updates decoder: choose one of encoder, all"),
+    ({"primary_metric": "bleu"}, "--primary_metric bleu: choose one of wer, cer"),
+    ({"dynamic_audio_context": True, "freeze_encoder": True},
+     "--freeze_encoder True with --dynamic_audio_context True leaves its short-context steps nothing to train"),
     ({"resume_from_ckpt": "/no/such/checkpoint-2"}, "--resume_from_ckpt /no/such/checkpoint-2: no such folder"),
     ({"custom": False, "train_dataset_splits": ("train", "test")}, "--train_datasets (1), --train_dataset_splits (2)"),
 ])
@@ -137,6 +141,12 @@ def test_custom_script_steps_saves_a_self_contained_model(tiny_model_dir, tiny_d
     assert summary.learning_rate == modeling.default_learning_rate(
         modeling.load_model(tiny_model_dir).config, tiny_model_dir)
     assert os.path.getsize(os.path.join(out, PLOT_FILE)) > 1000
+    with open(os.path.join(out, "trainer_state.json"), encoding="utf-8") as f:
+        evals = [e for e in json.load(f)["log_history"] if "eval_wer" in e]
+    # time to quality: each evaluation records the training time before it, evaluations left out
+    assert [e["step"] for e in evals] == [2, 4]
+    assert 0 < evals[0]["train_seconds"] < evals[1]["train_seconds"]
+    assert evals[1]["train_seconds"] < summary.wall_seconds - summary.eval_seconds + 0.1
     # the save limit keeps the best checkpoint (and the last one when they differ)
     checkpoints = sorted(glob.glob(os.path.join(out, "checkpoint-*")))
     assert summary.best_checkpoint in checkpoints and len(checkpoints) <= 2

@@ -27,6 +27,7 @@ MAX_LABEL_TOKENS = 448  # Whisper's decoder has 448 learned positions
 FEATURE_COLUMN = "input_features"
 LABEL_COLUMN = "labels"
 LENGTH_COLUMN = "input_length"  # seconds of audio, kept for length-grouped sampling
+CONTEXT_FRAMES = "context_frames"  # batch key: the batch's bucket in log-mel frames (dynamic audio context)
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,16 @@ class AudioContext:
                             f"than 0 and at most {CHUNK_SECONDS:g}")
 
 
-def full_context_batch(labels, ratio):
-    """Whether a training batch keeps the full 30 s window (a ``ratio`` share of batches, chosen from the
-    batch's own labels: the same batch gets the same answer after a resume, with no RNG state to save)."""
+def full_context_step(step, ratio):
+    """Whether optimizer step ``step`` trains on the full 30 s window (a ``ratio`` share of steps).
+
+    Decided by the step number alone: every process and every accumulated micro-batch of a step agree
+    (they must, as a short-context step leaves the decoder's weights alone), and a resumed run makes
+    the same choices with no RNG state to save.
+    """
     if ratio <= 0:
         return False
-    digest = zlib.crc32(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
-    return digest / 2**32 < ratio
+    return zlib.crc32(int(step).to_bytes(8, "little")) / 2**32 < ratio
 
 
 def clean_text(text, lowercase=False, remove_punctuation=False):
@@ -148,8 +152,7 @@ class DataCollatorSpeechSeq2SeqWithPadding:
     """
 
     decoder_start_token_id: int
-    context: Optional[AudioContext] = None  # set: cut each batch to its bucket (dynamic audio context)
-    full_context_ratio: float = 0.0  # with context: the share of batches kept at 30 s
+    context: Optional[AudioContext] = None  # set: each batch also says its bucket (dynamic audio context)
 
     def __call__(self, items):
         features = torch.stack([torch.as_tensor(np.asarray(item[FEATURE_COLUMN])) for item in items])
@@ -157,7 +160,9 @@ class DataCollatorSpeechSeq2SeqWithPadding:
         padded = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=-100)  # (batch, tokens)
         if padded.shape[1] and (padded[:, 0] == self.decoder_start_token_id).all():
             padded = padded[:, 1:]
-        if self.context is not None and not full_context_batch(padded.numpy(), self.full_context_ratio):
-            longest = max(float(np.asarray(item[LENGTH_COLUMN])) for item in items)
-            features = features[:, :, :self.context.frames(longest)]  # (batch, n_mels, bucket frames)
-        return {FEATURE_COLUMN: features.float(), LABEL_COLUMN: padded}  # features: (batch, n_mels, frames)
+        batch = {FEATURE_COLUMN: features.float(), LABEL_COLUMN: padded}  # features: (batch, n_mels, 3000)
+        if self.context is not None:
+            # The features stay whole: whether this batch is cut to its bucket is the trainer's choice
+            # per optimizer step (features.full_context_step).
+            batch[CONTEXT_FRAMES] = self.context.frames(max(float(np.asarray(item[LENGTH_COLUMN])) for item in items))
+        return batch

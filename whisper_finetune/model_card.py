@@ -11,7 +11,8 @@ CARD_FILE = "README.md"
 SHOWN_ARGUMENTS = ("train_strategy", "num_steps", "num_epochs", "learning_rate", "warmup", "lr_scheduler_type",
                    "train_batchsize", "gradient_accumulation_steps", "mixed_precision", "freeze_encoder", "lora",
                    "gradient_checkpointing", "streaming", "shuffle_buffer_size", "interleave_probabilities",
-                   "lowercase", "remove_punctuation", "seed", "dynamic_audio_context", "full_context_ratio")
+                   "lowercase", "remove_punctuation", "seed", "dynamic_audio_context", "full_context_ratio",
+                   "short_context_updates")
 
 
 def _dataset_rows(config, role):
@@ -60,7 +61,9 @@ def render_model_card(summary, hub_model_id=None):
     if config.get("dynamic_audio_context"):
         bucket = config["audio_context"]["audio_context_bucket_seconds"]
         lines += [f"Trained with a dynamic audio context: the encoder ran on each batch's own length rounded up "
-                  f"to {bucket:g} s, with {config['full_context_ratio']:.0%} of batches at the full 30 s window. "
+                  f"to {bucket:g} s, with {config['full_context_ratio']:.0%} of optimizer steps at the full 30 s window"
+                  + (" (the others updated the encoder only)"
+                     if config.get("short_context_updates", "encoder") == "encoder" else "") + ". "
                   f"It is a plain Whisper checkpoint: every tool loads it and pads to 30 s; with "
                   f"whisper_finetune, `--audio_context dynamic` decodes short clips faster.", ""]
     metric = summary.get("primary_metric", "wer").upper()

@@ -29,7 +29,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy
 from . import checkpoints, hub, modeling, scoring
 from .data import load_datasets
 from .errors import UserError
-from .features import LENGTH_COLUMN, DataCollatorSpeechSeq2SeqWithPadding, drop_too_long, featurize, featurize_stream
+from .features import (CONTEXT_FRAMES, FEATURE_COLUMN, LENGTH_COLUMN, DataCollatorSpeechSeq2SeqWithPadding,
+                       drop_too_long, featurize, featurize_stream, full_context_step)
 from .files import publish
 from .reporting import PLOT_FILE, DatasetScore, TrainSummary, write_reports
 from .text import choose_metric, choose_normalizer
@@ -47,13 +48,18 @@ class _WhisperTrainer(Seq2SeqTrainer):
     checkpoints, and counts the time spent evaluating and writing/reloading checkpoints (so
     throughput figures can leave them out)."""
 
-    def __init__(self, *args, decode_kwargs=None, streaming=False, companions=(), **kwargs):
+    def __init__(self, *args, decode_kwargs=None, streaming=False, companions=(), full_context_ratio=0.0,
+                 short_context_frozen=(), **kwargs):
         super().__init__(*args, **kwargs)
+        self.full_context_ratio = full_context_ratio  # dynamic audio context: share of 30 s steps
+        self.short_context_frozen = tuple(short_context_frozen)  # parameters a short-context step leaves alone
         self.decode_kwargs = decode_kwargs or {}
         self.streaming = streaming
         self.companions = companions  # objects with save_pretrained() that every checkpoint carries
         self.eval_seconds = 0.0
         self.checkpoint_seconds = 0.0
+        self.started = time.perf_counter()  # reset by train(); the clock of each eval's train_seconds
+        self._eval_started = None
 
     @contextlib.contextmanager
     def _timed(self, attribute):
@@ -129,7 +135,39 @@ class _WhisperTrainer(Seq2SeqTrainer):
                              collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers,
                              pin_memory=self.args.dataloader_pin_memory)
 
+    def _short_context(self, inputs, training):
+        """Cut a dynamic-context batch to its bucket unless this optimizer step keeps 30 s; evaluation
+        batches are always cut (the speed of ``--audio_context dynamic``)."""
+        frames = inputs.pop(CONTEXT_FRAMES, None)
+        if frames is None or (training and full_context_step(self.state.global_step, self.full_context_ratio)):
+            return inputs, False
+        return {**inputs, FEATURE_COLUMN: inputs[FEATURE_COLUMN][..., :frames]}, True  # (batch, n_mels, frames)
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        inputs, short = self._short_context(inputs, training=True)
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        if short:
+            # The decision is per step, the same in every process and every accumulated micro-batch, so
+            # dropping these gradients after the (all-reduced) backward keeps the replicas equal; AdamW
+            # skips a parameter without a gradient (no momentum step either).
+            for parameter in self.short_context_frozen:
+                parameter.grad = None
+        return loss
+
+    def prediction_step(self, model, inputs, *args, **kwargs):
+        inputs, _ = self._short_context(inputs, training=False)
+        return super().prediction_step(model, inputs, *args, **kwargs)
+
+    def log(self, logs, *args, **kwargs):
+        if self._eval_started is not None and any(key.endswith("_loss") and key != "loss" for key in logs):
+            # Time to quality: training time (no evaluations, no checkpoint writing) before this
+            # evaluation, counted in this process (a resumed run starts again from 0).
+            logs = {**logs, "train_seconds": round(self._eval_started - self.started - self.eval_seconds
+                                                   - self.checkpoint_seconds, 1)}
+        return super().log(logs, *args, **kwargs)
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **gen_kwargs):
+        self._eval_started = time.perf_counter()
         with self._timed("eval_seconds"):
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **{**self.decode_kwargs, **gen_kwargs})
 
@@ -163,7 +201,8 @@ def _build_model(config, language):
         modeling.enable_dynamic_audio_context(model)
         # Recorded in config.json, so the saved (plain Whisper) checkpoint says how it was trained.
         model.config.dynamic_audio_context = {"bucket_seconds": config.audio_context.audio_context_bucket_seconds,
-                                              "full_context_ratio": config.full_context_ratio}
+                                              "full_context_ratio": config.full_context_ratio,
+                                              "short_context_updates": config.short_context_updates}
     model.config.use_cache = not config.gradient_checkpointing
     if config.freeze_encoder:
         model.freeze_encoder()
@@ -177,6 +216,15 @@ def _build_model(config, language):
     total = sum(p.numel() for p in model.parameters())
     logger.info("trainable parameters: %d of %d (%.1f%%)", trainable, total, 100 * trainable / total)
     return model
+
+
+def _short_context_frozen(model, config):
+    """The parameters a short-context step of a dynamic-context run does not update: the decoder's
+    (LoRA: its adapters), with ``--short_context_updates encoder``."""
+    if not config.dynamic_audio_context or config.short_context_updates == "all":
+        return []
+    whisper = model.get_base_model() if config.lora else model
+    return [parameter for parameter in whisper.model.decoder.parameters() if parameter.requires_grad]
 
 
 def _training_arguments(config, learning_rate, run_precision, metric):
@@ -366,12 +414,13 @@ def train(config: TrainConfig) -> TrainSummary:
     trainer = _WhisperTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, processing_class=processor,
         data_collator=DataCollatorSpeechSeq2SeqWithPadding(
-            model_config.decoder_start_token_id, config.audio_context if config.dynamic_audio_context else None,
-            config.full_context_ratio),
+            model_config.decoder_start_token_id, config.audio_context if config.dynamic_audio_context else None),
+        full_context_ratio=config.full_context_ratio,
+        short_context_frozen=_short_context_frozen(model, config),
         compute_metrics=_metrics_function(processor.tokenizer, normalizer, metric), decode_kwargs=decode_kwargs,
         streaming=config.streaming, companions=(processor, generation_config))
 
-    start = time.perf_counter()
+    start = trainer.started = time.perf_counter()
     if resume and args.max_steps > 0 and _start_step(resume) >= args.max_steps:
         # Resumed at the last step (a kill after the last checkpoint, e.g. while the final model was
         # written). transformers 4.57 would train one more step here when the last step falls
