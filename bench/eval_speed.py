@@ -349,11 +349,12 @@ def build_parser():
     parser.add_argument("--max_samples", type=int, default=None, help="use only the first N clips (quick runs)")
     parser.add_argument("--device", type=int, default=-1, help="-1: every row on the CPU; N: every row on GPU N")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), help=f"rows to run, in this order (default: all "
-                        f"of {' '.join(ROWS)}; GPU only: {' '.join(EXTRA_ROWS)})")
+                        f"of {' '.join(ROWS)}; also: {' '.join(EXTRA_ROWS)}, of which {' '.join(GPU_ROWS)} need a "
+                        f"GPU and pytorch_dynamic a model fine-tuned with --dynamic_audio_context)")
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "bench", "out", "eval_speed.json"),
                         help="JSON file for the figures (machine, versions, settings, rows, table)")
     parser.add_argument("--work_dir", default=None, help="folder for prepared data, conversions and result files "
-                        "(default: a temporary folder, removed at the end)")
+                        "(none: a temporary folder, removed at the end)")
     parser.add_argument("--only", default=None, help="internal: run this one row in this process (used for the "
                         "child processes)")
     parser.add_argument("--row_json", default=None, help="internal: where --only writes the row's figures")

@@ -12,13 +12,15 @@ of each child's process tree.
                 (extra flags with --our_args); it always evaluates and saves, so it runs a single
                 evaluation at the last step (--eval_steps = --save_steps = --steps) on --eval_samples
                 clips with --eval_max_new_tokens, and that evaluation time is subtracted
+  (c) ours_dynamic  (b) with --dynamic_audio_context True: each batch cut to its 2 s bucket, a quarter
+                of the steps at 30 s (same data, same steps)
 
 "train_s" is the training loop only: the Trainer's train_runtime (minus ours' evaluation, checkpoint
 writing and best-model reloading, which the baseline does not do); featurisation and model
 loading are outside it and in "wall_s" (the whole child). samples/s = steps x batch / train_s.
 "final_loss" is the last logged training loss (mean over the last --logging_steps steps), "mean_loss"
 the Trainer's train_loss (mean over the run). The table ends with ratio (b)/(a) of samples/s and the
-loss difference (b) - (a).
+loss difference (b) - (a), and ratio (c)/(b) when both ran.
 
 example:
   python3 bench/train_speed.py --model ../shared/models/whisper-tiny.en --data data/espeak_en_train \\
@@ -37,8 +39,9 @@ from whisper_finetune import cli  # noqa: E402
 from whisper_finetune.data import is_saved_dataset  # noqa: E402
 from whisper_finetune.errors import UserError  # noqa: E402
 
-SYSTEMS = ("baseline", "ours")
-DESCRIPTIONS = {"baseline": "(a) plain Seq2SeqTrainer (HF example)", "ours": "(b) ours (fine-tune_on_custom_dataset)"}
+SYSTEMS = ("baseline", "ours", "ours_dynamic")
+DESCRIPTIONS = {"baseline": "(a) plain Seq2SeqTrainer (HF example)", "ours": "(b) ours (fine-tune_on_custom_dataset)",
+                "ours_dynamic": "(c) ours, --dynamic_audio_context True"}
 COLUMNS = ["system", "steps", "batch", "train_s", "samples_per_s", "final_loss", "mean_loss", "wall_s",
            "peak_rss_gb", "peak_anon_gb", "error"]
 
@@ -53,7 +56,7 @@ def baseline_command(args, folder):
     return command + (["--language", args.language] if args.language else [])
 
 
-def ours_command(args, folder):
+def ours_command(args, folder, dynamic=False):
     """Command line of our training script with the baseline's settings and one evaluation at the end."""
     command = [sys.executable, os.path.join(REPO_ROOT, "train", "fine-tune_on_custom_dataset.py"),
                "--model_name", args.model, "--train_datasets", args.data, "--eval_datasets", args.eval_data or args.data,
@@ -65,6 +68,8 @@ def ours_command(args, folder):
                "--logging_steps", str(args.logging_steps), "--seed", str(args.seed), "--report_to", "none"]
     if args.language:
         command += ["--language", args.language]
+    if dynamic:
+        command += ["--dynamic_audio_context", "True"]
     return command + shlex.split(args.our_args)
 
 
@@ -94,9 +99,10 @@ def measure(args, system, work):
     """Run one system in a child process; returns its table row (an error row when it fails)."""
     folder = os.path.join(work, system)
     os.makedirs(folder, exist_ok=True)
-    command = baseline_command(args, folder) if system == "baseline" else ours_command(args, folder)
-    label = DESCRIPTIONS[system] + (f" {args.our_args}" if system == "ours" and args.our_args else "")
-    row = {"system": label, "steps": args.steps, "batch": args.batch_size}
+    command = baseline_command(args, folder) if system == "baseline" else \
+        ours_command(args, folder, dynamic=system == "ours_dynamic")
+    label = DESCRIPTIONS[system] + (f" {args.our_args}" if system != "baseline" and args.our_args else "")
+    row = {"system": label, "system_key": system, "steps": args.steps, "batch": args.batch_size}
     try:
         wall, memory, _ = run_measured(command, env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
         train_s, final_loss, mean_loss, peak_gpu = (read_baseline if system == "baseline" else read_ours)(folder)
@@ -111,14 +117,20 @@ def measure(args, system, work):
 
 
 def comparison(rows):
-    """Ratio (b)/(a) of samples/s and loss differences (b) - (a), or ``None`` when a run failed."""
-    baseline, ours = rows
-    if baseline.get("error") or ours.get("error"):
-        return None
-    difference = {key: ours[key] - baseline[key] if ours[key] is not None and baseline[key] is not None else None
-                  for key in ("final_loss", "mean_loss")}
-    return {"samples_per_s_ratio": ours["samples_per_s"] / baseline["samples_per_s"],
-            "final_loss_difference": difference["final_loss"], "mean_loss_difference": difference["mean_loss"]}
+    """Ratio (b)/(a) of samples/s and loss differences (b) - (a), ratio (c)/(b), or ``None`` when a run of a
+    pair failed or did not run."""
+    by_system = {row["system_key"]: row for row in rows if not row.get("error")}
+    compared = {}
+    if "baseline" in by_system and "ours" in by_system:
+        baseline, ours = by_system["baseline"], by_system["ours"]
+        difference = {key: ours[key] - baseline[key] if ours[key] is not None and baseline[key] is not None
+                      else None for key in ("final_loss", "mean_loss")}
+        compared.update(samples_per_s_ratio=ours["samples_per_s"] / baseline["samples_per_s"],
+                        final_loss_difference=difference["final_loss"], mean_loss_difference=difference["mean_loss"])
+    if "ours" in by_system and "ours_dynamic" in by_system:
+        compared["dynamic_samples_per_s_ratio"] = by_system["ours_dynamic"]["samples_per_s"] / \
+            by_system["ours"]["samples_per_s"]
+    return compared or None
 
 
 def check_args(args):
@@ -149,23 +161,23 @@ def build_parser():
     parser.add_argument("--eval_data", default=None, help="data_prep folder for our trainer's one evaluation "
                         "(default: --data)")
     parser.add_argument("--language", default=None, help="language of multilingual models (e.g. hindi); none for .en")
-    parser.add_argument("--steps", type=int, default=60, help="optimizer steps, both runs")
-    parser.add_argument("--batch_size", type=int, default=8, help="training batch size, both runs")
-    parser.add_argument("--learning_rate", type=float, default=1e-4, help="peak learning rate, both runs")
-    parser.add_argument("--warmup", type=int, default=10, help="linear warm-up steps (then linear decay), both runs")
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps, every run")
+    parser.add_argument("--batch_size", type=int, default=8, help="training batch size, every run")
+    parser.add_argument("--learning_rate", type=float, default=1e-4, help="peak learning rate, every run")
+    parser.add_argument("--warmup", type=int, default=10, help="linear warm-up steps (then linear decay), every run")
     parser.add_argument("--logging_steps", type=int, default=10, help="log the training loss every N steps")
-    parser.add_argument("--seed", type=int, default=42, help="random seed, both runs")
+    parser.add_argument("--seed", type=int, default=42, help="random seed, every run")
     parser.add_argument("--eval_samples", type=int, default=8, help="clips in our trainer's single evaluation "
                         "(its time is subtracted)")
     parser.add_argument("--eval_max_new_tokens", type=int, default=32, help="token limit of that evaluation")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="both runs: fp32, "
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="every run: fp32, "
                         "or bf16/fp16 mixed precision (the Trainer's --bf16/--fp16; fp16 needs a GPU)")
     parser.add_argument("--our_args", default="", help="extra flags for our training script, in one quoted string, "
                         "e.g. \"--num_workers 2\"")
-    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS, help="runs to do")
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS, help="runs to do (default: all)")
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "bench", "out", "train_speed.json"),
                         help="JSON file for the figures (machine, versions, settings, rows, comparison, table)")
-    parser.add_argument("--work_dir", default=None, help="folder for both runs' outputs (default: a temporary "
+    parser.add_argument("--work_dir", default=None, help="folder for the runs' outputs (default: a temporary "
                         "folder, removed at the end)")
     return parser
 
@@ -191,11 +203,16 @@ def main(argv=None):
     print(f"\n{args.steps} steps x batch {args.batch_size}, lr {args.learning_rate:g}, warm-up {args.warmup}, "
           f"{precision}, {gpu or 'CPU'}")
     table = print_table(rows, columns)
-    compared = comparison(rows) if len(rows) == 2 else None
-    if compared:
+    compared = comparison(rows)
+    lines = []
+    if compared and "samples_per_s_ratio" in compared:
         line = f"ours/baseline samples/s: {compared['samples_per_s_ratio']:.2f}x"
         if compared["final_loss_difference"] is not None:
             line += f"; final loss difference (ours - baseline): {compared['final_loss_difference']:+.4f}"
+        lines.append(line)
+    if compared and "dynamic_samples_per_s_ratio" in compared:
+        lines.append(f"dynamic/padded samples/s (ours): {compared['dynamic_samples_per_s_ratio']:.2f}x")
+    for line in lines:
         print(line)
         table += "\n" + line
     write_json(args.out, {"benchmark": "train_speed", "settings": vars(args), "rows": rows, "comparison": compared,

@@ -55,21 +55,27 @@ def test_eval_speed_pipeline_and_ctranslate2_reference_agree(tiny_model_dir, tin
     assert "ct2_ref_float32" in result.stdout
 
 
-def test_train_speed_runs_both_trainers(tiny_model_dir, tiny_dataset_dir, tmp_path):
+def test_train_speed_runs_both_trainers_and_the_dynamic_context(tiny_model_dir, tiny_dataset_dir, tmp_path):
     out = tmp_path / "train.json"
     result = run_script("bench/train_speed.py", "--model", tiny_model_dir, "--data", tiny_dataset_dir, "--language",
                         "en", "--steps", "1", "--batch_size", "2", "--warmup", "0", "--logging_steps", "1",
                         "--eval_samples", "1", "--eval_max_new_tokens", "2", "--precision", "bf16", "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     payload = json.loads(out.read_text())
-    baseline, ours = payload["rows"]
+    baseline, ours, dynamic = payload["rows"]
     assert "--precision bf16" in baseline["command"] and "--mixed_precision bf16" in ours["command"]
-    for row in (baseline, ours):
+    assert "--dynamic_audio_context" not in ours["command"]
+    assert dynamic["command"].startswith(ours["command"].split(" --output_dir ")[0])
+    assert dynamic["command"].endswith("--dynamic_audio_context True")
+    for row in (baseline, ours, dynamic):
         assert row["error"] == "", row
         assert row["samples_per_s"] == pytest.approx(2 / row["train_s"])
         assert 0 < row["final_loss"] < 100 and row["peak_anon_gb"] > 0
     assert payload["comparison"]["samples_per_s_ratio"] == pytest.approx(ours["samples_per_s"] / baseline["samples_per_s"])
     assert "ours/baseline samples/s" in result.stdout
+    assert payload["comparison"]["dynamic_samples_per_s_ratio"] == pytest.approx(
+        dynamic["samples_per_s"] / ours["samples_per_s"])
+    assert "dynamic/padded samples/s (ours): " in result.stdout
 
 
 def test_streaming_memory_repeats_each_size_and_summarises(tmp_path):
