@@ -1,4 +1,5 @@
-"""Turn a Kaldi-style folder (`text` + `audio_paths`) into a dataset for training and evaluation.
+"""Turn a Kaldi-style folder (`text` + `audio_paths`, or `wav.scp` + `segments`) into a dataset for
+training and evaluation.
 
 Reads SRC/text (`<id> <transcription>`) and SRC/audio_paths (`<id> <path>`, absolute or relative
 to SRC), checks every entry, decodes the audio (wav/flac/ogg/mp3, any rate, stereo down-mixed),
@@ -7,10 +8,15 @@ resamples it and writes a dataset that `datasets.load_from_disk(OUT)` opens, wit
 SRC/utt2spk (`<id> <speaker>`, Kaldi's file) adds a `speaker` column (the evaluation report shows WER
 per speaker); with it, every utterance needs a speaker.
 
+A Kaldi data directory works too: SRC/wav.scp (`<recording-id> <path>`; plain files only, no piped
+commands) and SRC/segments (`<id> <recording-id> <start> <end>`, seconds) in place of audio_paths.
+Each segment is cut from its recording and gets columns `recording_id`, `start` and `end`.
+
 Problems (id in one file only, duplicated id, ids in a different order, empty transcription,
-missing/unreadable audio, clip over 30 s) are each reported with the id and line number; the run
-stops with exit status 2 and writes nothing, unless --skip_invalid drops them. OUT appears only
-when complete (never half-written).
+missing/unreadable audio, clip over 30 s; for segments also an unknown recording, end not after
+start, end past the recording) are each reported with the id and line number; the run stops with
+exit status 2 and writes nothing, unless --skip_invalid drops them. Overlapping segments are kept,
+with a warning. OUT appears only when complete (never half-written).
 
 example:
   python3 custom_data/data_prep.py --source_data_dir sample_data --output_data_dir data/sample

@@ -43,6 +43,28 @@ def load_audio(source, sampling_rate=SAMPLE_RATE):
     return resample(audio, rate, sampling_rate)
 
 
+def load_audio_spans(path, spans, sampling_rate=SAMPLE_RATE):
+    """Yield the ``(start, end)`` spans (seconds) of one file, each mono float32 at ``sampling_rate``.
+
+    The file is opened once and only each span's frames are decoded (a long recording is never held
+    whole in memory); spans are cut at the nearest frame and end at the end of the file at most, then
+    down-mixed and resampled like :func:`load_audio`. Raises :class:`UserError` naming the file.
+    """
+    try:
+        sound = sf.SoundFile(path)
+    except Exception as exc:
+        raise UserError(f"cannot read audio {path}: {exc}") from exc
+    with sound:
+        rate, frames = sound.samplerate, sound.frames
+        for start, end in spans:
+            first = min(max(round(start * rate), 0), frames)
+            last = min(max(round(end * rate), first), frames)
+            sound.seek(first)
+            data = sound.read(last - first, dtype="float32", always_2d=True)
+            audio = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+            yield resample(audio, rate, sampling_rate)
+
+
 def resample(audio, orig_rate, target_rate=SAMPLE_RATE):
     """Resample a mono float32 array from ``orig_rate`` to ``target_rate`` (no-op when equal)."""
     if orig_rate == target_rate:

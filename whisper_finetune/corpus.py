@@ -1,23 +1,29 @@
 """data_prep: a Kaldi-style folder (``text`` + ``audio_paths``, optional ``utt2spk``) -> a validated dataset.
 
+Instead of ``audio_paths`` (one file per utterance) the folder may be a Kaldi data directory, whose
+``segments`` cut each utterance from a recording listed in ``wav.scp``.
+
 Every entry is checked first and each problem reported with its utterance id and line; the audio is
 decoded, resampled and re-encoded as 16-bit WAV *inside* the dataset (so it survives the source files
 being moved), a few dozen clips at a time (flat memory), and the dataset appears only when complete.
-The columns are those of :mod:`whisper_finetune.data`'s common schema plus ``duration`` (seconds).
+The columns are those of :mod:`whisper_finetune.data`'s common schema plus ``duration`` (seconds), and
+for segments ``recording_id``, ``start`` and ``end`` (seconds in the recording).
 """
 import logging
+import math
 import os
+import re
 import shutil
 import statistics
 import tempfile
 from unittest import mock
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import datasets
 from datasets import Audio, Dataset, Features, Value
 
-from .audio import SAMPLE_RATE, audio_info, encode_wav, load_audio
+from .audio import SAMPLE_RATE, audio_info, encode_wav, load_audio, load_audio_spans
 from .data import AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, MAX_SECONDS, SPEAKER_COLUMN, TEXT_COLUMN
 from .errors import DataValidationError, OptionError, UserError
 from .options import option
@@ -26,13 +32,23 @@ logger = logging.getLogger(__name__)
 
 # Rows buffered before each Arrow write: bounds data_prep memory (a row holds one encoded clip).
 WRITER_BATCH_SIZE = 64
+# Columns added for the segments of a Kaldi data directory (wav.scp + segments).
+RECORDING_COLUMN = "recording_id"
+START_COLUMN = "start"
+END_COLUMN = "end"
+# How far (seconds) a segment may end past its recording: segment times are rounded (Kaldi writes 2 decimals).
+END_TOLERANCE = 0.01
+MAX_OVERLAPS_SHOWN = 10  # overlapping pairs named in the warning
+SEGMENT_FORMAT = "<utt-id> <recording-id> <start-seconds> <end-seconds>"
+# A wav.scp value data_prep cannot open as a file: Kaldi's piped commands, stdin and archive offsets.
+_ARCHIVE_OFFSET = re.compile(r":[0-9]+$")
 
 
 @dataclass(frozen=True)
 class DataPrepConfig:
     """Options of :func:`prepare_dataset` (one per data_prep.py flag)."""
 
-    source_data_dir: str = option(help="folder holding the `text` and `audio_paths` files")
+    source_data_dir: str = option(help="folder holding `text` and `audio_paths` (or Kaldi's `wav.scp` + `segments`)")
     output_data_dir: str = option(help="folder to write the dataset to (must not exist unless --overwrite True)")
     sampling_rate: int = option(SAMPLE_RATE, "resample all audio to this rate (Hz)")
     num_proc: int = option(1, "processes decoding audio in parallel")
@@ -46,13 +62,32 @@ class DataPrepConfig:
 
 @dataclass(frozen=True)
 class Utterance:
-    """One validated entry: id, transcription, absolute audio path, duration from the file header."""
+    """One validated entry: id, transcription, absolute audio path, duration from the file header.
+
+    For a segment of a ``wav.scp`` recording, ``path`` is the recording's, ``start``/``end`` are the
+    segment's times in it (seconds, as written in ``segments``) and ``duration`` is the segment's.
+    """
 
     uid: str
     text: str
     path: str
     duration: float
     speaker: Optional[str] = None  # from the optional utt2spk file
+    recording_id: Optional[str] = None  # the rest only for segments
+    start: Optional[float] = None
+    end: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One checked ``wav.scp`` entry: absolute path and duration, or the problem all its segments share."""
+
+    rid: str
+    line: int
+    path: Optional[str] = None
+    duration: float = 0.0
+    reason: Optional[str] = None  # set when the recording cannot be used
+    problem: Optional[str] = None
 
 
 @dataclass
@@ -78,13 +113,14 @@ class PrepSummary:
         return "\n".join(lines)
 
 
-def read_kaldi_file(path):
+def read_kaldi_file(path, needed="the source folder needs 'text' and 'audio_paths', or 'text', 'wav.scp' and "
+                                  "'segments'"):
     """Read a ``<id> <value>`` file; returns ``[(line_number, id, value)]`` (blank lines skipped).
 
-    Raises :class:`UserError` for a missing file or invalid UTF-8, naming the line.
+    Raises :class:`UserError` for a missing file (saying what is ``needed``) or invalid UTF-8, naming the line.
     """
     if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file (the source folder needs 'text' and 'audio_paths')")
+        raise UserError(f"{path}: no such file ({needed})")
     entries = []
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
@@ -104,13 +140,26 @@ def read_kaldi_file(path):
 def validate_corpus(source_dir, max_duration=MAX_SECONDS):
     """Check a Kaldi-style folder; returns ``(utterances, problems)``.
 
-    ``problems`` is a list of ``(reason, uid, message)``; each message names the utterance id and the
-    line number. Utterances with a problem are not in ``utterances``.
+    The audio comes from ``audio_paths`` (``<id> <path>``, one file per utterance) or, in a Kaldi data
+    directory, from ``segments`` cutting each utterance from a ``wav.scp`` recording (see
+    :func:`_check_segment`); a folder with both is refused. ``problems`` is a list of
+    ``(reason, uid, message)``; each message names the utterance id and the line number. Utterances
+    with a problem are not in ``utterances``.
     """
     text_file = os.path.join(source_dir, "text")
     paths_file = os.path.join(source_dir, "audio_paths")
+    segments_file = os.path.join(source_dir, "segments")
+    if os.path.exists(segments_file) and os.path.exists(paths_file):
+        raise UserError(f"{source_dir} has both audio_paths and segments: keep one (audio_paths lists one file per "
+                        f"utterance; segments cuts utterances from the recordings in wav.scp)")
+    if not os.path.exists(segments_file) and not os.path.exists(paths_file) \
+            and os.path.exists(os.path.join(source_dir, "wav.scp")):
+        raise UserError(f"{source_dir} has wav.scp but no segments file: add segments ({SEGMENT_FORMAT}) or list one "
+                        f"file per utterance in audio_paths")
+    index_name = "segments" if os.path.exists(segments_file) else "audio_paths"
     texts = read_kaldi_file(text_file)
-    paths = read_kaldi_file(paths_file)
+    entries = read_kaldi_file(os.path.join(source_dir, index_name))
+    recordings = _read_wav_scp(source_dir) if index_name == "segments" else None
     problems = []
     bad = set()
 
@@ -125,34 +174,44 @@ def validate_corpus(source_dir, max_duration=MAX_SECONDS):
         return first
 
     text_lines = check_duplicates(texts, "text")
-    path_lines = check_duplicates(paths, "audio_paths")
+    entry_lines = check_duplicates(entries, index_name)
     for uid, number in text_lines.items():
-        if uid not in path_lines:
-            problems.append(("id missing from audio_paths", uid, f"text line {number}: id {uid} has no entry in audio_paths"))
+        if uid not in entry_lines:
+            problems.append((f"id missing from {index_name}", uid,
+                             f"text line {number}: id {uid} has no entry in {index_name}"))
             bad.add(uid)
-    for uid, number in path_lines.items():
+    for uid, number in entry_lines.items():
         if uid not in text_lines:
-            problems.append(("id missing from text", uid, f"audio_paths line {number}: id {uid} has no entry in text"))
+            problems.append(("id missing from text", uid, f"{index_name} line {number}: id {uid} has no entry in text"))
             bad.add(uid)
 
-    common_text = [uid for _, uid, _ in texts if uid in path_lines and uid not in bad]
-    common_paths = [uid for _, uid, _ in paths if uid in text_lines and uid not in bad]
-    if common_text != common_paths:
-        for a, b in zip(common_text, common_paths):
+    common_text = [uid for _, uid, _ in texts if uid in entry_lines and uid not in bad]
+    common_entries = [uid for _, uid, _ in entries if uid in text_lines and uid not in bad]
+    if common_text != common_entries:
+        for a, b in zip(common_text, common_entries):
             if a != b:
                 problems.append(("ids out of order", a, f"text line {text_lines[a]}: id {a}, but the matching "
-                                 f"audio_paths line {path_lines[b]} has id {b}; both files must list ids in the same order"))
+                                 f"{index_name} line {entry_lines[b]} has id {b}; both files must list ids in the "
+                                 f"same order"))
                 break
 
     speakers = _read_speakers(source_dir, text_lines, problems, bad)
     text_by_id = {uid: value for _, uid, value in texts}
     utterances = []
-    for number, uid, value in paths:
+    for number, uid, value in entries:
         if uid in bad or uid not in text_by_id:
             continue
-        where = f"id {uid} (text line {text_lines[uid]}, audio_paths line {number})"
+        where = f"id {uid} (text line {text_lines[uid]}, {index_name} line {number})"
         if not text_by_id[uid]:
             problems.append(("empty transcription", uid, f"{where}: empty transcription"))
+            continue
+        speaker = speakers.get(uid) if speakers is not None else None
+        if recordings is not None:
+            problem, utterance = _check_segment(source_dir, recordings, uid, value, where, max_duration)
+            if problem:
+                problems.append((problem[0], uid, problem[1]))
+            else:
+                utterances.append(replace(utterance, text=text_by_id[uid], speaker=speaker))
             continue
         if not value:
             problems.append(("missing audio", uid, f"{where}: no audio path given"))
@@ -173,9 +232,131 @@ def validate_corpus(source_dir, max_duration=MAX_SECONDS):
             problems.append(("longer than 30 s", uid, f"{where}: {duration:.1f} s is longer than Whisper's "
                              f"{max_duration:g} s window"))
         else:
-            utterances.append(Utterance(uid, text_by_id[uid], os.path.abspath(path), duration,
-                                        speakers.get(uid) if speakers is not None else None))
+            utterances.append(Utterance(uid, text_by_id[uid], os.path.abspath(path), duration, speaker))
+    if recordings is not None:
+        _warn_overlaps(utterances)
     return utterances, problems
+
+
+@dataclass
+class WavScp:
+    """Kaldi's ``wav.scp`` as read: each recording's first line and path, its repeated lines, and the
+    recordings checked so far (each file's header is read once, however many segments it has)."""
+
+    entries: dict = field(default_factory=dict)  # recording id -> (line number, path as written)
+    repeats: dict = field(default_factory=dict)  # recording id -> [later line numbers]
+    checked: dict = field(default_factory=dict)  # recording id -> Recording
+
+
+def _read_wav_scp(source_dir):
+    """Read Kaldi's ``wav.scp`` (``<recording-id> <path>``, relative paths from ``source_dir``).
+
+    A piped command (``sox a.wav -t wav - |``), standard input (``-``) or an archive offset
+    (``a.ark:1234``) raises :class:`UserError` naming the file, the line and the recording: data_prep
+    opens the audio files itself and never runs commands from the data.
+    """
+    path = os.path.join(source_dir, "wav.scp")
+    table = WavScp()
+    for number, rid, value in read_kaldi_file(path, "a source folder with 'segments' needs 'wav.scp' "
+                                                    "(<recording-id> <path>)"):
+        kind = ("a piped command" if value.endswith("|") or value.startswith("|") else
+                "standard input" if value == "-" else
+                "an extended filename (archive offset)" if _ARCHIVE_OFFSET.search(value) else None)
+        if kind:
+            raise UserError(f"{path}, line {number}: recording {rid}: {value!r} is {kind}; data_prep reads only "
+                            f"audio file paths: write the audio to files first and list those")
+        if rid in table.entries:
+            table.repeats.setdefault(rid, []).append(number)
+        else:
+            table.entries[rid] = (number, value)
+    return table
+
+
+def _recording(source_dir, recordings, rid):
+    """The checked :class:`Recording` ``rid`` of ``recordings`` (its header read once), or ``None`` if unknown."""
+    if rid not in recordings.entries:
+        return None
+    if rid not in recordings.checked:
+        number, value = recordings.entries[rid]
+        where = f"recording {rid} (wav.scp line {number})"
+
+        def unusable(reason, message):
+            return Recording(rid, number, reason=reason, problem=f"{where}: {message}")
+
+        path = os.path.expanduser(value)
+        path = os.path.abspath(path if os.path.isabs(path) else os.path.join(source_dir, path))
+        if rid in recordings.repeats:
+            lines = ", ".join(map(str, recordings.repeats[rid]))
+            recording = unusable("duplicate recording id", f"id {rid} repeats on wav.scp line(s) {lines}")
+        elif not value:
+            recording = unusable("missing audio", "no audio path given")
+        elif not os.path.isfile(path):
+            recording = unusable("missing audio", f"audio file {value} not found")
+        else:
+            try:
+                recording = Recording(rid, number, path, audio_info(path)[0])
+            except UserError:
+                recording = unusable("unreadable audio", f"audio file {value} is not readable audio")
+        recordings.checked[rid] = recording
+    return recordings.checked[rid]
+
+
+def _check_segment(source_dir, recordings, uid, value, where, max_duration):
+    """Check one ``segments`` entry (``value``: ``<recording-id> <start> <end>``).
+
+    Returns ``((reason, message), None)`` for a problem, else ``(None, utterance)`` (text and speaker
+    left for the caller). A segment may end at most :data:`END_TOLERANCE` seconds past its recording.
+    """
+    fields = value.split()
+    try:
+        times = [float(f) for f in fields[1:]]
+    except ValueError:
+        times = []
+    if len(fields) != 3 or len(times) != 2 or not all(map(math.isfinite, times)):
+        return ("malformed segment", f"{where}: expected '{SEGMENT_FORMAT}', got '{uid} {value}'"), None
+    rid, (start, end) = fields[0], times
+    recording = _recording(source_dir, recordings, rid)
+    if recording is None:
+        return ("unknown recording", f"{where}: recording {rid} has no entry in wav.scp"), None
+    if recording.problem:
+        return (recording.reason, f"{where}: {recording.problem}"), None
+    if start < 0:
+        return ("negative start", f"{where}: start {start:g} s is negative"), None
+    if end <= start:
+        return ("end not after start", f"{where}: end {end:g} s is not after start {start:g} s"), None
+    if end > recording.duration + END_TOLERANCE:
+        return ("beyond end of recording", f"{where}: end {end:g} s is beyond the end of recording {rid} "
+                f"({recording.duration:.2f} s)"), None
+    duration = min(end, recording.duration) - start
+    if duration > max_duration:
+        return ("longer than 30 s", f"{where}: {duration:.1f} s is longer than Whisper's {max_duration:g} s "
+                f"window"), None
+    return None, Utterance(uid, "", recording.path, duration, recording_id=rid, start=start, end=end)
+
+
+def _by_recording(utterances):
+    """Segments grouped by recording (in order of first appearance), each group sorted by start time."""
+    groups = {}
+    for utt in utterances:
+        groups.setdefault(utt.recording_id, []).append(utt)
+    return [tuple(sorted(group, key=lambda u: (u.start, u.end))) for group in groups.values()]
+
+
+def _warn_overlaps(segments):
+    """Log one warning naming the pairs of kept segments of one recording that overlap (they stay kept)."""
+    pairs = []
+    for group in _by_recording(segments):
+        latest = None  # the segment reaching furthest so far
+        for seg in group:
+            if latest is not None and seg.start < latest.end:
+                pairs.append(f"{latest.uid} ({latest.start:g}-{latest.end:g} s) and {seg.uid} "
+                             f"({seg.start:g}-{seg.end:g} s) of recording {seg.recording_id}")
+            if latest is None or seg.end > latest.end:
+                latest = seg
+    if pairs:
+        more = len(pairs) - MAX_OVERLAPS_SHOWN
+        logger.warning("%d pair(s) of overlapping segments (all kept): %s%s", len(pairs),
+                       "; ".join(pairs[:MAX_OVERLAPS_SHOWN]), f"; ... and {more} more" if more > 0 else "")
 
 
 def _read_speakers(source_dir, text_lines, problems, bad):
@@ -206,28 +387,49 @@ def _read_speakers(source_dir, text_lines, problems, bad):
     return speakers
 
 
-def _prep_features(sampling_rate, with_speaker=False):
+def _prep_features(sampling_rate, with_speaker=False, with_segments=False):
     columns = {ID_COLUMN: Value("string"), AUDIO_COLUMN: Audio(sampling_rate=sampling_rate),
                TEXT_COLUMN: Value("string"), DURATION_COLUMN: Value("float32")}
-    return Features({**columns, SPEAKER_COLUMN: Value("string")} if with_speaker else columns)
+    if with_speaker:
+        columns[SPEAKER_COLUMN] = Value("string")
+    if with_segments:
+        columns.update({RECORDING_COLUMN: Value("string"), START_COLUMN: Value("float64"),
+                        END_COLUMN: Value("float64")})
+    return Features(columns)
+
+
+def _row(utt, audio, sampling_rate, with_speaker):
+    row = {ID_COLUMN: utt.uid, AUDIO_COLUMN: {"bytes": encode_wav(audio, sampling_rate), "path": f"{utt.uid}.wav"},
+           TEXT_COLUMN: utt.text, DURATION_COLUMN: len(audio) / sampling_rate}
+    return {**row, SPEAKER_COLUMN: utt.speaker} if with_speaker else row
 
 
 def _generate_rows(shards, sampling_rate, with_speaker=False):
     """Decode one shard of utterances at a time; only one clip is in memory per worker."""
     for shard in shards:
         for utt in shard:
-            audio = load_audio(utt.path, sampling_rate)
-            row = {ID_COLUMN: utt.uid, AUDIO_COLUMN: {"bytes": encode_wav(audio, sampling_rate), "path": f"{utt.uid}.wav"},
-                   TEXT_COLUMN: utt.text, DURATION_COLUMN: len(audio) / sampling_rate}
-            yield {**row, SPEAKER_COLUMN: utt.speaker} if with_speaker else row
+            yield _row(utt, load_audio(utt.path, sampling_rate), sampling_rate, with_speaker)
+
+
+def _generate_segment_rows(shards, sampling_rate, with_speaker=False):
+    """Cut the segments of one recording at a time (each shard holds whole recordings, so every
+    recording is opened once, by one worker); only one clip is in memory per worker."""
+    for shard in shards:
+        for segments in shard:
+            clips = load_audio_spans(segments[0].path, [(seg.start, seg.end) for seg in segments], sampling_rate)
+            for seg, audio in zip(segments, clips):
+                yield {**_row(seg, audio, sampling_rate, with_speaker), RECORDING_COLUMN: seg.recording_id,
+                       START_COLUMN: seg.start, END_COLUMN: seg.end}
 
 
 def prepare_dataset(config: DataPrepConfig) -> PrepSummary:
     """Validate a Kaldi-style folder and write it as a dataset that ``load_from_disk`` opens.
 
     Invalid utterances raise :class:`DataValidationError` (all problems listed), or are dropped with
-    ``skip_invalid``. The output is built in a temporary sibling folder and renamed into place only
-    when complete, so a failure or Ctrl-C never leaves a half-written ``output_data_dir``.
+    ``skip_invalid``. Segments are written grouped by recording (in the order ``segments`` first names
+    each), by start time within one, so that each recording is read once. The output is built in a
+    temporary sibling folder and renamed into place only when complete, so a failure or Ctrl-C never
+    leaves a half-written ``output_data_dir``.
     """
     out = os.path.abspath(config.output_data_dir)
     if not os.path.isdir(config.source_data_dir):
@@ -250,14 +452,18 @@ def prepare_dataset(config: DataPrepConfig) -> PrepSummary:
     os.makedirs(parent, exist_ok=True)
     work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
     try:
-        num_proc = max(1, min(config.num_proc, len(utterances)))
         with_speaker = any(utt.speaker is not None for utt in utterances)
+        with_segments = utterances[0].recording_id is not None
+        # Segments travel as whole recordings (tuples of their segments): one worker reads each file once.
+        units = _by_recording(utterances) if with_segments else utterances
+        num_proc = max(1, min(config.num_proc, len(units)))
         # Contiguous shards, one per process: from_generator concatenates them in order, so the
         # dataset keeps the corpus order.
-        bounds = [round(i * len(utterances) / num_proc) for i in range(num_proc + 1)]
-        shards = [utterances[a:b] for a, b in zip(bounds, bounds[1:])]
+        bounds = [round(i * len(units) / num_proc) for i in range(num_proc + 1)]
+        shards = [units[a:b] for a, b in zip(bounds, bounds[1:])]
         dataset = Dataset.from_generator(
-            _generate_rows, features=_prep_features(config.sampling_rate, with_speaker),
+            _generate_segment_rows if with_segments else _generate_rows,
+            features=_prep_features(config.sampling_rate, with_speaker, with_segments),
             gen_kwargs={"shards": shards, "sampling_rate": config.sampling_rate, "with_speaker": with_speaker},
             num_proc=num_proc if num_proc > 1 else None, cache_dir=os.path.join(work, "cache"),
             split="train", writer_batch_size=WRITER_BATCH_SIZE)
