@@ -58,7 +58,7 @@ class _WhisperTrainer(Seq2SeqTrainer):
         self.companions = companions  # objects with save_pretrained() that every checkpoint carries
         self.eval_seconds = 0.0
         self.checkpoint_seconds = 0.0
-        self.started = time.perf_counter()  # reset by train(); the clock of each eval's train_seconds
+        self.started = time.perf_counter()  # set again by train() just before training starts
         self._eval_started = None
 
     @contextlib.contextmanager
@@ -420,7 +420,7 @@ def train(config: TrainConfig) -> TrainSummary:
         compute_metrics=_metrics_function(processor.tokenizer, normalizer, metric), decode_kwargs=decode_kwargs,
         streaming=config.streaming, companions=(processor, generation_config))
 
-    start = trainer.started = time.perf_counter()
+    trainer.started = time.perf_counter()  # also the clock of each evaluation's train_seconds
     if resume and args.max_steps > 0 and _start_step(resume) >= args.max_steps:
         # Resumed at the last step (a kill after the last checkpoint, e.g. while the final model was
         # written). transformers 4.57 would train one more step here when the last step falls
@@ -431,7 +431,7 @@ def train(config: TrainConfig) -> TrainSummary:
             trainer._load_best_model()
     else:
         trainer.train(resume_from_checkpoint=resume)
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - trainer.started
     _save_final(trainer, processor, config, generation_config)
 
     per_dataset = _evaluate_each(trainer, config, eval_specs, processor, args) if len(eval_specs) > 1 else []
