@@ -11,7 +11,7 @@ from transformers import WhisperTokenizer, WhisperTokenizerFast
 from whisper_finetune.errors import UserError
 from whisper_finetune.features import MAX_LABEL_TOKENS
 from whisper_finetune.timestamps import (TIME_PRECISION, TIMESTAMP_TOKENS, WINDOW_SECONDS, PackResult, Segment,
-                                         Window, keeps_timestamps, pack_windows, single_segment_labels,
+                                         Window, keeps_timestamps, pack_windows, plan_windows, single_segment_labels,
                                          timestamp_index, timestamp_labels, timestamp_token_id, within_label_limit)
 
 PREFIX = ["<|startoftranscript|>", "<|en|>", "<|transcribe|>"]
@@ -147,14 +147,26 @@ def test_prefix_with_notimestamps_is_refused(tokenizer):
         timestamp_labels(WINDOWS_70S[2], tokenizer, prefix)
 
 
-def test_tokenizer_without_timestamp_tokens_is_reported(tiny_model_dir):
-    """Like tokenizer files saved before the Hub checkpoints gained timestamp tokens."""
+def test_timestamp_ids_follow_notimestamps_without_named_tokens(tiny_model_dir, tokenizer):
+    """Like tokenizer files saved before the Hub checkpoints named their timestamp tokens: the ids are
+    the same, counted from <|notimestamps|>."""
     bare = WhisperTokenizer(os.path.join(tiny_model_dir, "vocab.json"), os.path.join(tiny_model_dir, "merges.txt"),
                             bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
                             pad_token="<|endoftext|>")
     bare.add_special_tokens({"additional_special_tokens": PREFIX[:1] + ["<|notimestamps|>"]})
-    with pytest.raises(UserError, match=r"no timestamp token <\|0.00\|>"):
-        single_segment_labels(2.0, "hi", bare, bare.convert_tokens_to_ids(PREFIX[:1]))
+    first = bare.convert_tokens_to_ids("<|notimestamps|>") + 1
+    assert bare.convert_tokens_to_ids("<|0.00|>") is None  # the name is unknown
+    assert timestamp_token_id(bare, 0.0) == first
+    assert timestamp_token_id(bare, 2.0) == first + 100
+    assert timestamp_token_id(tokenizer, 2.0) == tokenizer.convert_tokens_to_ids("<|2.00|>")
+
+
+def test_tokenizer_without_notimestamps_is_reported(tiny_model_dir):
+    bare = WhisperTokenizer(os.path.join(tiny_model_dir, "vocab.json"), os.path.join(tiny_model_dir, "merges.txt"),
+                            bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
+                            pad_token="<|endoftext|>")
+    with pytest.raises(UserError, match=r"the tokenizer has no <\|notimestamps\|> token"):
+        single_segment_labels(2.0, "hi", bare, [bare.eos_token_id])
 
 
 KEYS = [f"rec{i:05d}@{(i % 7) * 30.0:.3f}" for i in range(4000)]
@@ -191,3 +203,37 @@ def test_within_label_limit(tokenizer):
     # One byte per token here: 3 prefix + 2 timestamps + 1 space + 443 letters + eot = 450 tokens.
     long_window = Window("rec", 0.0, 30.0, (S(0.0, 30.0, "x" * 443),), None)
     assert not within_label_limit(timestamp_labels(long_window, tokenizer, prefix_ids(tokenizer)))
+
+
+def test_lead_starts_windows_in_the_pause_before_their_first_segment():
+    """With max_lead each window opens within the pause before its first segment (never inside the
+    previous segment, never more than max_lead early), so not every window starts with speech at 0.00."""
+    segments = [S(0.5, 3.0, "a"), S(4.0, 20.0, "b"), S(21.5, 29.0, "c"), S(29.2, 40.0, "d"), S(41.0, 44.0, "e")]
+    packed = pack_windows("rec", segments, 45.0, max_lead=2.0)
+    plain = pack_windows("rec", segments, 45.0)
+    assert [w.segments for w in packed.windows] == [w.segments for w in plain.windows]
+    previous_ends = [0.0, 29.0]  # the recording's start; then c, the last segment of the first window
+    for window, previous_end in zip(packed.windows, previous_ends):
+        first = window.segments[0].start
+        assert max(previous_end, first - 2.0) <= window.start <= first
+        assert window.end == min(window.start + WINDOW_SECONDS, 45.0)
+    assert any(w.start < w.segments[0].start for w in packed.windows)
+    assert pack_windows("rec", segments, 45.0, max_lead=2.0) == packed  # deterministic
+
+
+def test_plan_windows_places_each_row_at_its_time_and_keeps_plain_rows_whole():
+    ids = ["u0", "u1", "u2", "u3", "plain"]
+    texts = ["a", "b", "c", "d", "hello"]
+    recordings = ["r", "r", "r", "r", None]
+    starts = [13.0, 0.0, 5.0, 28.4]
+    ends = [28.0, 4.0, 12.5, 33.0]
+    planned = plan_windows(ids, texts, recordings, starts + [None], ends + [None])
+    plain = next(p for p in planned.plans if p.window is None)
+    assert (plain.key, plain.rows, plain.offsets, plain.text) == ("plain", (4,), (0.0,), "hello")
+    first = next(p for p in planned.plans if p.window is not None and p.window.segments[0].start == 0.0)
+    assert first.rows == (1, 2, 0, 3)  # time order, then the cut segment d
+    lead = first.window.start  # 0 .. 2 s before the first segment at 0.0: here 0 (the recording starts there)
+    assert lead == 0.0
+    assert first.offsets == (0.0, 5.0, 13.0, 28.4)
+    assert first.window.next_start == 28.4
+    assert planned.dropped_over_30s == 0

@@ -305,3 +305,78 @@ def test_best_checkpoint_is_chosen_by_the_primary_metric(tiny_model_dir, tiny_da
     assert summary.best_step == best_step and summary.best_checkpoint.endswith(f"checkpoint-{best_step}")
     card = open(os.path.join(summary.output_dir, "README.md"), encoding="utf-8").read()
     assert f"The best checkpoint was chosen by {summary.primary_metric.upper()}" in card
+
+
+# --------------------------------------------------------------------------------------------- timestamps
+def test_kaldi_segments_train_with_timestamps_end_to_end(tiny_model_dir, tmp_path):
+    """data_prep of a Kaldi directory (wav.scp + segments), then --timestamps: each recording's segments
+    are packed into one window whose labels carry its segments' times; the overlapping segment that
+    data_prep keeps (with a warning) is left out of the windows and counted."""
+    from test_data_prep import SEGMENTS, write_kaldi_dir
+    from whisper_finetune.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.features import featurize_windows
+
+    good = [s for s in SEGMENTS if s[0] in ("recA-0000", "recA-0120", "recA-0300", "recB-0050", "recB-0426")]
+    source, _ = write_kaldi_dir(str(tmp_path / "kaldi"), segments=good)
+    data = str(tmp_path / "data")
+    prepare_dataset(DataPrepConfig(source_data_dir=source, output_data_dir=data))
+    out = tmp_path / "out"
+    summary = train(quick_config(tiny_model_dir, data, out, timestamps=True, timestamp_ratio=1.0))
+    assert summary.filtering["train"] == {"kept": 2, "dropped_over_30s": 0, "dropped_labels_over_448_tokens": 0,
+                                          "windows": 2, "windows_with_timestamps": 2,
+                                          "dropped_segments_over_30s": 0, "dropped_overlapping_segments": 1}
+    assert summary.eval_samples == 4  # evaluation stays on the utterances, <|notimestamps|>
+    with open(out / "config.json", encoding="utf-8") as f:
+        assert json.load(f)["timestamp_training"] == {"ratio": 1.0}
+
+    import datasets
+
+    processor = modeling.load_processor(tiny_model_dir)
+    tokenizer = processor.tokenizer
+    tokenizer.set_prefix_tokens(language="hi", task="transcribe", predict_timestamps=False)
+    windows, _ = featurize_windows(datasets.load_from_disk(data), processor, 16000, 1.0)
+    # recA: 0-1.5 and 3.0-6.005 (1.2-2.8 overlaps and is left out); recB: 0.5-2.0 and 4.26-7.99.
+    # Each window may start up to 2 s early (never before the recording): times are relative to it.
+    rows = [tokenizer.convert_ids_to_tokens(r["labels"]) for r in windows]
+    spans = sorted(([float(t[2:-2]) for t in tokens if re.fullmatch(r"<\|\d+\.\d\d\|>", t)], row["input_length"])
+                   for tokens, row in zip(rows, windows))
+    assert len(spans) == 2
+    for (times, seconds), truth in zip(spans, ([0.0, 1.5, 3.0, 6.005], [0.5, 2.0, 4.26, 7.99])):
+        window_start = truth[0] - times[0]
+        assert 0.0 <= window_start <= truth[0] + 0.011  # never before the recording
+        assert times == pytest.approx([t - window_start for t in truth], abs=0.011)  # 0.02 s steps
+        assert seconds == pytest.approx(truth[-1] - window_start, abs=0.011)  # the window ends with the recording
+    assert all(tokens[:3] == ["<|startoftranscript|>", "<|hi|>", "<|transcribe|>"] for tokens in rows)
+    assert all("<|notimestamps|>" not in tokens and tokens[-1] == "<|endoftext|>" for tokens in rows)
+
+
+def test_timestamp_ratio_zero_trains_notimestamps_windows_ending_at_their_last_segment(tiny_model_dir, tmp_path):
+    from test_data_prep import SEGMENTS, write_kaldi_dir
+    from whisper_finetune.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.features import featurize_windows
+    import datasets
+
+    good = [s for s in SEGMENTS if s[0] in ("recB-0050", "recB-0426")]
+    source, _ = write_kaldi_dir(str(tmp_path / "kaldi"), segments=good)
+    data = str(tmp_path / "data")
+    prepare_dataset(DataPrepConfig(source_data_dir=source, output_data_dir=data))
+    processor = modeling.load_processor(tiny_model_dir)
+    processor.tokenizer.set_prefix_tokens(language="hi", task="transcribe", predict_timestamps=False)
+    windows, counts = featurize_windows(datasets.load_from_disk(data), processor, 16000, 0.0)
+    assert counts["windows"] == 1 and counts["windows_with_timestamps"] == 0
+    tokens = processor.tokenizer.convert_ids_to_tokens(windows[0]["labels"])
+    assert tokens[:4] == ["<|startoftranscript|>", "<|hi|>", "<|transcribe|>", "<|notimestamps|>"]
+    assert processor.tokenizer.decode(windows[0]["labels"], skip_special_tokens=True) == \
+        "sentence number 1 sentence number 0"  # time order: recB-0050 (0.5 s) is the second line of segments
+    # the window starts 0 .. 0.5 s before 0.5 s and ends at the last segment's end, 7.99 s
+    assert 7.49 - 1e-3 <= windows[0]["input_length"] <= 7.99 + 1e-3
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"timestamp_ratio": 1.5}, "--timestamp_ratio 1.5: must be between 0 and 1"),
+    ({"timestamps": True, "dynamic_audio_context": True},
+     "--timestamps True with --dynamic_audio_context True: timestamp windows fill Whisper's 30 s"),
+])
+def test_bad_timestamp_options_are_refused(tiny_model_dir, tiny_dataset_dir, tmp_path, overrides, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_config(quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path / "out", **overrides))

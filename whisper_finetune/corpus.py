@@ -24,7 +24,8 @@ import datasets
 from datasets import Audio, Dataset, Features, Value
 
 from .audio import SAMPLE_RATE, audio_info, encode_wav, load_audio, load_audio_spans
-from .data import AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, MAX_SECONDS, SPEAKER_COLUMN, TEXT_COLUMN
+from .data import (AUDIO_COLUMN, DURATION_COLUMN, END_COLUMN, ID_COLUMN, MAX_SECONDS, RECORDING_COLUMN,
+                   SPEAKER_COLUMN, START_COLUMN, TEXT_COLUMN)
 from .errors import DataValidationError, OptionError, UserError
 from .options import option
 
@@ -32,10 +33,6 @@ logger = logging.getLogger(__name__)
 
 # Rows buffered before each Arrow write: bounds data_prep memory (a row holds one encoded clip).
 WRITER_BATCH_SIZE = 64
-# Columns added for the segments of a Kaldi data directory (wav.scp + segments).
-RECORDING_COLUMN = "recording_id"
-START_COLUMN = "start"
-END_COLUMN = "end"
 # How far (seconds) a segment may end past its recording: segment times are rounded (Kaldi writes 2 decimals).
 END_TOLERANCE = 0.01
 MAX_OVERLAPS_SHOWN = 10  # overlapping pairs named in the warning

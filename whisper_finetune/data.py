@@ -33,6 +33,12 @@ TEXT_COLUMN = "sentence"
 ID_COLUMN = "id"
 DURATION_COLUMN = "duration"
 SPEAKER_COLUMN = "speaker"  # only when the source folder has a utt2spk file
+# Only for rows cut from long recordings (a Kaldi ``segments`` file): which recording, and where in it
+# (seconds); timestamp training packs such rows back into windows of their recording.
+RECORDING_COLUMN = "recording_id"
+START_COLUMN = "start"
+END_COLUMN = "end"
+SEGMENT_COLUMNS = (RECORDING_COLUMN, START_COLUMN, END_COLUMN)
 # Looked for, in this order, when a dataset's text column is not given.
 TEXT_COLUMN_CANDIDATES = ("sentence", "text", "transcription", "transcript", "raw_transcription",
                           "normalized_text", "raw_text")
@@ -166,8 +172,9 @@ def detect_text_column(columns, requested=None, dataset_label="dataset"):
                     f"{', '.join(columns)}; name it with the text-column flag")
 
 
-def standardize(dataset, spec: DatasetSpec):
-    """Bring a dataset to the common schema (``audio`` undecoded, ``sentence``, ``id``)."""
+def standardize(dataset, spec: DatasetSpec, keep_segments=False):
+    """Bring a dataset to the common schema (``audio`` undecoded, ``sentence``, ``id``); ``keep_segments``
+    also keeps the segment columns (``recording_id``, ``start``, ``end``) of datasets that have all three."""
     columns = list(dataset.column_names or dataset.features or [])
     if spec.audio_column not in columns:
         raise UserError(f"{spec.label}: no audio column {spec.audio_column!r}; columns are: {', '.join(columns)}")
@@ -193,16 +200,18 @@ def standardize(dataset, spec: DatasetSpec):
     elif dataset.features and dataset.features[ID_COLUMN] != Value("string"):
         dataset = dataset.cast_column(ID_COLUMN, Value("string"))
     keep = [AUDIO_COLUMN, TEXT_COLUMN, ID_COLUMN] + ([DURATION_COLUMN] if DURATION_COLUMN in columns else [])
+    if keep_segments and all(c in columns for c in SEGMENT_COLUMNS):
+        keep += list(SEGMENT_COLUMNS)
     extra = [c for c in (dataset.column_names or []) if c not in keep]
     return dataset.remove_columns(extra) if extra else dataset
 
 
-def load_datasets(specs, custom=False, streaming=False, num_proc=None):
+def load_datasets(specs, custom=False, streaming=False, num_proc=None, keep_segments=False):
     """Load each spec into the common schema; ``custom`` reads data_prep folders, else HF datasets."""
     loaded = []
     for spec in specs:
         raw = load_custom_dataset(spec.name) if custom else load_hf_dataset(spec, streaming, num_proc)
-        loaded.append(standardize(raw, spec))
+        loaded.append(standardize(raw, spec, keep_segments))
     return loaded
 
 

@@ -17,7 +17,8 @@ import torch
 from datasets import Array2D, Features, Sequence, Value
 
 from .audio import CHUNK_SECONDS, ENCODER_STRIDE, MEL_FRAMES_PER_SECOND, N_FRAMES, decode_example_audio
-from .data import AUDIO_COLUMN, TEXT_COLUMN
+from . import timestamps
+from .data import AUDIO_COLUMN, END_COLUMN, ID_COLUMN, RECORDING_COLUMN, START_COLUMN, TEXT_COLUMN
 from .errors import UserError
 from .options import option
 
@@ -107,6 +108,77 @@ def featurize(dataset, processor, sampling_rate, num_proc=1, lowercase=False, re
                        num_proc=num_proc if num_proc > 1 else None,
                        cache_file_name=cache_file_name, load_from_cache_file=cache_file_name is not None,
                        desc=desc)
+
+
+def featurize_windows(dataset, processor, sampling_rate, ratio, lowercase=False, remove_punctuation=False,
+                      cache_file_name=None, fingerprint=None, desc="featurising timestamp windows"):
+    """The timestamp-training counterpart of :func:`featurize`: one row per window, not per utterance.
+
+    Rows cut from recordings (``recording_id``/``start``/``end`` columns) are packed into windows of at
+    most 30 s (:func:`timestamps.plan_windows`); a window's audio is its segments placed at their times,
+    silence between them (the dataset holds the segments, not the recordings). ``ratio`` of the windows
+    (:func:`timestamps.keeps_timestamps`) get timestamp labels; the others are labelled
+    ``<|notimestamps|> text`` and their audio ends with their last whole segment, so no labels miss
+    speech that the audio holds. Rows without a recording are windows of their own:
+    ``<|0.00|> text<|duration|>`` or today's labels. Returns ``(dataset, counts)``.
+    """
+    texts = [clean_text(t, lowercase, remove_punctuation) for t in dataset[TEXT_COLUMN]]
+    segmented = all(c in dataset.column_names for c in (RECORDING_COLUMN, START_COLUMN, END_COLUMN))
+    planned = timestamps.plan_windows(
+        dataset[ID_COLUMN], texts, *(dataset[c] for c in (RECORDING_COLUMN, START_COLUMN, END_COLUMN))
+        if segmented else ())
+    plans = planned.plans
+    with_timestamps = sum(timestamps.keeps_timestamps(plan.key, ratio) for plan in plans)
+    counts = {"windows": len(plans), "windows_with_timestamps": with_timestamps,
+              "dropped_segments_over_30s": planned.dropped_over_30s,
+              "dropped_overlapping_segments": planned.dropped_overlapping}
+    logger.info("%d utterance(s) -> %d training window(s), %d with timestamps (ratio %g); dropped %d segment(s) "
+                "over %d s and %d overlapping an earlier one", len(dataset), len(plans), with_timestamps, ratio,
+                planned.dropped_over_30s, CHUNK_SECONDS, planned.dropped_overlapping)
+    extractor, tokenizer = processor.feature_extractor, processor.tokenizer
+    prefix = list(tokenizer.prefix_tokens)[:-1]  # <|startoftranscript|>[<|lang|><|task|>] without <|notimestamps|>
+
+    def read(row):
+        return decode_example_audio(dataset[row][AUDIO_COLUMN], sampling_rate)
+
+    def window_audio(plan, seconds):
+        audio = np.zeros(int(round(seconds * sampling_rate)), np.float32)  # (samples,) silence between segments
+        for row, offset in zip(plan.rows, plan.offsets):
+            first = int(round(offset * sampling_rate))
+            if first < len(audio):
+                clip = read(row)[:len(audio) - first]
+                audio[first:first + len(clip)] = clip
+        return audio
+
+    def prepare(batch):
+        audios, labels = [], []
+        for number in batch["window"]:
+            plan = plans[number]
+            stamped = timestamps.keeps_timestamps(plan.key, ratio)
+            window = plan.window
+            if window is None:
+                audio = read(plan.rows[0])
+                ids = (timestamps.single_segment_labels(len(audio) / sampling_rate, plan.text, tokenizer, prefix)
+                       if stamped else tokenizer(plan.text).input_ids)
+            elif stamped:
+                audio = window_audio(plan, window.end - window.start)
+                ids = timestamps.timestamp_labels(window, tokenizer, prefix)
+            else:
+                audio = window_audio(plan, window.segments[-1].end - window.start)
+                ids = tokenizer(" ".join(s.text for s in window.segments)).input_ids
+            audios.append(audio)
+            labels.append(ids)
+        mels = extractor(audios, sampling_rate=extractor.sampling_rate, return_tensors="np").input_features
+        return {FEATURE_COLUMN: mels.astype(np.float16),  # (batch, n_mels, 3000)
+                LABEL_COLUMN: labels, LENGTH_COLUMN: [len(a) / sampling_rate for a in audios]}
+
+    from datasets import Dataset
+
+    index = Dataset.from_dict({"window": list(range(len(plans)))})
+    featurised = index.map(prepare, batched=True, batch_size=16, remove_columns=["window"],
+                           features=_schema(processor), cache_file_name=cache_file_name,
+                           load_from_cache_file=cache_file_name is not None, new_fingerprint=fingerprint, desc=desc)
+    return featurised, counts
 
 
 def featurize_stream(stream, processor, sampling_rate, lowercase=False, remove_punctuation=False):

@@ -43,6 +43,9 @@ TIMESTAMP_TOKENS = ENCODER_FRAMES + 1
 _TOLERANCE = 1e-6
 
 NO_TIMESTAMPS_TOKEN = "<|notimestamps|>"
+# Training windows of a recording start up to this long before their first segment (pack_windows):
+# about the longest pause between sentences of our long-form sets (0.3-1.5 s), with room to spare.
+MAX_LEAD_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,8 @@ def _check_segments(recording_id: str, segments: Sequence[Segment], duration: fl
         previous = segment
 
 
-def pack_windows(recording_id: str, segments: Sequence[Segment], duration: float) -> PackResult:
+def pack_windows(recording_id: str, segments: Sequence[Segment], duration: float,
+                 max_lead: float = 0.0) -> PackResult:
     """Greedily pack a recording's segments, in time order, into windows of at most 30 s.
 
     A window starts at the first segment not yet used and takes every following segment that ends
@@ -109,12 +113,18 @@ def pack_windows(recording_id: str, segments: Sequence[Segment], duration: float
     cut, as in Whisper's pre-training: the window's labels end with its start time alone and the
     next window starts at it. A segment starting after the window's end simply starts the next
     window (the silence between is never trained on). A segment longer than 30 s fits no window: it
-    is dropped and counted. Raises :class:`UserError` for segments outside the recording or
+    is dropped and counted.
+
+    With ``max_lead`` > 0 a window starts up to that many seconds before its first segment (never
+    before the previous segment's end), a share of the pause chosen by the crc32 of the window's
+    place: without it every window would open with speech at ``<|0.00|>``, and the model would learn
+    to put the first cue at 0.00 even after a pause, which sequential long-form decoding (each
+    window starts where the last cue ended) always meets. Raises :class:`UserError` for segments outside the recording or
     overlapping each other.
     """
     ordered = sorted(segments, key=lambda s: (s.start, s.end))
     _check_segments(recording_id, ordered, duration)
-    windows, dropped, i = [], 0, 0
+    windows, dropped, i, previous_end = [], 0, 0, 0.0
     while i < len(ordered):
         first = ordered[i]
         if first.end - first.start > WINDOW_SECONDS + _TOLERANCE:
@@ -122,13 +132,17 @@ def pack_windows(recording_id: str, segments: Sequence[Segment], duration: float
                          first.end, WINDOW_SECONDS)
             dropped += 1
             i += 1
+            previous_end = first.end  # no later window may lead into its speech
             continue
-        start = first.start
+        pause = max(0.0, first.start - previous_end)
+        share = zlib.crc32(f"{recording_id}@{first.start:.3f}".encode("utf-8")) / 2**32
+        start = first.start - min(max_lead, pause) * share
         end = min(start + WINDOW_SECONDS, duration)
         inside = []
         while i < len(ordered) and ordered[i].end <= end + _TOLERANCE:
             inside.append(ordered[i])
             i += 1
+        previous_end = inside[-1].end if inside else previous_end
         # Segments are sorted and do not overlap: the one after the last fit is cut or starts later.
         cut = i < len(ordered) and ordered[i].start < end - _TOLERANCE
         windows.append(Window(recording_id, start, end, tuple(inside), ordered[i].start if cut else None))
@@ -145,18 +159,18 @@ def timestamp_index(seconds: float) -> int:
 
 
 def timestamp_token_id(tokenizer, seconds: float) -> int:
-    """The id of the timestamp token nearest ``seconds`` (``<|1.50|>`` for 1.509), looked up by name.
+    """The id of the timestamp token nearest ``seconds`` (``<|1.50|>`` for 1.509).
 
-    The names are those transformers' ``WhisperTokenizer.timestamp_ids`` uses. Tokenizer files saved
-    before timestamp tokens were added to the Hub checkpoints lack them (the name then maps to the
-    unknown token): that is reported instead of guessing ids.
+    Whisper's vocabulary puts ``<|0.00|>`` .. ``<|30.00|>`` right after ``<|notimestamps|>`` (as
+    openai/whisper's tokenizer and transformers' ``timestamp_begin`` count them), so the id is
+    counted from there: tokenizer files saved before the Hub checkpoints named those tokens (the
+    ones ``../shared/models/prepare.py`` builds) lack the names but the model has the ids.
     """
-    name = "<|%.2f|>" % (timestamp_index(seconds) * TIME_PRECISION)
-    token_id = tokenizer.convert_tokens_to_ids(name)
-    if token_id is None or token_id == tokenizer.unk_token_id:
-        raise UserError(f"the tokenizer has no timestamp token {name}: timestamp training needs a tokenizer "
-                        f"with Whisper's <|0.00|> .. <|30.00|> tokens (newer Hub tokenizer files have them)")
-    return token_id
+    no_timestamps = tokenizer.convert_tokens_to_ids(NO_TIMESTAMPS_TOKEN)
+    if no_timestamps is None or no_timestamps == tokenizer.unk_token_id:
+        raise UserError(f"the tokenizer has no {NO_TIMESTAMPS_TOKEN} token: timestamp training needs a Whisper "
+                        f"tokenizer (its timestamp tokens follow that one)")
+    return no_timestamps + 1 + timestamp_index(seconds)
 
 
 def _text_ids(tokenizer, text: str) -> list[int]:
@@ -223,3 +237,69 @@ def within_label_limit(labels: Sequence[int]) -> bool:
     from .features import MAX_LABEL_TOKENS
 
     return len(labels) <= MAX_LABEL_TOKENS
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """Where a training window's audio comes from: dataset rows placed at offsets in a silent span.
+
+    ``window`` is the packed :class:`Window` of a recording's segments (its rows are those segments,
+    in time order, then the cut segment's row if any); ``None`` for a row with no recording, which
+    is a window of its own (``rows`` holds just it, ``text`` its text, its length is its audio's).
+    """
+
+    key: str  # what :func:`keeps_timestamps` decides on
+    rows: tuple[int, ...]
+    offsets: tuple[float, ...]  # seconds from the window's start where each row's audio begins
+    window: Optional[Window] = None
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class WindowPlans:
+    """The windows of a dataset, and how many segments were dropped for lasting over 30 s alone."""
+
+    plans: tuple[WindowPlan, ...]
+    dropped_over_30s: int
+    dropped_overlapping: int = 0
+
+
+def plan_windows(ids: Sequence[str], texts: Sequence[str], recording_ids: Optional[Sequence[Optional[str]]] = None,
+                 starts: Optional[Sequence[float]] = None, ends: Optional[Sequence[float]] = None) -> WindowPlans:
+    """Group the rows of a dataset into training windows (metadata only: no audio is read).
+
+    Rows that share a ``recording_id`` are packed with :func:`pack_windows` (the recording is taken to
+    end at its last segment: nothing after it is known); rows without one (``None`` or empty) stay
+    one-row windows keyed by their id. A segment that overlaps an earlier one of its recording
+    (data_prep keeps such pairs, with a warning) is left out of the windows and counted: timestamps
+    may not go backwards.
+    """
+    recording_ids = recording_ids if recording_ids is not None else [None] * len(ids)
+    by_recording: dict[str, list[int]] = {}
+    plans = []
+    for row, recording in enumerate(recording_ids):
+        if recording:
+            by_recording.setdefault(recording, []).append(row)
+        else:
+            plans.append(WindowPlan(str(ids[row]), (row,), (0.0,), None, texts[row]))
+    dropped = overlapping = 0
+    for recording, rows in by_recording.items():
+        rows = sorted(rows, key=lambda r: (float(starts[r]), float(ends[r])))
+        kept = []
+        for row in rows:
+            if kept and float(starts[row]) < float(ends[kept[-1]]) - _TOLERANCE:
+                overlapping += 1
+                continue
+            kept.append(row)
+        row_of = {(float(starts[r]), float(ends[r])): r for r in kept}
+        segments = [Segment(float(starts[r]), float(ends[r]), texts[r]) for r in kept]
+        packed = pack_windows(recording, segments, max(s.end for s in segments), MAX_LEAD_SECONDS)
+        dropped += packed.dropped_over_30s
+        for window in packed.windows:
+            placed = [(row_of[(s.start, s.end)], s.start) for s in window.segments]
+            if window.next_start is not None:
+                cut = next(s for s in segments if abs(s.start - window.next_start) <= _TOLERANCE)
+                placed.append((row_of[(cut.start, cut.end)], cut.start))
+            plans.append(WindowPlan(window.key, tuple(r for r, _ in placed),
+                                    tuple(start - window.start for _, start in placed), window))
+    return WindowPlans(tuple(plans), dropped, overlapping)

@@ -84,6 +84,14 @@ class TrainConfig:
                                         "steps update; encoder: the decoder learns only at 30 s, which keeps "
                                         "what it knew (see the README's dynamic-context section)",
                                         choices=SHORT_CONTEXT_UPDATES, group="model")
+    timestamps: bool = option(False, "train Whisper's timestamp tokens too, so the model keeps predicting segment "
+                              "times (subtitles, long-form transcription): rows cut from one recording (data_prep "
+                              "of a Kaldi segments file, or recording_id/start/end columns) are packed into 30 s "
+                              "windows labelled <|start|> text <|end|> per segment; other rows become one-segment "
+                              "windows", group="model")
+    timestamp_ratio: float = option(0.5, "with --timestamps: the share of windows labelled with timestamps; the "
+                                    "rest train <|notimestamps|>, so both decoding modes keep working",
+                                    group="model")
     sampling_rate: int = option(16000, "resample all audio to this rate (Hz)", group="data")
     num_proc: int = option(1, "processes computing log-mel features (once, before training)", group="data")
     train_strategy: str = option("steps", "train for --num_steps or --num_epochs", choices=STRATEGIES,
@@ -236,6 +244,14 @@ def _check_values(config: TrainConfig):
     if config.train_strategy == "steps" and save_steps % eval_steps:
         raise OptionError("save_steps", save_steps, f"must be a multiple of --eval_steps {eval_steps} (the best "
                           f"checkpoint is chosen at evaluations)")
+    if not 0 <= config.timestamp_ratio <= 1:
+        raise OptionError("timestamp_ratio", config.timestamp_ratio, "must be between 0 and 1")
+    if config.timestamps and config.streaming:
+        raise UserError("--timestamps True packs each recording's segments into windows, which a stream cannot; "
+                        "use it without --streaming")
+    if config.timestamps and config.dynamic_audio_context:
+        raise UserError("--timestamps True with --dynamic_audio_context True: timestamp windows fill Whisper's 30 s, "
+                        "so there is no padding to cut; pick one")
     if not 0 <= config.full_context_ratio <= 1:
         raise OptionError("full_context_ratio", config.full_context_ratio, "must be between 0 and 1")
     config.audio_context.check()
@@ -291,6 +307,9 @@ def check_config(config: TrainConfig) -> CheckedRun:
                 raise UserError(f"{name}: no such dataset folder (make one with custom_data/data_prep.py)")
     model_config, generation = _load_model_config(config.model_name)
     modeling.resolve_language(config.language, generation, config.task)
+    if config.timestamps and getattr(generation, "no_timestamps_token_id", None) is None:
+        raise OptionError("model_name", config.model_name, "its generation config has no no_timestamps_token_id, "
+                          "so it cannot be trained (or decode) with --timestamps True")
     resume = checkpoints.resolve_resume(config.resume_from_ckpt, config.output_dir)
     earlier = earlier_run(config.output_dir)
     if resume is None and earlier and not config.overwrite_output_dir and config.resume_from_ckpt is None:

@@ -30,7 +30,7 @@ from . import checkpoints, hub, modeling, scoring
 from .data import load_datasets
 from .errors import UserError
 from .features import (CONTEXT_FRAMES, FEATURE_COLUMN, LENGTH_COLUMN, DataCollatorSpeechSeq2SeqWithPadding,
-                       drop_too_long, featurize, featurize_stream, full_context_step)
+                       drop_too_long, featurize, featurize_stream, featurize_windows, full_context_step)
 from .files import publish
 from .reporting import PLOT_FILE, DatasetScore, TrainSummary, write_reports
 from .text import choose_metric, choose_normalizer
@@ -203,6 +203,9 @@ def _build_model(config, language):
         model.config.dynamic_audio_context = {"bucket_seconds": config.audio_context.audio_context_bucket_seconds,
                                               "full_context_ratio": config.full_context_ratio,
                                               "short_context_updates": config.short_context_updates}
+    # Recorded in config.json, so transcription knows whether the model still predicts timestamps
+    # (False: trained on <|notimestamps|> only, so its timestamps are not to be trusted).
+    model.config.timestamp_training = {"ratio": config.timestamp_ratio} if config.timestamps else False
     model.config.use_cache = not config.gradient_checkpointing
     if config.freeze_encoder:
         model.freeze_encoder()
@@ -257,8 +260,10 @@ def _training_arguments(config, learning_rate, run_precision, metric):
 
 def _cache_path(config, role, specs, max_samples, processor_name):
     """A feature-cache file named by everything that changes its content (shared by all ranks)."""
+    windows = role == "train" and config.timestamps
     key = json.dumps([role, [dataclasses.asdict(s) for s in specs], config.sampling_rate, max_samples, config.seed,
                       config.lowercase, config.remove_punctuation, processor_name, config.language, config.task,
+                      *([config.timestamp_ratio] if windows else []),
                       [os.path.abspath(s.name) if os.path.exists(s.name) else s.name for s in specs]], sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     return os.path.join(config.output_dir, ".feature_cache", f"{role}-{digest}.arrow")
@@ -267,7 +272,8 @@ def _cache_path(config, role, specs, max_samples, processor_name):
 def _prepare_split(config, role, specs, max_samples, processor):
     from datasets import concatenate_datasets
 
-    parts = load_datasets(specs, custom=config.custom, num_proc=config.num_proc)
+    windows = role == "train" and config.timestamps  # evaluation stays <|notimestamps|>: comparable WER
+    parts = load_datasets(specs, custom=config.custom, num_proc=config.num_proc, keep_segments=windows)
     dataset = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     dataset = dataset.shuffle(seed=config.seed)
     if max_samples is not None:
@@ -275,9 +281,17 @@ def _prepare_split(config, role, specs, max_samples, processor):
     label = f"{role} data ({', '.join(s.label for s in specs)})"
     cache = _cache_path(config, role, specs, max_samples, config.model_name)
     os.makedirs(os.path.dirname(cache), exist_ok=True)
-    dataset = featurize(dataset, processor, config.sampling_rate, config.num_proc, config.lowercase,
-                        config.remove_punctuation, cache_file_name=cache, desc=f"featurising {role} data")
+    if windows:
+        dataset, window_counts = featurize_windows(
+            dataset, processor, config.sampling_rate, config.timestamp_ratio, config.lowercase,
+            config.remove_punctuation, cache_file_name=cache, fingerprint=os.path.basename(cache)[:-len(".arrow")],
+            desc=f"featurising {role} windows")
+    else:
+        dataset = featurize(dataset, processor, config.sampling_rate, config.num_proc, config.lowercase,
+                            config.remove_punctuation, cache_file_name=cache, desc=f"featurising {role} data")
     dataset, counts = drop_too_long(dataset, label)
+    if windows:
+        counts.update(window_counts)
     if len(dataset) == 0:
         raise UserError(f"{label}: no utterance left after dropping clips over 30 s and labels over 448 tokens")
     return dataset.with_format("numpy"), counts
