@@ -5,7 +5,8 @@ directly, generate jit-compiled once, data parallel over all local devices of th
 Audio longer than 30 s is cut in pauses into pieces of at most 30 s (--search_seconds), decoded
 --batch_size pieces at a time and joined into one transcript. --output FILE also writes txt, srt,
 vtt or json (segments with start/end times), chosen by the file's extension. --half_precision True
-computes in bfloat16; --device all uses every local GPU/TPU.
+computes in bfloat16; --device all uses every local GPU/TPU. --vad True works here too; --timestamps True and
+the hallucination guards are transcribe_audio.py's (PyTorch) only.
 
 examples:
   python3 jax_transcribe_audio.py --hf_model vasista22/whisper-tamil-base --path_to_audio /path/to/audio/file.wav \\

@@ -24,6 +24,9 @@ from whisper_finetune import cli  # noqa: E402
 from whisper_finetune.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from whisper_finetune.errors import UserError  # noqa: E402
 
+# Clips start on whole milliseconds, so the 3-decimal times of the segments file are exact.
+SAMPLES_PER_MS = SAMPLE_RATE // 1000
+
 
 def read_table(path):
     """``<id> <rest of line>`` lines as a dict, in file order."""
@@ -54,7 +57,9 @@ def build(source, output, seed=0, copies=1, min_seconds=60.0, max_seconds=120.0,
                 if pieces and position + pause + len(clip) / SAMPLE_RATE > max_seconds:
                     break
                 uid = order.pop(0)
-                pieces.append(np.zeros(int(round(pause * SAMPLE_RATE)), np.float32))
+                silence = int(round(pause * SAMPLE_RATE))
+                silence += -(sum(len(p) for p in pieces) + silence) % SAMPLES_PER_MS  # start on a whole millisecond
+                pieces.append(np.zeros(silence, np.float32))
                 start = sum(len(p) for p in pieces) / SAMPLE_RATE
                 pieces.append(clip)
                 end = start + len(clip) / SAMPLE_RATE

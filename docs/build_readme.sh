@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/sections"
 {
-  for f in 00-head.md 10-data_prep.md training.md dynamic.md evaluation.md export.md report.md hindi.md jax.md embeddings.md 60-normalisation.md scale.md benchmarks.md 90-tail.md; do
+  for f in 00-head.md 10-data_prep.md training.md retain.md augment.md dynamic.md evaluation.md longform.md export.md report.md hindi.md jax.md embeddings.md 60-normalisation.md scale.md benchmarks.md 90-tail.md; do
     [ -f "$f" ] || continue
     cat "$f"
     echo

@@ -20,14 +20,30 @@ from whisper_finetune.transcription import TranscribeConfig  # noqa: E402
 
 SCALE = ("streaming", "interleave_probabilities", "shuffle_buffer_size", "deepspeed", "fsdp", "fsdp_config",
          "push_to_hub", "hub_model_id", "hub_private_repo")
+LONGFORM = ("timestamps", "word_timestamps", "vad", "temperature_fallback", "compression_ratio_threshold",
+            "logprob_threshold", "no_speech_threshold", "condition_on_previous_text")
+# Timestamp training (docs/sections/longform.md).
+TIMESTAMPS = ("timestamps", "timestamp_ratio")
+# Retain sets, the best-model choice and early stopping (docs/sections/retain.md); the HF script's per-dataset
+# retain lists are in train_hf_only.
+RETAIN = ("retain_datasets", "retain_language", "metric_for_best_model", "early_stopping_patience")
+# Replay and augmentation (docs/sections/augment.md); the HF script's per-dataset replay lists are in
+# train_hf_only.
+REPLAY_AUGMENT = ("replay_datasets", "replay_language", "replay_ratio", "spec_augment", "mask_time_prob",
+                  "mask_time_length", "mask_feature_prob", "mask_feature_length", "augment", "noise_dir",
+                  "augment_snr_db")
 TABLES = {
     "data_prep": lambda: markdown_table(DataPrepConfig),
     "train": lambda: markdown_table(TrainConfig, exclude=HF_ONLY),
     "train_hf_only": lambda: markdown_table(TrainConfig, only=HF_ONLY),
     "train_scale": lambda: markdown_table(TrainConfig, only=SCALE),
+    "timestamps": lambda: markdown_table(TrainConfig, only=TIMESTAMPS),
+    "train_retain": lambda: markdown_table(TrainConfig, only=RETAIN),
+    "train_replay_augment": lambda: markdown_table(TrainConfig, only=REPLAY_AUGMENT),
     "evaluate": lambda: markdown_table(EvalConfig, exclude=HF_ONLY_EVAL, required=CUSTOM_ONLY_EVAL),
     "evaluate_hf_only": lambda: markdown_table(EvalConfig, required=("dataset",), only=HF_ONLY_EVAL),
     "transcribe": lambda: markdown_table(TranscribeConfig),
+    "longform": lambda: markdown_table(TranscribeConfig, only=LONGFORM),
     "embeddings": lambda: markdown_table(EmbeddingConfig),
     "demo": lambda: markdown_table(DemoConfig),
     "report": lambda: markdown_table(ReportConfig),

@@ -18,6 +18,10 @@ pytestmark = pytest.mark.slow
     ("bench/data_prep_speed.py", ["--sizes", "--seconds", "--rate", "--num_proc", "--out"]),
     ("bench/random_model.py", ["--like", "--shape", "--out", "--seed"]),
     ("bench/encoder_time.py", ["--model", "--data", "--batch_size", "--dtype"]),
+    ("bench/longform_set.py", ["--source", "--output", "--seed", "--copies", "--min_seconds", "--max_seconds",
+                               "--min_pause", "--max_pause"]),
+    ("bench/longform_eval.py", ["--model", "--data", "--modes", "--tolerance", "--language", "--output"]),
+    ("bench/generalisation_sets.py", ["--output", "--make_data", "--voices", "--size", "--seed"]),
 ])
 def test_help_lists_every_flag(script, flags):
     result = run_script(script, "-h")
@@ -101,3 +105,55 @@ def test_random_model_has_the_shape_and_the_tokenizer_of_like(tiny_model_dir, tm
     assert WhisperFeatureExtractor.from_pretrained(tmp_path / "m").feature_size == 80
     assert len(WhisperTokenizer.from_pretrained(tmp_path / "m")) == len(WhisperTokenizer.from_pretrained(tiny_model_dir))
     assert "0.2" in result.stdout  # about 0.24 B parameters
+
+
+def test_longform_set_places_every_clip_at_its_true_time(tmp_path):
+    """The set's segments are the truth the cue errors are measured against: each clip's samples must
+    sit exactly there in its recording, after a pause, and every recording must stay within its bounds."""
+    import soundfile as sf
+
+    from conftest import write_corpus
+    from whisper_finetune.audio import load_audio
+
+    source = write_corpus(str(tmp_path / "src"), n=8, seconds=1.0)
+    out = tmp_path / "long"
+    result = run_script("bench/longform_set.py", "--source", source, "--output", out, "--min_seconds", 3,
+                        "--max_seconds", 5, "--seed", 3)
+    assert result.returncode == 0, result.stderr
+    paths = dict(line.split() for line in open(f"{source}/audio_paths", encoding="utf-8"))
+    recordings = dict(line.split() for line in open(out / "wav.scp", encoding="utf-8"))
+    texts = dict(line.rstrip("\n").split(" ", 1) for line in open(out / "text", encoding="utf-8"))
+    segments = [line.split() for line in open(out / "segments", encoding="utf-8")]
+    assert len(segments) == 8 and len(recordings) >= 2
+    for uid, rid, start, end in segments:
+        clip_id = uid.split("-", 1)[1]
+        audio, rate = sf.read(out / recordings[rid], dtype="float32")
+        clip = load_audio(paths[clip_id] if paths[clip_id].startswith("/") else f"{source}/{paths[clip_id]}")
+        first = round(float(start) * rate)
+        assert 0.3 <= float(start) and float(end) <= len(audio) / rate <= 5.0 + 1.5
+        assert abs(float(end) - float(start) - len(clip) / rate) < 1e-3
+        assert abs(audio[first:first + len(clip)] - clip).max() < 1e-3  # FLAC of the same samples
+        assert texts[uid] == next(line.rstrip("\n").split(" ", 1)[1] for line in open(f"{source}/text", encoding="utf-8")
+                                  if line.split(" ", 1)[0] == clip_id)
+    again = run_script("bench/longform_set.py", "--source", source, "--output", out)
+    assert again.returncode == 2 and again.stderr.strip() == f"error: --output {out}: already exists"
+
+
+@pytest.mark.parametrize("truth, cues, errors", [
+    ([(1.0, 3.0, "a")], [(0.9, 3.2)], [(0.1, 0.2)]),
+    ([(1.0, 3.0, "a"), (4.0, 6.0, "b")], [(0.9, 6.1)], [(0.1, 3.1), (3.1, 0.1)]),  # one cue for two sentences
+    ([(1.0, 3.0, "a")], [(0.0, 1.2), (1.2, 3.1)], [(0.2, 0.1)]),  # the cue overlapping most is the one judged
+    ([(1.0, 3.0, "a")], [(3.5, 4.0)], [None]),  # no cue overlaps: missed
+    ([(1.0, 3.0, "a")], [], [None]),
+])
+def test_cue_errors_judge_the_cue_overlapping_each_sentence_most(truth, cues, errors):
+    import importlib.util
+    import os
+
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("longform_eval", os.path.join(REPO_ROOT, "bench", "longform_eval.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    found = module.cue_errors(truth, cues)
+    assert [e if e is None else pytest.approx(e) for e in found] == errors

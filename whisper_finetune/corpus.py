@@ -1,4 +1,5 @@
-"""data_prep: a Kaldi-style folder (``text`` + ``audio_paths``, optional ``utt2spk``) -> a validated dataset.
+"""data_prep: a Kaldi-style folder (``text`` + ``audio_paths``, optional ``utt2spk`` and ``languages``) -> a
+validated dataset.
 
 Instead of ``audio_paths`` (one file per utterance) the folder may be a Kaldi data directory, whose
 ``segments`` cut each utterance from a recording listed in ``wav.scp``.
@@ -7,7 +8,9 @@ Every entry is checked first and each problem reported with its utterance id and
 decoded, resampled and re-encoded as 16-bit WAV *inside* the dataset (so it survives the source files
 being moved), a few dozen clips at a time (flat memory), and the dataset appears only when complete.
 The columns are those of :mod:`whisper_finetune.data`'s common schema plus ``duration`` (seconds), and
-for segments ``recording_id``, ``start`` and ``end`` (seconds in the recording).
+for segments ``recording_id``, ``start`` and ``end`` (seconds in the recording). An optional ``languages``
+file (``<id> <code>``) adds a ``language`` column: each listed utterance's Whisper language code, which
+training puts into its labels (rows without one take the run's ``--language``).
 """
 import logging
 import math
@@ -24,10 +27,11 @@ import datasets
 from datasets import Audio, Dataset, Features, Value
 
 from .audio import SAMPLE_RATE, audio_info, encode_wav, load_audio, load_audio_spans
-from .data import (AUDIO_COLUMN, DURATION_COLUMN, END_COLUMN, ID_COLUMN, MAX_SECONDS, RECORDING_COLUMN,
-                   SPEAKER_COLUMN, START_COLUMN, TEXT_COLUMN)
+from .data import (AUDIO_COLUMN, DURATION_COLUMN, END_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, MAX_SECONDS,
+                   RECORDING_COLUMN, SPEAKER_COLUMN, START_COLUMN, TEXT_COLUMN)
 from .errors import DataValidationError, OptionError, UserError
 from .options import option
+from .text import language_code
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +41,7 @@ WRITER_BATCH_SIZE = 64
 END_TOLERANCE = 0.01
 MAX_OVERLAPS_SHOWN = 10  # overlapping pairs named in the warning
 SEGMENT_FORMAT = "<utt-id> <recording-id> <start-seconds> <end-seconds>"
+LANGUAGES_FILE = "languages"  # optional: <utt-id> <language code or name>
 # A wav.scp value data_prep cannot open as a file: Kaldi's piped commands, stdin and archive offsets.
 _ARCHIVE_OFFSET = re.compile(r":[0-9]+$")
 
@@ -73,6 +78,7 @@ class Utterance:
     recording_id: Optional[str] = None  # the rest only for segments
     start: Optional[float] = None
     end: Optional[float] = None
+    language: Optional[str] = None  # Whisper code from the optional languages file
 
 
 @dataclass(frozen=True)
@@ -193,6 +199,7 @@ def validate_corpus(source_dir, max_duration=MAX_SECONDS):
                 break
 
     speakers = _read_speakers(source_dir, text_lines, problems, bad)
+    languages = _read_languages(source_dir, text_lines, problems, bad)
     text_by_id = {uid: value for _, uid, value in texts}
     utterances = []
     for number, uid, value in entries:
@@ -203,12 +210,13 @@ def validate_corpus(source_dir, max_duration=MAX_SECONDS):
             problems.append(("empty transcription", uid, f"{where}: empty transcription"))
             continue
         speaker = speakers.get(uid) if speakers is not None else None
+        language = languages.get(uid)
         if recordings is not None:
             problem, utterance = _check_segment(source_dir, recordings, uid, value, where, max_duration)
             if problem:
                 problems.append((problem[0], uid, problem[1]))
             else:
-                utterances.append(replace(utterance, text=text_by_id[uid], speaker=speaker))
+                utterances.append(replace(utterance, text=text_by_id[uid], speaker=speaker, language=language))
             continue
         if not value:
             problems.append(("missing audio", uid, f"{where}: no audio path given"))
@@ -229,7 +237,8 @@ def validate_corpus(source_dir, max_duration=MAX_SECONDS):
             problems.append(("longer than 30 s", uid, f"{where}: {duration:.1f} s is longer than Whisper's "
                              f"{max_duration:g} s window"))
         else:
-            utterances.append(Utterance(uid, text_by_id[uid], os.path.abspath(path), duration, speaker))
+            utterances.append(Utterance(uid, text_by_id[uid], os.path.abspath(path), duration, speaker,
+                                        language=language))
     if recordings is not None:
         _warn_overlaps(utterances)
     return utterances, problems
@@ -384,38 +393,77 @@ def _read_speakers(source_dir, text_lines, problems, bad):
     return speakers
 
 
-def _prep_features(sampling_rate, with_speaker=False, with_segments=False):
+def _read_languages(source_dir, text_lines, problems, bad):
+    """``id -> Whisper language code`` from the optional ``languages`` file (empty without one).
+
+    Unlike utt2spk it may leave utterances out: those take the training run's ``--language``. A code or
+    name Whisper does not know, a missing code or a repeated id is a problem of that utterance, reported
+    and handled like the other files' (the utterance is dropped with ``--skip_invalid``).
+    """
+    path = os.path.join(source_dir, LANGUAGES_FILE)
+    if not os.path.exists(path):
+        return {}
+    languages, first = {}, {}
+    for number, uid, value in read_kaldi_file(path):
+        if uid in first:
+            problems.append(("duplicate id", uid, f"languages line {number}: id {uid} repeats line {first[uid]}"))
+            bad.add(uid)
+            continue
+        first[uid] = number
+        if uid not in text_lines:
+            problems.append(("id missing from text", uid, f"languages line {number}: id {uid} has no entry in text"))
+        elif not value:
+            problems.append(("no language", uid, f"languages line {number}: id {uid} has no language code"))
+            bad.add(uid)
+        else:
+            try:
+                languages[uid] = language_code(value)
+            except UserError:
+                problems.append(("unknown language", uid, f"languages line {number}: id {uid}: unknown language "
+                                 f"{value!r}; use a Whisper language code or name (en, hi, Hindi...)"))
+                bad.add(uid)
+    return languages
+
+
+def _prep_features(sampling_rate, with_speaker=False, with_segments=False, with_language=False):
     columns = {ID_COLUMN: Value("string"), AUDIO_COLUMN: Audio(sampling_rate=sampling_rate),
                TEXT_COLUMN: Value("string"), DURATION_COLUMN: Value("float32")}
     if with_speaker:
         columns[SPEAKER_COLUMN] = Value("string")
+    if with_language:
+        columns[LANGUAGE_COLUMN] = Value("string")  # None for utterances the languages file leaves out
     if with_segments:
         columns.update({RECORDING_COLUMN: Value("string"), START_COLUMN: Value("float64"),
                         END_COLUMN: Value("float64")})
     return Features(columns)
 
 
-def _row(utt, audio, sampling_rate, with_speaker):
+def _row(utt, audio, sampling_rate, with_speaker, with_language=False):
     row = {ID_COLUMN: utt.uid, AUDIO_COLUMN: {"bytes": encode_wav(audio, sampling_rate), "path": f"{utt.uid}.wav"},
            TEXT_COLUMN: utt.text, DURATION_COLUMN: len(audio) / sampling_rate}
-    return {**row, SPEAKER_COLUMN: utt.speaker} if with_speaker else row
+    if with_speaker:
+        row[SPEAKER_COLUMN] = utt.speaker
+    if with_language:
+        row[LANGUAGE_COLUMN] = utt.language
+    return row
 
 
-def _generate_rows(shards, sampling_rate, with_speaker=False):
+def _generate_rows(shards, sampling_rate, with_speaker=False, with_language=False):
     """Decode one shard of utterances at a time; only one clip is in memory per worker."""
     for shard in shards:
         for utt in shard:
-            yield _row(utt, load_audio(utt.path, sampling_rate), sampling_rate, with_speaker)
+            yield _row(utt, load_audio(utt.path, sampling_rate), sampling_rate, with_speaker, with_language)
 
 
-def _generate_segment_rows(shards, sampling_rate, with_speaker=False):
+def _generate_segment_rows(shards, sampling_rate, with_speaker=False, with_language=False):
     """Cut the segments of one recording at a time (each shard holds whole recordings, so every
     recording is opened once, by one worker); only one clip is in memory per worker."""
     for shard in shards:
         for segments in shard:
             clips = load_audio_spans(segments[0].path, [(seg.start, seg.end) for seg in segments], sampling_rate)
             for seg, audio in zip(segments, clips):
-                yield {**_row(seg, audio, sampling_rate, with_speaker), RECORDING_COLUMN: seg.recording_id,
+                yield {**_row(seg, audio, sampling_rate, with_speaker, with_language),
+                       RECORDING_COLUMN: seg.recording_id,
                        START_COLUMN: seg.start, END_COLUMN: seg.end}
 
 
@@ -450,6 +498,7 @@ def prepare_dataset(config: DataPrepConfig) -> PrepSummary:
     work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
     try:
         with_speaker = any(utt.speaker is not None for utt in utterances)
+        with_language = any(utt.language is not None for utt in utterances)
         with_segments = utterances[0].recording_id is not None
         # Segments travel as whole recordings (tuples of their segments): one worker reads each file once.
         units = _by_recording(utterances) if with_segments else utterances
@@ -460,8 +509,9 @@ def prepare_dataset(config: DataPrepConfig) -> PrepSummary:
         shards = [units[a:b] for a, b in zip(bounds, bounds[1:])]
         dataset = Dataset.from_generator(
             _generate_segment_rows if with_segments else _generate_rows,
-            features=_prep_features(config.sampling_rate, with_speaker, with_segments),
-            gen_kwargs={"shards": shards, "sampling_rate": config.sampling_rate, "with_speaker": with_speaker},
+            features=_prep_features(config.sampling_rate, with_speaker, with_segments, with_language),
+            gen_kwargs={"shards": shards, "sampling_rate": config.sampling_rate, "with_speaker": with_speaker,
+                        "with_language": with_language},
             num_proc=num_proc if num_proc > 1 else None, cache_dir=os.path.join(work, "cache"),
             split="train", writer_batch_size=WRITER_BATCH_SIZE)
         staged = os.path.join(work, "dataset")

@@ -39,6 +39,9 @@ RECORDING_COLUMN = "recording_id"
 START_COLUMN = "start"
 END_COLUMN = "end"
 SEGMENT_COLUMNS = (RECORDING_COLUMN, START_COLUMN, END_COLUMN)
+# Optional: the example's language (a Whisper code or name; data_prep writes codes), which training puts
+# into the example's labels as its language token; rows without one take the run's --language.
+LANGUAGE_COLUMN = "language"
 # Looked for, in this order, when a dataset's text column is not given.
 TEXT_COLUMN_CANDIDATES = ("sentence", "text", "transcription", "transcript", "raw_transcription",
                           "normalized_text", "raw_text")
@@ -173,8 +176,9 @@ def detect_text_column(columns, requested=None, dataset_label="dataset"):
 
 
 def standardize(dataset, spec: DatasetSpec, keep_segments=False):
-    """Bring a dataset to the common schema (``audio`` undecoded, ``sentence``, ``id``); ``keep_segments``
-    also keeps the segment columns (``recording_id``, ``start``, ``end``) of datasets that have all three."""
+    """Bring a dataset to the common schema (``audio`` undecoded, ``sentence``, ``id``, and ``duration`` and
+    ``language`` where the dataset has them); ``keep_segments`` also keeps the segment columns
+    (``recording_id``, ``start``, ``end``) of datasets that have all three."""
     columns = list(dataset.column_names or dataset.features or [])
     if spec.audio_column not in columns:
         raise UserError(f"{spec.label}: no audio column {spec.audio_column!r}; columns are: {', '.join(columns)}")
@@ -199,7 +203,7 @@ def standardize(dataset, spec: DatasetSpec, keep_segments=False):
         dataset = dataset.map(lambda v: {ID_COLUMN: str(v)}, input_columns=[id_column])
     elif dataset.features and dataset.features[ID_COLUMN] != Value("string"):
         dataset = dataset.cast_column(ID_COLUMN, Value("string"))
-    keep = [AUDIO_COLUMN, TEXT_COLUMN, ID_COLUMN] + ([DURATION_COLUMN] if DURATION_COLUMN in columns else [])
+    keep = [AUDIO_COLUMN, TEXT_COLUMN, ID_COLUMN] + [c for c in (DURATION_COLUMN, LANGUAGE_COLUMN) if c in columns]
     if keep_segments and all(c in columns for c in SEGMENT_COLUMNS):
         keep += list(SEGMENT_COLUMNS)
     extra = [c for c in (dataset.column_names or []) if c not in keep]

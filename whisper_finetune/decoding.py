@@ -2,7 +2,9 @@
 
 Every backend gets the decoder prompt ``<|startoftranscript|>[<|lang|><|task|>]<|notimestamps|>``
 explicitly (built by :func:`whisper_finetune.modeling.decoder_prompt_ids`): the language the user
-asks for is the language decoded, whatever ``forced_decoder_ids`` a checkpoint carries.
+asks for is the language decoded, whatever ``forced_decoder_ids`` a checkpoint carries. PyTorch alone
+also decodes whole recordings on timestamps (:meth:`TorchDecoder.decode_long_form`, the same prompt
+without ``<|notimestamps|>``) and applies Whisper's hallucination guards (:class:`GuardOptions`).
 CTranslate2 and JAX are imported only when asked for.
 """
 import hashlib
@@ -12,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional, Protocol
 
 import numpy as np
@@ -34,8 +36,105 @@ TORCH_COMPUTE_TYPES = {"default": None, "float32": torch.float32, "float16": tor
 CT2_COMPUTE_TYPES = ("default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16",
                      "float16", "bfloat16", "float32")
 MAX_TARGET_POSITIONS = 448  # Whisper's decoder length: prompt + generated tokens must fit
+WHISPER_TEMPERATURES = "0.0,0.2,0.4,0.6,0.8,1.0"  # openai-whisper's transcribe() fallback schedule
+# With --condition_on_previous_text the previous text takes up to half the decoder's positions
+# (transformers keeps max_target_positions // 2 - 1 tokens of it, plus <|startofprev|> and the prompt).
+MAX_NEW_TOKENS_CONDITIONED = MAX_TARGET_POSITIONS // 2 - 4
+FALLBACK_SEED = 0  # temperature fallback samples; seeded per call so that a run can be repeated
 CT2_CACHE_ROOT = os.path.join(os.path.expanduser("~"), ".cache", "whisper-finetune", "ct2")
 CT2_STAMP_FILE = "whisper_finetune_stamp.json"
+
+
+def parse_temperatures(text):
+    """``"0.0,0.2,0.4"`` -> ``(0.0, 0.2, 0.4)``; ``None`` when a value is not a number."""
+    try:
+        return tuple(float(t) for t in str(text).split(","))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class GuardOptions:
+    """Whisper's guards against hallucinated text (openai-whisper's ``transcribe`` options), applied by
+    transformers' ``generate``. The defaults turn every guard off, so decoding is plain greedy or beam search."""
+
+    temperature_fallback: str = option(
+        "0.0", "comma-separated decoding temperatures: a window whose text fails --compression_ratio_threshold or "
+        "--logprob_threshold is decoded again, sampling at the next temperature (0.0: greedy or beam search only; "
+        f"Whisper's default: {WHISPER_TEMPERATURES})", group="hallucination guards")
+    compression_ratio_threshold: Optional[float] = option(
+        None, "decode a window again at the next temperature when its text's gzip compression ratio is above this "
+        "(repetitive text; None: off; Whisper's default: 2.4)", group="hallucination guards")
+    logprob_threshold: Optional[float] = option(
+        None, "decode a window again at the next temperature when its average token log-probability is below this "
+        "(None: off; Whisper's default: -1.0)", group="hallucination guards")
+    no_speech_threshold: Optional[float] = option(
+        None, "skip a window as silence when its <|nospeech|> probability is above this and its average "
+        "log-probability below --logprob_threshold (needs it; None: off; Whisper's default: 0.6)",
+        group="hallucination guards")
+    condition_on_previous_text: bool = option(
+        False, "long-form decoding on timestamps (transcribe_audio.py --timestamps True) gives each window the text "
+        "of the previous ones as a prompt (more consistent text, but one hallucination can repeat; Whisper's "
+        "default: True)", group="hallucination guards")
+
+    def temperatures(self):
+        """The fallback temperatures as floats (check them with :meth:`check` first)."""
+        return parse_temperatures(self.temperature_fallback)
+
+    def changed(self):
+        """The flags set away from their defaults (the guards that are on), as ``{flag: value}``."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) != f.default and not (f.name == "temperature_fallback"
+                                                               and self.temperatures() == (0.0,))}
+
+    def check(self, max_new_tokens=None):
+        """Raise :class:`OptionError` for a value transformers would reject or silently ignore."""
+        temperatures = self.temperatures()
+        if (not temperatures or any(not 0 <= t <= 1 for t in temperatures)
+                or any(b <= a for a, b in zip(temperatures, temperatures[1:]))):
+            raise OptionError("temperature_fallback", self.temperature_fallback,
+                              f"give comma-separated temperatures from 0 to 1 in ascending order, e.g. "
+                              f"{WHISPER_TEMPERATURES} (Whisper's) or 0.0 (no fallback)")
+        if self.compression_ratio_threshold is not None and self.compression_ratio_threshold <= 1:
+            raise OptionError("compression_ratio_threshold", self.compression_ratio_threshold,
+                              "must be more than 1 (a gzip compression ratio; Whisper's default: 2.4), or None")
+        if self.logprob_threshold is not None and self.logprob_threshold >= 0:
+            raise OptionError("logprob_threshold", self.logprob_threshold,
+                              "must be below 0 (an average log-probability; Whisper's default: -1.0), or None")
+        if self.no_speech_threshold is not None:
+            if not 0 < self.no_speech_threshold < 1:
+                raise OptionError("no_speech_threshold", self.no_speech_threshold,
+                                  "must be between 0 and 1 (a probability; Whisper's default: 0.6), or None")
+            if self.logprob_threshold is None:
+                # transformers skips a window only when both hold (and fails without --logprob_threshold)
+                raise OptionError("no_speech_threshold", self.no_speech_threshold,
+                                  "needs --logprob_threshold too: a window is skipped as silence only when its "
+                                  "average log-probability is also below it (Whisper's default: -1.0)")
+        retried = [name for name in ("compression_ratio_threshold", "logprob_threshold")
+                   if getattr(self, name) is not None]
+        if retried and len(temperatures) == 1 and not (retried == ["logprob_threshold"] and self.no_speech_threshold):
+            name = retried[0]
+            raise OptionError(name, getattr(self, name), "does nothing without a temperature to fall back to: pass "
+                              f"--temperature_fallback with two or more temperatures, e.g. {WHISPER_TEMPERATURES}")
+        if (self.condition_on_previous_text and max_new_tokens is not None
+                and max_new_tokens > MAX_NEW_TOKENS_CONDITIONED):
+            raise OptionError("max_new_tokens", max_new_tokens,
+                              f"must be at most {MAX_NEW_TOKENS_CONDITIONED} with --condition_on_previous_text True "
+                              f"(the previous text takes up to half of the decoder's {MAX_TARGET_POSITIONS} "
+                              f"positions)")
+
+    def generate_kwargs(self):
+        """Arguments to Whisper's ``generate``: none when every guard is off, so default decoding is unchanged."""
+        changed = self.changed()
+        kwargs = {}
+        if "temperature_fallback" in changed:
+            kwargs["temperature"] = self.temperatures()
+        for name in ("compression_ratio_threshold", "logprob_threshold", "no_speech_threshold"):
+            if name in changed:
+                kwargs[name] = changed[name]
+        if self.condition_on_previous_text:
+            kwargs["condition_on_prev_tokens"] = True
+        return kwargs
 
 
 @dataclass(frozen=True)
@@ -61,6 +160,7 @@ class DecodingOptions:
                                 "--dynamic_audio_context: stock models lose accuracy)", choices=AUDIO_CONTEXTS,
                                 group="decoding")
     context: AudioContext = AudioContext()
+    guards: GuardOptions = GuardOptions()
 
     def context_frames(self, seconds):
         """Log-mel frames to decode a batch whose longest clip lasts ``seconds`` (``None``: all 3000)."""
@@ -78,8 +178,12 @@ class Decoder(Protocol):
         """``features`` (batch, n_mels, 3000) float32 log-mel -> one plain text per row."""
 
 
-def validate_options(options: DecodingOptions):
-    """Check option values before any model is loaded; errors name the flag and list accepted values."""
+def validate_options(options: DecodingOptions, long_form=False):
+    """Check option values before any model is loaded; errors name the flag and list accepted values.
+
+    ``long_form``: the caller decodes whole recordings on timestamps (transcription's timestamps path),
+    the only decoding that has a previous text to condition on.
+    """
     if options.backend not in BACKENDS:
         raise OptionError("backend", options.backend, f"choose one of {', '.join(BACKENDS)}")
     if options.task not in TASKS:
@@ -96,6 +200,17 @@ def validate_options(options: DecodingOptions):
         raise OptionError("audio_context", "dynamic", "needs --backend pytorch or ctranslate2 (the JAX decoder is "
                           "compiled for one input shape, 30 s)")
     options.context.check()
+    guards = options.guards
+    guards.check(options.max_new_tokens)
+    changed = guards.changed()
+    if changed and options.backend != "pytorch":
+        name = next(iter(changed))
+        raise OptionError(name, changed[name], f"needs --backend pytorch: the guards are transformers' generate's "
+                          f"(--backend {options.backend} decodes without them)")
+    if guards.condition_on_previous_text and not long_form:
+        raise OptionError("condition_on_previous_text", True, "applies only to long-form decoding on timestamps "
+                          "(transcribe_audio.py --timestamps True): utterances and cut-at-silence pieces are "
+                          "decoded each on its own, with no previous text")
     allowed = CT2_COMPUTE_TYPES if options.backend == "ctranslate2" else tuple(TORCH_COMPUTE_TYPES)
     if options.backend != "jax" and options.compute_type not in allowed:
         raise UserError(f"--compute_type {options.compute_type} is not valid with --backend {options.backend}: "
@@ -136,18 +251,49 @@ class TorchDecoder(PreparedDecoder):
             del self.model.generation_config.lang_to_id
 
     def generate_kwargs(self):
-        """Arguments to ``generate``: the prompt's language and task given explicitly (not via config)."""
+        """Arguments to ``generate``: the prompt's language and task given explicitly (not via config), and the
+        hallucination guards that are on (none by default)."""
         kwargs = {"max_new_tokens": self.options.max_new_tokens, "num_beams": self.options.num_beams,
-                  "return_timestamps": False}
+                  "return_timestamps": False, **self.options.guards.generate_kwargs()}
         if not self.english_only:
             kwargs.update(language=self.options.language, task=self.options.task)
         return kwargs
 
+    def _generate(self, *args, **kwargs):
+        """``generate``, with the sampling of a temperature fallback seeded (the global RNG is left as it was)."""
+        if len(self.options.guards.temperatures()) == 1:
+            return self.model.generate(*args, **kwargs)
+        with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
+            torch.manual_seed(FALLBACK_SEED)
+            return self.model.generate(*args, **kwargs)
+
     @torch.inference_mode()
     def decode(self, features):
         inputs = torch.from_numpy(np.ascontiguousarray(features)).to(self.device, self.dtype)  # (B, n_mels, frames)
-        tokens = self.model.generate(inputs, **self.generate_kwargs())  # (B, generated) prompt stripped
-        return [t.strip() for t in self.processor.batch_decode(tokens, skip_special_tokens=True)]
+        tokens = self._generate(inputs, **self.generate_kwargs())  # (B, generated) prompt stripped
+        # A window skipped by --no_speech_threshold comes back as an empty float tensor, and transformers
+        # pads the whole batch in that dtype: token ids must be integers again for the tokenizer.
+        return [t.strip() for t in self.processor.batch_decode(tokens.long(), skip_special_tokens=True)]
+
+    @torch.inference_mode()
+    def decode_long_form(self, features, attention_mask, word_timestamps=False):
+        """Decode one recording of any length sequentially on predicted timestamps (transformers' long-form
+        ``generate``: each next window starts at the last timestamp predicted in the one before).
+
+        ``features``: (1, n_mels, frames) float32 log-mel of the whole recording, at least 3000 frames;
+        ``attention_mask``: (1, frames), 1 on the recording's frames. Returns one dict per predicted segment:
+        ``start``, ``end`` (seconds), ``tokens`` (ids, timestamp tokens included) and, with
+        ``word_timestamps``, ``token_times`` (each token's start in seconds, from cross-attention DTW on the
+        generation config's ``alignment_heads``), else ``None``.
+        """
+        inputs = torch.from_numpy(np.ascontiguousarray(features)).to(self.device, self.dtype)
+        mask = torch.from_numpy(np.ascontiguousarray(attention_mask)).to(self.device)
+        kwargs = {**self.generate_kwargs(), "return_timestamps": True}
+        output = self._generate(inputs, attention_mask=mask, return_segments=True,
+                                return_token_timestamps=word_timestamps, **kwargs)
+        return [{"start": float(s["start"]), "end": float(s["end"]), "tokens": s["tokens"].tolist(),
+                 "token_times": s["token_timestamps"].tolist() if word_timestamps else None}
+                for s in output["segments"][0]]
 
 
 def _weights_stamp(model_path):
@@ -259,9 +405,10 @@ class CT2Decoder(PreparedDecoder):
         return [t.strip() for t in texts]
 
 
-def make_decoder(prepared: PreparedModel, device="cpu") -> Decoder:
-    """Load the prepared model for its backend (``prepared.options.backend``) on ``device``."""
-    validate_options(prepared.options)
+def make_decoder(prepared: PreparedModel, device="cpu", long_form=False) -> Decoder:
+    """Load the prepared model for its backend (``prepared.options.backend``) on ``device``; ``long_form``: as
+    in :func:`validate_options`."""
+    validate_options(prepared.options, long_form)
     backend = prepared.options.backend
     if backend == "pytorch":
         return TorchDecoder(prepared, device)

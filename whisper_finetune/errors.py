@@ -36,3 +36,8 @@ class OptionError(UserError):
         """The one-line message, the option shown as the script's flag (``flag_names`` maps renamed ones)."""
         flag = (flag_names or {}).get(self.option, self.option)
         return f"--{flag} {self.value}: {self.reason}"
+
+
+class TrainingDiverged(UserError):
+    """Training produced a non-finite loss or gradient norm: the run stops before anything of that state
+    is saved (no checkpoint, no final model), and the message names the last good checkpoint."""

@@ -2,7 +2,10 @@
 
 Features are stored as float16 ``(n_mels, 3000)`` arrays (half the disk and memory of float32; the
 log-mel values lie in [-1.5, 1.5] after Whisper's scaling, well inside float16's precision) and
-turned back into float32 by the collator.
+turned back into float32 by the collator. With waveform augmentation (``--augment``) the training rows
+keep their decoded audio instead, and the collator featurises each batch after augmenting it
+(:mod:`whisper_finetune.augment`). Each example's labels carry its own language token
+(:class:`LanguageLabels`) when it has a ``language``.
 """
 import logging
 import math
@@ -10,7 +13,7 @@ import re
 import unicodedata
 import zlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -18,9 +21,10 @@ from datasets import Array2D, Features, Sequence, Value
 
 from .audio import CHUNK_SECONDS, ENCODER_STRIDE, MEL_FRAMES_PER_SECOND, N_FRAMES, decode_example_audio
 from . import timestamps
-from .data import AUDIO_COLUMN, END_COLUMN, ID_COLUMN, RECORDING_COLUMN, START_COLUMN, TEXT_COLUMN
+from .data import AUDIO_COLUMN, END_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, RECORDING_COLUMN, START_COLUMN, TEXT_COLUMN
 from .errors import UserError
 from .options import option
+from .text import language_code, language_name
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +33,8 @@ FEATURE_COLUMN = "input_features"
 LABEL_COLUMN = "labels"
 LENGTH_COLUMN = "input_length"  # seconds of audio, kept for length-grouped sampling
 CONTEXT_FRAMES = "context_frames"  # batch key: the batch's bucket in log-mel frames (dynamic audio context)
+SAMPLES_COLUMN = "audio_samples"  # --augment: the decoded clip (float32), featurised per batch after augmentation
+INDEX_COLUMN = "example_index"  # --augment: the row's number, which (with the epoch) seeds its augmentation
 
 
 @dataclass(frozen=True)
@@ -73,45 +79,127 @@ def clean_text(text, lowercase=False, remove_punctuation=False):
     return text
 
 
-def _preparer(processor, sampling_rate, lowercase=False, remove_punctuation=False):
-    """A batched map function: common-schema rows -> features (float16), labels, input length."""
+class LanguageLabels:
+    """Each example's own language token in its labels.
+
+    Labels are tokenised with the tokenizer's prefix, ``<|startoftranscript|><|lang|><|task|><|notimestamps|>``
+    for the run's language; an example whose ``language`` (a Whisper code or name) differs gets that
+    language's token in their place, and one without a language gets ``default`` (``None``: the run's).
+    English-only models have no language token: their examples must all be English.
+    """
+
+    def __init__(self, tokenizer, default=None, source="data"):
+        self.tokenizer = tokenizer
+        self.source = source  # names the data in errors
+        # training._configure_tokenizer leaves an English-only tokenizer without a task (it has no
+        # language or task tokens).
+        self.english_only = tokenizer.task is None
+        self._codes = {}
+        self._heads = {}
+        self.default = None  # code() falls back on it: set before the default itself is resolved
+        self.default = self.code(default)
+        prefix = list(tokenizer.prefix_tokens)
+        # The part replaced: <|startoftranscript|>[<|lang|>]<|task|>, without a closing <|notimestamps|>
+        # (timestamp labels have none, and both kinds go through relabel).
+        notimestamps = tokenizer.convert_tokens_to_ids("<|notimestamps|>")
+        self._head_length = len(prefix) - (1 if prefix and prefix[-1] == notimestamps else 0)
+
+    def code(self, value):
+        """The Whisper code of ``value`` (no value: ``default``); a one-line error for an unknown language, or
+        a language other than English on an English-only model."""
+        if value is None or not str(value).strip():
+            return self.default
+        if value not in self._codes:
+            try:
+                code = language_code(value)
+            except UserError as exc:
+                raise UserError(f"{self.source}: {exc}") from None
+            if code is None:
+                code = self.default
+            elif self.english_only and code != "en":
+                raise UserError(f"{self.source}: holds {language_name(code).title()} ({code}) examples, but the model "
+                                f"is English-only (.en) and can be trained on English only; use a multilingual "
+                                f"Whisper model")
+            self._codes[value] = code
+        return self._codes[value]
+
+    def check(self, values):
+        """Resolve every distinct value once, before any featurising: bad languages fail in seconds."""
+        for value in set(values):
+            self.code(value)
+
+    def relabel(self, ids, value):
+        """``ids`` (tokenised with the tokenizer's prefix) with the language token of ``value``."""
+        code = self.code(value)
+        if code is None or self.english_only:
+            return ids
+        if code not in self._heads:
+            self._heads[code] = self.tokenizer.convert_tokens_to_ids(
+                ["<|startoftranscript|>", f"<|{code}|>", f"<|{self.tokenizer.task}|>"])
+        return self._heads[code] + list(ids[self._head_length:])
+
+
+def _languages_of(dataset, processor, languages):
+    """``languages``, else the default :class:`LanguageLabels` when the rows have a language column."""
+    if languages is None and LANGUAGE_COLUMN in (dataset.column_names or ()):
+        languages = LanguageLabels(processor.tokenizer)
+    return languages
+
+
+def _preparer(processor, sampling_rate, lowercase=False, remove_punctuation=False, languages=None,
+              keep_audio=False):
+    """A batched map function: common-schema rows -> features (float16) or, with ``keep_audio``, the decoded
+    audio (featurised later, after augmentation), labels (each row's language token when it has one)
+    and input length."""
     extractor, tokenizer = processor.feature_extractor, processor.tokenizer
 
     def prepare(batch):
         audios = [decode_example_audio(value, sampling_rate) for value in batch[AUDIO_COLUMN]]
-        # Whisper's extractor expects 16 kHz; other rates are the user's explicit choice.
-        mels = extractor(audios, sampling_rate=extractor.sampling_rate, return_tensors="np").input_features
         texts = [clean_text(t, lowercase, remove_punctuation) for t in batch[TEXT_COLUMN]]
-        return {FEATURE_COLUMN: mels.astype(np.float16),  # (batch, n_mels, 3000)
-                LABEL_COLUMN: tokenizer(texts).input_ids,
-                LENGTH_COLUMN: [len(a) / sampling_rate for a in audios]}
+        labels = tokenizer(texts).input_ids
+        if languages is not None:  # rows without a language column take the default language
+            values = batch[LANGUAGE_COLUMN] if LANGUAGE_COLUMN in batch else [None] * len(labels)
+            labels = [languages.relabel(ids, value) for ids, value in zip(labels, values)]
+        if keep_audio:
+            prepared = {SAMPLES_COLUMN: audios}
+        else:
+            # Whisper's extractor expects 16 kHz; other rates are the user's explicit choice.
+            mels = extractor(audios, sampling_rate=extractor.sampling_rate, return_tensors="np").input_features
+            prepared = {FEATURE_COLUMN: mels.astype(np.float16)}  # (batch, n_mels, 3000)
+        return {**prepared, LABEL_COLUMN: labels, LENGTH_COLUMN: [len(a) / sampling_rate for a in audios]}
 
     return prepare
 
 
-def _schema(processor):
-    return Features({FEATURE_COLUMN: Array2D((processor.feature_extractor.feature_size, N_FRAMES), "float16"),
-                     LABEL_COLUMN: Sequence(Value("int32")), LENGTH_COLUMN: Value("float32")})
+def _schema(processor, keep_audio=False):
+    inputs = ({SAMPLES_COLUMN: Sequence(Value("float32"))} if keep_audio else
+              {FEATURE_COLUMN: Array2D((processor.feature_extractor.feature_size, N_FRAMES), "float16")})
+    return Features({**inputs, LABEL_COLUMN: Sequence(Value("int32")), LENGTH_COLUMN: Value("float32")})
 
 
 def featurize(dataset, processor, sampling_rate, num_proc=1, lowercase=False, remove_punctuation=False,
-              cache_file_name=None, desc="featurising"):
+              cache_file_name=None, desc="featurising", languages=None, keep_audio=False):
     """Map a common-schema dataset to ``input_features`` (float16), ``labels`` and ``input_length``.
 
-    The tokenizer must already carry the prefix tokens (language/task) the labels should start with.
-    With ``cache_file_name`` the result is written there and reused when it exists (other ranks of a
-    distributed run read what the main process wrote).
+    The tokenizer must already carry the prefix tokens (language/task) the labels should start with;
+    rows with a ``language`` get theirs instead (``languages``: a :class:`LanguageLabels`, by default
+    one with the tokenizer's language). With ``keep_audio`` the rows keep their decoded audio
+    (``audio_samples``) instead of features, for augmentation. With ``cache_file_name`` the result is
+    written there and reused when it exists (other ranks of a distributed run read what the main
+    process wrote).
     """
     num_proc = max(1, min(num_proc, len(dataset)))
-    return dataset.map(_preparer(processor, sampling_rate, lowercase, remove_punctuation), batched=True,
-                       batch_size=16, remove_columns=dataset.column_names, features=_schema(processor),
+    prepare = _preparer(processor, sampling_rate, lowercase, remove_punctuation,
+                        _languages_of(dataset, processor, languages), keep_audio)
+    return dataset.map(prepare, batched=True,
+                       batch_size=16, remove_columns=dataset.column_names, features=_schema(processor, keep_audio),
                        num_proc=num_proc if num_proc > 1 else None,
                        cache_file_name=cache_file_name, load_from_cache_file=cache_file_name is not None,
                        desc=desc)
 
 
 def featurize_windows(dataset, processor, sampling_rate, ratio, lowercase=False, remove_punctuation=False,
-                      cache_file_name=None, fingerprint=None, desc="featurising timestamp windows"):
+                      cache_file_name=None, fingerprint=None, desc="featurising timestamp windows", languages=None):
     """The timestamp-training counterpart of :func:`featurize`: one row per window, not per utterance.
 
     Rows cut from recordings (``recording_id``/``start``/``end`` columns) are packed into windows of at
@@ -120,7 +208,9 @@ def featurize_windows(dataset, processor, sampling_rate, ratio, lowercase=False,
     (:func:`timestamps.keeps_timestamps`) get timestamp labels; the others are labelled
     ``<|notimestamps|> text`` and their audio ends with their last whole segment, so no labels miss
     speech that the audio holds. Rows without a recording are windows of their own:
-    ``<|0.00|> text<|duration|>`` or today's labels. Returns ``(dataset, counts)``.
+    ``<|0.00|> text<|duration|>`` or today's labels. A window's language token is its rows' language
+    (``languages``, as in :func:`featurize`); one recording's segments must share one. Returns
+    ``(dataset, counts)``.
     """
     texts = [clean_text(t, lowercase, remove_punctuation) for t in dataset[TEXT_COLUMN]]
     segmented = all(c in dataset.column_names for c in (RECORDING_COLUMN, START_COLUMN, END_COLUMN))
@@ -137,6 +227,8 @@ def featurize_windows(dataset, processor, sampling_rate, ratio, lowercase=False,
                 planned.dropped_over_30s, CHUNK_SECONDS, planned.dropped_overlapping)
     extractor, tokenizer = processor.feature_extractor, processor.tokenizer
     prefix = list(tokenizer.prefix_tokens)[:-1]  # <|startoftranscript|>[<|lang|><|task|>] without <|notimestamps|>
+    languages = _languages_of(dataset, processor, languages)
+    window_languages = _window_languages(dataset, plans, languages) if languages is not None else None
 
     def read(row):
         return decode_example_audio(dataset[row][AUDIO_COLUMN], sampling_rate)
@@ -167,7 +259,7 @@ def featurize_windows(dataset, processor, sampling_rate, ratio, lowercase=False,
                 audio = window_audio(plan, window.segments[-1].end - window.start)
                 ids = tokenizer(" ".join(s.text for s in window.segments)).input_ids
             audios.append(audio)
-            labels.append(ids)
+            labels.append(ids if window_languages is None else languages.relabel(ids, window_languages[number]))
         mels = extractor(audios, sampling_rate=extractor.sampling_rate, return_tensors="np").input_features
         return {FEATURE_COLUMN: mels.astype(np.float16),  # (batch, n_mels, 3000)
                 LABEL_COLUMN: labels, LENGTH_COLUMN: [len(a) / sampling_rate for a in audios]}
@@ -181,13 +273,32 @@ def featurize_windows(dataset, processor, sampling_rate, ratio, lowercase=False,
     return featurised, counts
 
 
-def featurize_stream(stream, processor, sampling_rate, lowercase=False, remove_punctuation=False):
+def _window_languages(dataset, plans, languages):
+    """The language of each window (checked before any featurising): the one its rows share."""
+    if LANGUAGE_COLUMN not in dataset.column_names:
+        return None
+    values = dataset[LANGUAGE_COLUMN]
+    languages.check(values)
+    chosen = []
+    for plan in plans:
+        codes = sorted({str(languages.code(values[row])) for row in plan.rows})
+        if len(codes) > 1:
+            raise UserError(f"{languages.source}: recording {plan.window.recording_id} has segments in several "
+                            f"languages ({', '.join(codes)}); a timestamp window carries one language token, so "
+                            f"split the recording into one per language")
+        chosen.append(values[plan.rows[0]])
+    return chosen
+
+
+def featurize_stream(stream, processor, sampling_rate, lowercase=False, remove_punctuation=False, languages=None):
     """The streaming counterpart of :func:`featurize` + :func:`drop_too_long` for an ``IterableDataset``.
 
     Decoding, resampling, log-mel features and tokenising happen lazily as examples are read; clips
-    over 30 s and labels over 448 tokens are skipped on the fly (they cannot be counted in advance).
+    over 30 s and labels over 448 tokens are skipped on the fly (they cannot be counted in advance),
+    and a row's language is checked when it is read.
     """
-    prepare = _preparer(processor, sampling_rate, lowercase, remove_punctuation)
+    prepare = _preparer(processor, sampling_rate, lowercase, remove_punctuation,
+                        languages or LanguageLabels(processor.tokenizer))
 
     def prepare_and_filter(batch):  # a batched map may return fewer rows than it was given
         out = prepare(batch)
@@ -220,14 +331,26 @@ class DataCollatorSpeechSeq2SeqWithPadding:
     """Stack features and pad labels with -100 (ignored by the loss), as in transformers' example.
 
     A leading decoder-start token is stripped from the labels: the model prepends it again when it
-    shifts the labels right to make the decoder inputs.
+    shifts the labels right to make the decoder inputs. Rows that hold audio instead of features
+    (``--augment``) are augmented and featurised here by ``waveforms``, for the epoch last given to
+    :meth:`set_epoch`; evaluation rows always hold features.
     """
 
     decoder_start_token_id: int
     context: Optional[AudioContext] = None  # set: each batch also says its bucket (dynamic audio context)
+    waveforms: Optional[Callable] = None  # augment.OnTheFlyFeatures: items -> (features, seconds)
+
+    def set_epoch(self, epoch):
+        """Called by the trainer before each epoch's batches are drawn (also in a resumed run)."""
+        if self.waveforms is not None:
+            self.waveforms.epoch = epoch
 
     def __call__(self, items):
-        features = torch.stack([torch.as_tensor(np.asarray(item[FEATURE_COLUMN])) for item in items])
+        if self.waveforms is not None and SAMPLES_COLUMN in items[0]:
+            features, seconds = self.waveforms(items)  # seconds after augmentation (speed changes them)
+        else:
+            features = torch.stack([torch.as_tensor(np.asarray(item[FEATURE_COLUMN])) for item in items])
+            seconds = [float(np.asarray(item[LENGTH_COLUMN])) for item in items]
         labels = [torch.as_tensor(np.asarray(item[LABEL_COLUMN]), dtype=torch.long) for item in items]
         padded = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=-100)  # (batch, tokens)
         if padded.shape[1] and (padded[:, 0] == self.decoder_start_token_id).all():
@@ -236,5 +359,5 @@ class DataCollatorSpeechSeq2SeqWithPadding:
         if self.context is not None:
             # The features stay whole: whether this batch is cut to its bucket is the trainer's choice
             # per optimizer step (features.full_context_step).
-            batch[CONTEXT_FRAMES] = self.context.frames(max(float(np.asarray(item[LENGTH_COLUMN])) for item in items))
+            batch[CONTEXT_FRAMES] = self.context.frames(max(seconds))
         return batch

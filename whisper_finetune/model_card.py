@@ -12,7 +12,7 @@ SHOWN_ARGUMENTS = ("train_strategy", "num_steps", "num_epochs", "learning_rate",
                    "train_batchsize", "gradient_accumulation_steps", "mixed_precision", "freeze_encoder", "lora",
                    "gradient_checkpointing", "streaming", "shuffle_buffer_size", "interleave_probabilities",
                    "lowercase", "remove_punctuation", "seed", "dynamic_audio_context", "full_context_ratio",
-                   "short_context_updates")
+                   "short_context_updates", "metric_for_best_model", "early_stopping_patience")
 
 
 def _dataset_rows(config, role):
@@ -40,7 +40,9 @@ def render_model_card(summary, hub_model_id=None):
               f"Fine-tuned from `{config['model_name']}` for {config['task']} "
               f"(language: {language or 'English (English-only model)'}) with whisper_finetune.", "",
               "## Data", "", "| role | dataset | config | split |", "| --- | --- | --- | --- |",
-              *_dataset_rows(config, "train"), *_dataset_rows(config, "eval"), "",
+              *_dataset_rows(config, "train"), *_dataset_rows(config, "eval"),
+              *(_dataset_rows(config, "retain") if config.get("retain_datasets") else []),
+              *(_dataset_rows(config, "replay") if config.get("replay_datasets") else []), "",
               f"Training audio: {_hours(summary.get('train_hours'))} h; evaluation audio: "
               f"{_hours(summary.get('eval_hours'))} h (after dropping clips over 30 s and labels over 448 tokens).",
               "", "## Evaluation", ""]
@@ -53,11 +55,11 @@ def render_model_card(summary, hub_model_id=None):
                     f"{summary['normalizer']} | {summary['best_step']} |" for row in summary.get("eval_per_dataset", [])),
                   "",
                   "WER/CER are computed with jiwer after the normaliser named above, decoding with `generate`. "
-                  + (f"The best checkpoint was chosen by CER: {language} is written without spaces between words, "
-                     "so its WER measures spacing rather than recognition and is not meaningful."
-                     if summary.get("primary_metric") == "cer" else "The best checkpoint was chosen by WER."), ""]
+                  + _chosen_by(summary, language), ""]
     else:
         lines += ["No evaluation was recorded.", ""]
+    lines += _retain_section(summary)
+    lines += _replay_and_augmentation(config)
     if config.get("dynamic_audio_context"):
         bucket = config["audio_context"]["audio_context_bucket_seconds"]
         lines += [f"Trained with a dynamic audio context: the encoder ran on each batch's own length rounded up "
@@ -83,6 +85,72 @@ def render_model_card(summary, hub_model_id=None):
               "--output_dir results",
               "```", ""]
     return "\n".join(lines)
+
+
+def _replay_and_augmentation(config):
+    """Lines saying how the training data was mixed (replay) and which augmentation was used."""
+    lines = []
+    if config.get("replay_datasets"):
+        language = config.get("replay_language")
+        tokens = f"`{language}` unless an example has a language of its own" if language else "each example's own"
+        names = ", ".join(f"`{name}`" for name in config["replay_datasets"])
+        lines += [f"Replay: {config['replay_ratio']:.0%} of the training examples were drawn from the replay sets "
+                  f"({names}), labelled with their language token ({tokens}), so the model keeps that speech.", ""]
+    used = []
+    if config.get("spec_augment"):
+        used.append(f"SpecAugment in training steps (time masks of {config['mask_time_length']} frames over "
+                    f"{config['mask_time_prob']:.0%} of frames, mel-channel masks of {config['mask_feature_length']} "
+                    f"over {config['mask_feature_prob']:.0%} of channels; off in evaluation and in config.json)")
+    if config.get("augment"):
+        low, high = config["augment_snr_db"]
+        noise = f"noise from `{config['noise_dir']}`" if config.get("noise_dir") else "coloured noise"
+        used.append(f"waveform augmentation drawn anew each epoch (speed 0.9/1.0/1.1, {noise} at {low:g}-{high:g} dB "
+                    f"SNR, gain -6 to +6 dB; audiomentations)")
+    lines += [f"Augmentation: {'; '.join(used) if used else 'none'}.", ""]
+    return lines
+
+
+def _chosen_by(summary, language):
+    """The sentence saying what chose the checkpoint (``--metric_for_best_model``)."""
+    choice = summary.get("best_model_metric", "wer")
+    if choice == "retain_wer":
+        return "The best checkpoint was chosen by the retain sets' WER (see below)."
+    metric = "CER" if summary.get("primary_metric") == "cer" else "WER"
+    if choice == "combined":
+        return (f"The best checkpoint was chosen by eval {metric} plus the increase of the retain sets' WER over "
+                "the base model's (see below).")
+    if metric == "CER":
+        return (f"The best checkpoint was chosen by CER: {language} is written without spaces between words, "
+                "so its WER measures spacing rather than recognition and is not meaningful.")
+    return "The best checkpoint was chosen by WER."
+
+
+def _retain_section(summary):
+    """What the fine-tune kept: the retain sets' WER/CER for the base model (step 0) and this model."""
+    if summary.get("retain_wer_after") is None:
+        return []
+    config = summary["config"]
+
+    def cells(measure):
+        before, after = summary.get(f"retain_{measure}_before"), summary[f"retain_{measure}_after"]
+        change = summary.get(f"retain_{measure}_change")
+        return (f"{'-' if before is None else f'{before:.4f}'} | {after:.4f} | "
+                f"{'-' if change is None else f'{change:+.4f}'}")
+
+    language = summary.get("retain_language")
+    language = f"`{language}`" if language else "as the base model decodes (an English-only model: no language " \
+        "token; else each clip's language detected)"
+    names = ", ".join(f"`{n}`" for n in config["retain_datasets"])
+    return ["### Keeping what the model knew", "",
+            f"Retain sets hold speech the base model handled before fine-tuning. They were decoded (language: "
+            f"{language}) and scored with the {summary['retain_normalizer']} normaliser before training (step 0: "
+            f"the base model) and at every evaluation; \"after\" is this model. Change = after - before: positive "
+            f"is what the fine-tune lost.", "",
+            "| retain data | WER before | WER after | WER change | CER before | CER after | CER change |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+            f"| {names} (combined, {summary['retain_samples']} utterances) | {cells('wer')} | {cells('cer')} |",
+            *(f"| `{row['dataset']}` ({row['samples']} utterances) | - | {row['wer']:.4f} | - | - | "
+              f"{row['cer']:.4f} | - |" for row in summary.get("retain_per_dataset", [])), ""]
 
 
 def write_model_card(folder, summary, hub_model_id=None):

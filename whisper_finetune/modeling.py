@@ -348,7 +348,21 @@ def set_language_and_task(model, language_code_, task="transcribe"):
         config.task = task
     config.forced_decoder_ids = None
     model.config.forced_decoder_ids = None
+    single_eos(config)
     return model
+
+
+def single_eos(generation_config):
+    """Make ``eos_token_id`` one id again where a list of one was saved.
+
+    ``generate`` during the Trainer's evaluation leaves ``[50256]`` in the generation config that our
+    checkpoints save; transformers' Whisper timestamp processor (long-form decoding on timestamps)
+    slices logits with it and fails on a list.
+    """
+    eos = generation_config.eos_token_id
+    if isinstance(eos, (list, tuple)) and len(eos) == 1:
+        generation_config.eos_token_id = int(eos[0])
+    return generation_config
 
 
 def decoder_prompt_ids(tokenizer, language_code_, task="transcribe", no_timestamps=True, english_only=False):

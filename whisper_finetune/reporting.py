@@ -64,33 +64,63 @@ class TrainSummary:
     eval_per_dataset: list = field(default_factory=list)  # DatasetScore per dataset when several
     is_main_process: bool = True
     hub_url: Optional[str] = None
+    # What chose best_checkpoint (--metric_for_best_model): wer (the primary metric), retain_wer or combined.
+    best_model_metric: str = "wer"
+    early_stopped_at: Optional[int] = None  # the step --early_stopping_patience stopped the run at
+    # Retain sets (--retain_datasets): step 0 (before: the base model) and the final model (after); change is
+    # after - before, so a positive change is what the fine-tune lost. None without retain sets.
+    retain_samples: Optional[int] = None
+    retain_hours: Optional[float] = None
+    retain_language: Optional[str] = None  # None: no language token (.en) or each clip's detected
+    retain_normalizer: Optional[str] = None
+    retain_wer_before: Optional[float] = None
+    retain_cer_before: Optional[float] = None
+    retain_wer_after: Optional[float] = None
+    retain_cer_after: Optional[float] = None
+    retain_wer_change: Optional[float] = None
+    retain_cer_change: Optional[float] = None
+    retain_per_dataset: list = field(default_factory=list)  # DatasetScore of the final model per retain dataset
+    eval_wer_before: Optional[float] = None  # the base model on the eval sets (step 0, runs with retain sets)
+    eval_cer_before: Optional[float] = None
 
     def to_dict(self):
         return asdict(self)
 
 
 def plot_history(log_history, path, metric="wer"):
-    """Write a PNG of training loss and eval WER (or CER, the run's primary metric) against step."""
+    """Write a PNG of training loss and eval WER (or CER, the run's primary metric) against step, with the
+    retain sets' WER beside it when the run had them (from step 0, the base model).
+
+    Returns the labels of the lines drawn, in order (the legend's entries).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
-    evals = [(e["step"], e[f"eval_{metric}"]) for e in log_history if f"eval_{metric}" in e]
+    scored = [(f"eval_{metric}", f"eval {metric.upper()}", "tab:red"),
+              ("eval_retain_wer", "retain WER", "tab:green")]  # training.RETAIN_PREFIX
     fig, loss_axis = plt.subplots(figsize=(6, 3.5), dpi=100)
+    lines = []
     if train:
-        loss_axis.plot(*zip(*train), color="tab:blue", label="training loss")
+        lines += loss_axis.plot(*zip(*train), color="tab:blue", label="training loss")
     loss_axis.set_xlabel("step")
     loss_axis.set_ylabel("training loss", color="tab:blue")
     wer_axis = loss_axis.twinx()
-    if evals:
-        wer_axis.plot(*zip(*evals), color="tab:red", marker="o", label=f"eval {metric.upper()}")
-    wer_axis.set_ylabel(f"eval {metric.upper()} (normalised)", color="tab:red")
+    for key, label, color in scored:
+        points = [(e["step"], e[key]) for e in log_history if key in e]
+        if points:
+            lines += wer_axis.plot(*zip(*points), color=color, marker="o", label=label)
+    retained = any(line.get_label() == "retain WER" for line in lines)
+    wer_axis.set_ylabel(f"eval {metric.upper()}" + (" / retain WER" if retained else "") + " (normalised)",
+                        color="tab:red")
+    if retained:
+        wer_axis.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-    return path
+    return [line.get_label() for line in lines]
 
 
 def write_reports(summary: TrainSummary, log_history, hub_model_id=None):
@@ -118,5 +148,22 @@ def format_summary(summary: TrainSummary):
             figures = (f"best eval WER: {summary.best_wer:.4f} (CER {summary.best_cer:.4f}, {summary.normalizer} "
                        f"normaliser)")
         lines.append(f"{figures} at step {summary.best_step} ({summary.best_checkpoint})")
+    if summary.retain_wer_after is not None:
+        lines.append(f"retain WER {_figure(summary.retain_wer_before)} -> {summary.retain_wer_after:.4f} "
+                     f"({_change(summary.retain_wer_change)}), CER {_figure(summary.retain_cer_before)} -> "
+                     f"{summary.retain_cer_after:.4f} ({_change(summary.retain_cer_change)}): base model (step 0) "
+                     f"-> final model ({summary.retain_normalizer} normaliser)")
+    if summary.early_stopped_at is not None:
+        lines.append(f"early stopping at step {summary.early_stopped_at} (--early_stopping_patience "
+                     f"{summary.config.get('early_stopping_patience')})")
     lines.append(f"model, processor and generation config: {summary.output_dir}")
     return "\n".join(lines)
+
+
+def _figure(value):
+    return "unknown" if value is None else f"{value:.4f}"
+
+
+def _change(value):
+    """A before/after difference with its sign (+ is worse: a higher error rate)."""
+    return "change unknown" if value is None else f"{value:+.4f}"

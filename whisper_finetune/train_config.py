@@ -16,12 +16,12 @@ import torch
 from transformers import GenerationConfig, WhisperConfig
 
 from . import checkpoints, hub, modeling
-from .data import DatasetSpec, check_parallel_lists
+from .data import LANGUAGE_COLUMN, DatasetSpec, check_parallel_lists, load_custom_dataset
 from .errors import OptionError, UserError
 from .features import AudioContext
 from .options import option
 from .reporting import SUMMARY_FILE
-from .text import METRICS
+from .text import METRICS, language_code
 
 STRATEGIES = ("steps", "epoch")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -33,7 +33,12 @@ SHORT_CONTEXT_UPDATES = ("encoder", "all")
 # Flags only the HF script has (it reads Hub datasets by config/split/column, and streams).
 HF_ONLY = ("train_dataset_configs", "train_dataset_splits", "train_dataset_text_columns", "eval_dataset_configs",
            "eval_dataset_splits", "eval_dataset_text_columns", "audio_column", "streaming",
-           "interleave_probabilities", "shuffle_buffer_size")
+           "interleave_probabilities", "shuffle_buffer_size", "retain_dataset_configs", "retain_dataset_splits",
+           "retain_dataset_text_columns", "replay_dataset_configs", "replay_dataset_splits",
+           "replay_dataset_text_columns")
+# What --metric_for_best_model may select on: the eval set's primary metric (wer stands for it, so with
+# --primary_metric cer it is CER), the retain sets' WER, or eval + the retain WER's increase over step 0.
+BEST_MODEL_METRICS = ("wer", "retain_wer", "combined")
 # Files that mark an earlier run in --output_dir.
 RUN_MARKERS = ("trainer_state.json", SUMMARY_FILE, "config.json", "model.safetensors",
                "adapter_config.json")
@@ -65,6 +70,28 @@ class TrainConfig:
     eval_dataset_text_columns: Optional[Tuple[str, ...]] = option(
         None, "one transcription column per --eval_datasets entry", group="data",
         default_text="the first of sentence, text, transcription, ... that exists")
+    retain_datasets: Optional[Tuple[str, ...]] = option(
+        None, f"retain sets {DATASETS_HELP}: speech the model handled before training, concatenated; decoded and "
+        "scored (eval_retain_wer, eval_retain_cer) before training (step 0) and at every evaluation, so the run "
+        "shows what it lost", group="retain", default_text="none")
+    retain_dataset_configs: Optional[Tuple[str, ...]] = option(
+        None, "one config per --retain_datasets entry", group="retain")
+    retain_dataset_splits: Optional[Tuple[str, ...]] = option(
+        None, "one split per --retain_datasets entry", group="retain", default_text="test")
+    retain_dataset_text_columns: Optional[Tuple[str, ...]] = option(
+        None, "one transcription column per --retain_datasets entry", group="retain",
+        default_text="the first of sentence, text, transcription, ... that exists")
+    retain_language: Optional[str] = option(
+        None, "language the retain sets are decoded in, a name or code (e.g. en); English-only (.en) models take "
+        "none", group="retain",
+        default_text="the base model's own behaviour: its saved language, else each clip's language detected")
+    metric_for_best_model: str = option(
+        "wer", "what chooses the checkpoint kept as the final model: wer: the eval sets' primary metric "
+        "(--primary_metric); retain_wer: the retain sets' WER; combined: eval primary metric + the increase of the "
+        "retain WER over step 0 (eval_combined)", choices=BEST_MODEL_METRICS, group="retain")
+    early_stopping_patience: Optional[int] = option(
+        None, "stop after N evaluations in a row without a better --metric_for_best_model", group="retain",
+        default_text="off")
     audio_column: str = option("audio", "name of the audio column in the HF datasets", group="data")
     language: Optional[str] = option(None, "language of the speech, a name (Hindi) or code (hi); written into the "
                                      "saved generation config. English-only (.en) models take none (or English)",
@@ -92,6 +119,42 @@ class TrainConfig:
     timestamp_ratio: float = option(0.5, "with --timestamps: the share of windows labelled with timestamps; the "
                                     "rest train <|notimestamps|>, so both decoding modes keep working",
                                     group="model")
+    replay_datasets: Optional[Tuple[str, ...]] = option(
+        None, f"replay sets {DATASETS_HELP}: speech the model should keep (e.g. English while it learns Hindi), "
+        "mixed into the training batches; each example is labelled with its own language token",
+        group="replay", default_text="none")
+    replay_dataset_configs: Optional[Tuple[str, ...]] = option(
+        None, "one config per --replay_datasets entry", group="replay")
+    replay_dataset_splits: Optional[Tuple[str, ...]] = option(
+        None, "one split per --replay_datasets entry", group="replay", default_text="train")
+    replay_dataset_text_columns: Optional[Tuple[str, ...]] = option(
+        None, "one transcription column per --replay_datasets entry", group="replay",
+        default_text="the first of sentence, text, transcription, ... that exists")
+    replay_language: Optional[str] = option(
+        None, "language of the replay examples that have no language column of their own, a name or code (e.g. "
+        "en); English-only (.en) models take none", group="replay",
+        default_text="each example's language column (required without one)")
+    replay_ratio: float = option(0.2, "with --replay_datasets: the share of training examples drawn from the replay "
+                                 "sets (a replay set too small for it is repeated)", group="replay")
+    spec_augment: bool = option(False, "SpecAugment while training (transformers' own for Whisper): zero random "
+                                "stretches of time frames and mel channels of the log-mel input; never applied "
+                                "in evaluation, and off in the saved config.json", group="augmentation")
+    mask_time_prob: float = option(0.05, "with --spec_augment: the share of time frames masked", group="augmentation")
+    mask_time_length: int = option(10, "with --spec_augment: frames per time mask (10 ms each)",
+                                   group="augmentation")
+    mask_feature_prob: float = option(0.0, "with --spec_augment: the share of mel channels masked",
+                                      group="augmentation")
+    mask_feature_length: int = option(10, "with --spec_augment: mel channels per channel mask", group="augmentation")
+    augment: bool = option(False, "augment the training audio, drawn anew for each example in each epoch: speed "
+                           "0.9/1.0/1.1, additive noise at a random SNR, gain -6..+6 dB (audiomentations); the "
+                           "log-mel features are then computed as batches are made instead of once",
+                           group="augmentation")
+    noise_dir: Optional[str] = option(None, "with --augment: a folder of noise recordings (wav, flac, mp3, ogg...; "
+                                      "searched recursively) mixed into the training audio", group="augmentation",
+                                      default_text="coloured noise (white to brown or violet)")
+    augment_snr_db: Tuple[float, ...] = option((10.0, 30.0), "with --augment: the range (min max, dB) the "
+                                               "signal-to-noise ratio of the added noise is drawn from",
+                                               group="augmentation")
     sampling_rate: int = option(16000, "resample all audio to this rate (Hz)", group="data")
     num_proc: int = option(1, "processes computing log-mel features (once, before training)", group="data")
     train_strategy: str = option("steps", "train for --num_steps or --num_epochs", choices=STRATEGIES,
@@ -125,7 +188,8 @@ class TrainConfig:
     generation_max_new_tokens: int = option(128, "token limit when decoding for evaluation", group="schedule")
     max_train_samples: Optional[int] = option(None, "use only the first N (shuffled) training utterances",
                                               group="data", default_text="all")
-    max_eval_samples: Optional[int] = option(None, "use only the first N (shuffled) evaluation utterances",
+    max_eval_samples: Optional[int] = option(None, "use only the first N (shuffled) evaluation utterances (and "
+                                             "as many of the retain sets')",
                                              group="data", default_text="all")
     seed: int = option(42, "seed for shuffling, initialisation and data order", group="schedule")
     lowercase: bool = option(False, "lower-case training and evaluation transcripts", group="data")
@@ -166,17 +230,20 @@ class CheckedRun:
     model_config: WhisperConfig
     generation_config: GenerationConfig
     resume: Optional[str]  # a complete checkpoint folder, or None for a fresh start
+    # The language code the retain sets are labelled and decoded in; None: no language token (English-only
+    # models) or, for multilingual ones, each clip's language detected as the stock model would.
+    retain_language: Optional[str] = None
 
 
 def dataset_specs(config: TrainConfig, role):
-    """The :class:`DatasetSpec` of each ``train``/``eval`` dataset (parallel lists checked)."""
+    """The :class:`DatasetSpec` of each ``train``/``eval``/``retain`` dataset (parallel lists checked)."""
     names = getattr(config, f"{role}_datasets")
     lists = {f"{role}_dataset_{kind}": getattr(config, f"{role}_dataset_{kind}")
              for kind in ("configs", "splits", "text_columns")}
     check_parallel_lists(role, **{f"{role}_datasets": names}, **lists)
     n = len(names)
     configs, splits, columns = (list(values) if values else [None] * n for values in lists.values())
-    default_split = None if config.custom else "train" if role == "train" else "test"
+    default_split = None if config.custom else "train" if role in ("train", "replay") else "test"
     return [DatasetSpec(name, cfg, split or default_split, column, config.audio_column)
             for name, cfg, split, column in zip(names, configs, splits, columns)]
 
@@ -222,7 +289,8 @@ def earlier_run(output_dir):
 
 def _check_values(config: TrainConfig):
     for name, choices in (("train_strategy", STRATEGIES), ("mixed_precision", PRECISIONS), ("task", TASKS),
-                          ("primary_metric", METRICS + (None,)), ("short_context_updates", SHORT_CONTEXT_UPDATES)):
+                          ("primary_metric", METRICS + (None,)), ("short_context_updates", SHORT_CONTEXT_UPDATES),
+                          ("metric_for_best_model", BEST_MODEL_METRICS)):
         if getattr(config, name) not in choices:
             accepted = ", ".join(choice for choice in choices if choice is not None)
             raise OptionError(name, getattr(config, name), f"choose one of {accepted}")
@@ -232,7 +300,8 @@ def _check_values(config: TrainConfig):
             raise OptionError(name, getattr(config, name), "must be at least 1")
     if config.num_epochs <= 0:
         raise OptionError("num_epochs", config.num_epochs, "must be positive")
-    for name in ("eval_steps", "save_steps", "max_train_samples", "max_eval_samples", "save_total_limit"):
+    for name in ("eval_steps", "save_steps", "max_train_samples", "max_eval_samples", "save_total_limit",
+                 "early_stopping_patience"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise OptionError(name, getattr(config, name), "must be at least 1")
     for name in ("warmup", "num_workers"):
@@ -291,6 +360,92 @@ def _check_streaming(config: TrainConfig):
             raise UserError("--interleave_probabilities: values must be non-negative with a positive sum")
 
 
+def _check_replay(config: TrainConfig, generation):
+    """Replay options: only with --replay_datasets; a ratio in (0, 1); a language every replay example can be
+    labelled with (checked here for data_prep folders, at loading for Hub datasets)."""
+    if not 0 < config.replay_ratio < 1:
+        raise OptionError("replay_ratio", config.replay_ratio, "must be more than 0 and less than 1")
+    if not config.replay_datasets:
+        for name in ("replay_dataset_configs", "replay_dataset_splits", "replay_dataset_text_columns",
+                     "replay_language"):
+            if getattr(config, name) is not None:
+                shown = getattr(config, name)
+                shown = " ".join(map(str, shown)) if isinstance(shown, tuple) else shown
+                raise OptionError(name, shown, "needs --replay_datasets")
+        return
+    if config.streaming:
+        raise UserError("--replay_datasets with --streaming True: replay is mixed into a featurised training set; "
+                        "add the replay sets to --train_datasets with --interleave_probabilities instead")
+    dataset_specs(config, "replay")
+    try:
+        code = language_code(config.replay_language)
+    except UserError as exc:
+        raise OptionError("replay_language", config.replay_language, str(exc)) from exc
+    english_only = modeling.is_english_only(generation)
+    if english_only and code not in (None, "en"):
+        raise OptionError("replay_language", config.replay_language,
+                          "the model is English-only (.en) and can be trained on English only; give en or None")
+    if not config.custom:
+        return
+    for name in config.replay_datasets:
+        if not os.path.isdir(name):
+            raise UserError(f"{name}: no such dataset folder (make one with custom_data/data_prep.py)")
+        if code is None and not english_only:
+            dataset = load_custom_dataset(name)  # memory-mapped: reading one column is quick
+            if LANGUAGE_COLUMN not in dataset.column_names or None in set(dataset[LANGUAGE_COLUMN]):
+                raise UserError(f"--replay_datasets {name}: examples without a language (data_prep's languages "
+                                f"file); give --replay_language, the language of the replay speech (e.g. en)")
+
+
+def _check_augmentation(config: TrainConfig, model_config):
+    """SpecAugment's and the waveform augmentation's values (see the options' help)."""
+    for name in ("mask_time_prob", "mask_feature_prob"):
+        if not 0 <= getattr(config, name) <= 1:
+            raise OptionError(name, getattr(config, name), "must be between 0 and 1")
+    for name in ("mask_time_length", "mask_feature_length"):
+        if getattr(config, name) < 1:
+            raise OptionError(name, getattr(config, name), "must be at least 1")
+    if config.mask_feature_length > model_config.num_mel_bins:
+        raise OptionError("mask_feature_length", config.mask_feature_length,
+                          f"must be at most the model's {model_config.num_mel_bins} mel channels")
+    # transformers cannot place a mask longer than the input: the shortest is a dynamic context's bucket
+    frames = config.audio_context.frames(0) if config.dynamic_audio_context else 2 * model_config.max_source_positions
+    if config.mask_time_length >= frames:
+        raise OptionError("mask_time_length", config.mask_time_length,
+                          f"must be less than the {frames} frames of the shortest training input")
+    if config.spec_augment and config.mask_time_prob == 0 and config.mask_feature_prob == 0:
+        raise UserError("--spec_augment True masks nothing with --mask_time_prob 0 and --mask_feature_prob 0")
+    snr = config.augment_snr_db
+    if len(snr) != 2:
+        raise OptionError("augment_snr_db", " ".join(map(str, snr)), "give two values, min and max (dB), e.g. 10 30")
+    if snr[0] > snr[1]:
+        raise OptionError("augment_snr_db", " ".join(map(str, snr)), "the first value (min) exceeds the second (max)")
+    if config.noise_dir is not None and not config.augment:
+        raise OptionError("noise_dir", config.noise_dir, "needs --augment True")
+    if not config.augment:
+        return
+    if config.streaming:
+        raise UserError("--augment True with --streaming True: augmentation keeps the decoded training audio; use it "
+                        "without --streaming")
+    if config.timestamps:
+        raise UserError("--augment True with --timestamps True: speed perturbation would move the speech away from "
+                        "its timestamp labels; pick one")
+    if importlib.util.find_spec("audiomentations") is None:
+        raise OptionError("augment", True, "needs the audiomentations package: pip install audiomentations==0.43.1")
+    if config.noise_dir is not None:
+        from .augment import noise_files
+
+        if not os.path.isdir(config.noise_dir):
+            raise OptionError("noise_dir", config.noise_dir, "no such folder")
+        if not noise_files(config.noise_dir):
+            raise OptionError("noise_dir", config.noise_dir, "holds no audio files (wav, flac, mp3, ogg...)")
+
+
+def _check_replay_and_augmentation(config: TrainConfig, model_config, generation):
+    _check_replay(config, generation)
+    _check_augmentation(config, model_config)
+
+
 def check_config(config: TrainConfig) -> CheckedRun:
     """Validate every option before any long work (see the module docstring)."""
     _check_values(config)
@@ -305,8 +460,11 @@ def check_config(config: TrainConfig) -> CheckedRun:
         for name in (*config.train_datasets, *config.eval_datasets):
             if not os.path.isdir(name):
                 raise UserError(f"{name}: no such dataset folder (make one with custom_data/data_prep.py)")
+    _check_retain_datasets(config)
     model_config, generation = _load_model_config(config.model_name)
     modeling.resolve_language(config.language, generation, config.task)
+    _check_replay_and_augmentation(config, model_config, generation)
+    retain_language = _retain_language(config, generation)
     if config.timestamps and getattr(generation, "no_timestamps_token_id", None) is None:
         raise OptionError("model_name", config.model_name, "its generation config has no no_timestamps_token_id, "
                           "so it cannot be trained (or decode) with --timestamps True")
@@ -315,4 +473,45 @@ def check_config(config: TrainConfig) -> CheckedRun:
     if resume is None and earlier and not config.overwrite_output_dir and config.resume_from_ckpt is None:
         raise UserError(f"--output_dir {config.output_dir} holds an earlier run ({', '.join(earlier[:4])}); pass "
                         f"--resume_from_ckpt latest to continue it, or --overwrite_output_dir True to replace it")
-    return CheckedRun(model_config, generation, resume)
+    return CheckedRun(model_config, generation, resume, retain_language)
+
+
+def _check_retain_datasets(config: TrainConfig):
+    """Retain options make sense only with --retain_datasets; with them, the per-dataset lists must match."""
+    if not config.retain_datasets:
+        for name in ("retain_dataset_configs", "retain_dataset_splits", "retain_dataset_text_columns",
+                     "retain_language"):
+            if getattr(config, name) is not None:
+                shown = getattr(config, name)
+                shown = " ".join(map(str, shown)) if isinstance(shown, tuple) else shown
+                raise OptionError(name, shown, "needs --retain_datasets")
+        if config.metric_for_best_model != "wer":
+            raise OptionError("metric_for_best_model", config.metric_for_best_model,
+                              "needs --retain_datasets (without them choose wer)")
+        return
+    dataset_specs(config, "retain")
+    if config.custom:
+        for name in config.retain_datasets:
+            if not os.path.isdir(name):
+                raise UserError(f"{name}: no such dataset folder (make one with custom_data/data_prep.py)")
+
+
+def _retain_language(config: TrainConfig, generation) -> Optional[str]:
+    """The code the retain sets are labelled and decoded in (see :attr:`CheckedRun.retain_language`)."""
+    if not config.retain_datasets:
+        return None
+    try:
+        code = language_code(config.retain_language)
+    except UserError as exc:
+        raise OptionError("retain_language", config.retain_language, str(exc)) from exc
+    if modeling.is_english_only(generation):
+        if code not in (None, "en"):
+            raise OptionError("retain_language", config.retain_language,
+                              "the model is English-only (.en) and decodes no other language; give en or None")
+        return None
+    if code is None:
+        # The stock model's behaviour: the language saved in its generation config (a model fine-tuned
+        # for one language decodes it), else detection per clip.
+        saved = getattr(generation, "language", None)
+        code = language_code(saved) if saved else None
+    return code

@@ -11,11 +11,13 @@ With ``streaming`` the training data is read lazily as an interleaved, shuffled 
 (featurised on the fly, split between ranks) instead of being featurised up front.
 """
 import contextlib
+import copy
 import dataclasses
 import glob
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -23,24 +25,39 @@ import time
 import torch
 import torch.distributed as dist
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, WhisperForConditionalGeneration
-from transformers.trainer_callback import ExportableState, TrainerState
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy
+from transformers.trainer_callback import (EarlyStoppingCallback, ExportableState, ProgressCallback, TrainerCallback,
+                                          TrainerState)
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, speed_metrics
 
 from . import checkpoints, hub, modeling, scoring
-from .data import load_datasets
-from .errors import UserError
-from .features import (CONTEXT_FRAMES, FEATURE_COLUMN, LENGTH_COLUMN, DataCollatorSpeechSeq2SeqWithPadding,
-                       drop_too_long, featurize, featurize_stream, featurize_windows, full_context_step)
+from .data import LANGUAGE_COLUMN, load_datasets
+from .errors import TrainingDiverged, UserError
+from .features import (CONTEXT_FRAMES, FEATURE_COLUMN, INDEX_COLUMN, LENGTH_COLUMN,
+                       DataCollatorSpeechSeq2SeqWithPadding, LanguageLabels, drop_too_long, featurize, featurize_stream,
+                       featurize_windows, full_context_step)
 from .files import publish
 from .reporting import PLOT_FILE, DatasetScore, TrainSummary, write_reports
-from .text import choose_metric, choose_normalizer
+from .text import choose_metric, choose_normalizer, language_code
 from .train_config import RUN_MARKERS, TrainConfig, check_config, dataset_specs, intervals, precision
 
 logger = logging.getLogger(__name__)
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 ADAPTER_DIR = "adapter"
+LABELS_FORMAT = "per-example language"  # in the feature cache's key: what the labels hold (see _cache_path)
 FINAL_STAGING = ".final-model" + checkpoints.PARTIAL_SUFFIX
+RETAIN_PREFIX = "eval_retain"  # metric keys of the retain sets: eval_retain_wer, eval_retain_cer, eval_retain_loss
+COMBINED_KEY = "eval_combined"  # eval primary metric + the retain WER's increase over step 0
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    """A set the trainer decodes and scores: the prefix of its metric keys, its decoding and its scoring."""
+
+    prefix: str  # "eval" (keys eval_wer, eval_cer) or RETAIN_PREFIX
+    dataset: object  # featurised datasets.Dataset
+    decode_kwargs: dict  # passed to generate (language/task, or a generation config of its own)
+    compute_metrics: object  # EvalPrediction -> {"wer", "cer"}, with this set's normaliser
 
 
 class _WhisperTrainer(Seq2SeqTrainer):
@@ -49,8 +66,14 @@ class _WhisperTrainer(Seq2SeqTrainer):
     throughput figures can leave them out)."""
 
     def __init__(self, *args, decode_kwargs=None, streaming=False, companions=(), full_context_ratio=0.0,
-                 short_context_frozen=(), **kwargs):
+                 short_context_frozen=(), retain=None, primary_metric="wer", spec_augment=False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.spec_augment = spec_augment  # SpecAugment on inside training steps only (see _spec_augment)
+        self.retain = retain  # EvalSet of the retain sets, scored beside the eval set at every evaluation
+        self.primary_metric = primary_metric
+        if retain is not None:
+            self.add_callback(_BaseModelEvaluation(self))
+        self._step_learning_rate = None  # the learning rate of the optimizer step in progress
         self.full_context_ratio = full_context_ratio  # dynamic audio context: share of 30 s steps
         self.short_context_frozen = tuple(short_context_frozen)  # parameters a short-context step leaves alone
         self.decode_kwargs = decode_kwargs or {}
@@ -73,6 +96,24 @@ class _WhisperTrainer(Seq2SeqTrainer):
     def _barrier(self):
         if self.args.world_size > 1 and dist.is_available() and dist.is_initialized():
             dist.barrier()
+
+    @contextlib.contextmanager
+    def _spec_augment(self):
+        """``apply_spec_augment`` on for the ``with`` block (a training step's forward and backward) only.
+
+        transformers masks only in training mode, but reads the flag from the model's config, which every
+        checkpoint and the final model save: switched on only while a step runs, the saved config.json
+        always says False, so no tool that loads the model masks its input.
+        """
+        if not self.spec_augment:
+            yield
+            return
+        whisper = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        whisper.config.apply_spec_augment = True
+        try:
+            yield
+        finally:
+            whisper.config.apply_spec_augment = False
 
     def _save_checkpoint(self, model, trial):
         """Transformers' checkpoint save, written into ``checkpoint-N.partial`` and renamed when complete.
@@ -128,7 +169,18 @@ class _WhisperTrainer(Seq2SeqTrainer):
 
     def get_train_dataloader(self):
         if not self.streaming:
-            return super().get_train_dataloader()
+            loader = super().get_train_dataloader()
+            # The collator featurises augmented audio (--augment) afresh each epoch: the Trainer tells the
+            # loader each epoch's number (also when resuming), and the loader now tells the collator too.
+            # Workers start at each epoch's iter(), after this, so they see it as well.
+            set_loader_epoch = getattr(loader, "set_epoch", None)
+            if set_loader_epoch is not None and hasattr(self.data_collator, "set_epoch"):
+                def set_epoch(epoch):
+                    set_loader_epoch(epoch)
+                    self.data_collator.set_epoch(epoch)
+
+                loader.set_epoch = set_epoch
+            return loader
         # The stream is already split by rank (split_dataset_by_node); accelerate's own sharding or
         # batch dispatching would split it a second time, so a plain DataLoader is used.
         return _StreamLoader(self.train_dataset, batch_size=self.args.per_device_train_batch_size,
@@ -145,7 +197,13 @@ class _WhisperTrainer(Seq2SeqTrainer):
 
     def training_step(self, model, inputs, *args, **kwargs):
         inputs, short = self._short_context(inputs, training=True)
-        loss = super().training_step(model, inputs, *args, **kwargs)
+        self._step_learning_rate = self._get_learning_rate()  # the scheduler steps only after the update
+        with self._spec_augment():
+            loss = super().training_step(model, inputs, *args, **kwargs)
+        if not torch.isfinite(loss).all():
+            # At once: the Trainer would otherwise leave a non-finite loss out of its logged mean
+            # (logging_nan_inf_filter) and go on training, and checkpointing, the broken weights.
+            raise self._diverged(self.state.global_step + 1, self._step_learning_rate, f"the loss is {float(loss)}")
         if short:
             # The decision is per step, the same in every process and every accumulated micro-batch, so
             # dropping these gradients after the (all-reduced) backward keeps the replicas equal; AdamW
@@ -158,6 +216,29 @@ class _WhisperTrainer(Seq2SeqTrainer):
         inputs, _ = self._short_context(inputs, training=False)
         return super().prediction_step(model, inputs, *args, **kwargs)
 
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, **kwargs):
+        # Called after each optimizer step, before its logging, evaluation and checkpoint: a non-finite
+        # gradient norm means this step's update broke the weights, so none of it may be saved.
+        if grad_norm is not None and not math.isfinite(float(grad_norm)):
+            learning_rate = kwargs.get("learning_rate")
+            raise self._diverged(self.state.global_step,
+                                 self._step_learning_rate if learning_rate is None else learning_rate,
+                                 f"the gradient norm is {float(grad_norm)}")
+        return super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
+
+    def _diverged(self, step, learning_rate, what):
+        """The one-line error of a non-finite step, naming the newest complete checkpoint saved before it."""
+        good = [folder for number, folder in checkpoints.numbered_checkpoints(self.args.output_dir)
+                if number < step and not checkpoints.missing_parts(folder)]
+        last = f"the last good checkpoint is {good[0]}" if good else "no checkpoint was saved before it"
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
+                # Closed (its line ended) so that the error starts a line of its own.
+                callback.training_bar.close()
+                callback.training_bar = None
+        return TrainingDiverged(f"training diverged at step {step} (learning rate {learning_rate:.3g}): {what}; "
+                                f"stopped without saving this state, {last}; try a lower --learning_rate")
+
     def log(self, logs, *args, **kwargs):
         if self._eval_started is not None and any(key.endswith("_loss") and key != "loss" for key in logs):
             # Time to quality: training time (no evaluations, no checkpoint writing) before this
@@ -169,7 +250,54 @@ class _WhisperTrainer(Seq2SeqTrainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **gen_kwargs):
         self._eval_started = time.perf_counter()
         with self._timed("eval_seconds"):
-            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **{**self.decode_kwargs, **gen_kwargs})
+            if self.retain is None or eval_dataset is not None:
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix,
+                                        **{**self.decode_kwargs, **gen_kwargs})
+            # The evaluation of a step with retain sets: each set decoded in its own language and scored
+            # with its own normaliser, then one log entry and one on_evaluate with every figure, so the
+            # best-model choice and early stopping see eval_wer, eval_retain_wer and eval_combined together.
+            # (transformers' dict of eval datasets would log each set apart and rename eval_wer.)
+            main = EvalSet("eval", self.eval_dataset, {**self.decode_kwargs, **gen_kwargs}, self.compute_metrics)
+            metrics = {**self._score(main, ignore_keys), **self._score(self.retain, ignore_keys)}
+            metrics[COMBINED_KEY] = self._combined(metrics)
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+    def evaluate_set(self, eval_set):
+        """Decode and score one set with its own decoding and normaliser (logged, e.g. a final per-dataset score)."""
+        self._eval_started = time.perf_counter()
+        with self._timed("eval_seconds"):
+            metrics = self._score(eval_set, None)
+            self.log(metrics)
+            return metrics
+
+    def _score(self, eval_set, ignore_keys):
+        """The metrics of one set, as ``Seq2SeqTrainer.evaluate`` computes them, without logging them."""
+        main_metrics = self.compute_metrics
+        self.compute_metrics = eval_set.compute_metrics
+        self.gather_function = self.accelerator.gather  # as Seq2SeqTrainer.evaluate: keep every sample
+        self._gen_kwargs = dict(eval_set.decode_kwargs)
+        start = time.time()
+        try:
+            output = self.evaluation_loop(self.get_eval_dataloader(eval_set.dataset), description="Evaluation",
+                                          prediction_loss_only=None, ignore_keys=ignore_keys,
+                                          metric_key_prefix=eval_set.prefix)
+        finally:
+            self.compute_metrics = main_metrics
+        batches = math.ceil(output.num_samples / (self.args.eval_batch_size * self.args.world_size))
+        output.metrics.update(speed_metrics(eval_set.prefix, start, num_samples=output.num_samples, num_steps=batches))
+        return output.metrics
+
+    def _combined(self, metrics):
+        """Eval primary metric + how much the retain WER rose above its step-0 value (the base model's).
+
+        A fall of the retain WER earns nothing: the retain sets guard what the model knew, and a
+        checkpoint is not to trade eval accuracy for gains there.
+        """
+        key = f"{RETAIN_PREFIX}_wer"
+        before = next((entry[key] for entry in self.state.log_history if key in entry), metrics[key])
+        return metrics[f"eval_{self.primary_metric}"] + max(0.0, metrics[key] - before)
 
 
 class _StreamLoader(torch.utils.data.DataLoader):
@@ -178,6 +306,36 @@ class _StreamLoader(torch.utils.data.DataLoader):
 
     def set_epoch(self, epoch):
         self.dataset.set_epoch(epoch)
+
+
+class _BaseModelEvaluation(TrainerCallback):
+    """One evaluation before the first step (step 0: the base model), so the log, TensorBoard and the curve
+    show the retain sets' figures before training; a resumed run has them in its history already."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0:
+            self.trainer.evaluate()
+
+
+class _EarlyStopping(EarlyStoppingCallback):
+    """transformers' early stopping on ``metric_for_best_model``, which records the step it stopped at and
+    passes over evaluations without that metric (the final model's per-dataset scores), which it would
+    answer with a warning."""
+
+    stopped_at = None
+
+    def on_evaluate(self, args, state, control, metrics, **kwargs):
+        key = f"eval_{args.metric_for_best_model}"
+        if key not in metrics:
+            return
+        super().on_evaluate(args, state, control, metrics, **kwargs)
+        if control.should_training_stop and self.stopped_at is None:
+            self.stopped_at = state.global_step
+            logger.info("early stopping at step %d: %s did not improve in %d evaluation(s)", state.global_step,
+                        key, self.early_stopping_patience)
 
 
 def _metrics_function(tokenizer, normalizer, metric):
@@ -207,6 +365,7 @@ def _build_model(config, language):
     # (False: trained on <|notimestamps|> only, so its timestamps are not to be trusted).
     model.config.timestamp_training = {"ratio": config.timestamp_ratio} if config.timestamps else False
     model.config.use_cache = not config.gradient_checkpointing
+    _set_spec_augment(model, config)
     if config.freeze_encoder:
         model.freeze_encoder()
     if config.lora:
@@ -219,6 +378,69 @@ def _build_model(config, language):
     total = sum(p.numel() for p in model.parameters())
     logger.info("trainable parameters: %d of %d (%.1f%%)", trainable, total, 100 * trainable / total)
     return model
+
+
+def _set_spec_augment(model, config):
+    """SpecAugment's settings (--spec_augment, --mask_*) on the model's config, with ``apply_spec_augment``
+    False: the trainer turns it on inside training steps only, so evaluation and every saved config.json
+    (checkpoints, final model) have it off."""
+    if getattr(model.config, "apply_spec_augment", False) and not config.spec_augment:
+        logger.info("%s asks for SpecAugment in its config: off without --spec_augment True", config.model_name)
+    model.config.apply_spec_augment = False
+    if config.spec_augment:
+        model.config.update({"mask_time_prob": config.mask_time_prob, "mask_time_length": config.mask_time_length,
+                             "mask_feature_prob": config.mask_feature_prob,
+                             "mask_feature_length": config.mask_feature_length})
+        logger.info("SpecAugment in training steps: time masks of %d frames over %.0f%% of frames, mel-channel "
+                    "masks of %d over %.0f%% of channels", config.mask_time_length, 100 * config.mask_time_prob,
+                    config.mask_feature_length, 100 * config.mask_feature_prob)
+
+
+def _mix_replay(config, train_set, processor):
+    """The training set with replay examples added: ``replay_ratio`` of the result comes from the replay sets.
+
+    The replay sets are shuffled and cut to the number needed, ``ratio / (1 - ratio)`` times the training
+    set (repeated when too small), featurised like the training set, each example with its own language
+    token, and concatenated to it. The Trainer's sampler shuffles the whole set every epoch, so every
+    batch draws from both at that ratio (on average). Concatenating, rather than a sampler of its own,
+    keeps everything the Trainer does with one dataset (exact resumption, length grouping, sharding
+    between processes) and the feature cache; the cost is that the replay examples are drawn once per
+    run (by --seed), so a replay set larger than needed is only partly used.
+    """
+    from datasets import concatenate_datasets
+
+    needed = max(1, round(len(train_set) * config.replay_ratio / (1 - config.replay_ratio)))
+    replay_language = language_code(config.replay_language)
+    replay, counts = _prepare_split(config, "replay", dataset_specs(config, "replay"), needed, processor,
+                                    replay_language)
+    copies = math.ceil(needed / len(replay))
+    if copies > 1:
+        logger.info("replay data: %d example(s) for the %d needed: each is used %d times at most", len(replay),
+                    needed, copies)
+        replay = concatenate_datasets([replay] * copies)
+    replay = replay.select(range(needed))
+    counts.update(mixed_in=needed, repeated=copies > 1)
+    logger.info("replay: %d example(s) mixed into %d training example(s) (ratio %g)", needed, len(train_set),
+                config.replay_ratio)
+    return concatenate_datasets([train_set, replay]).with_format("numpy"), counts
+
+
+def _on_the_fly_features(config, processor):
+    """With --augment, what the collator featurises training rows with (fresh augmentation each epoch);
+    without it ``None``, and no augmentation object is made (features were computed once)."""
+    if not config.augment:
+        return None
+    from .augment import OnTheFlyFeatures, WaveformAugmenter
+
+    augmenter = WaveformAugmenter(config.sampling_rate, tuple(config.augment_snr_db), config.noise_dir)
+    logger.info("augmenting the training audio each epoch: speed 0.9/1.0/1.1, %s at %g-%g dB SNR, gain",
+                f"noise from {config.noise_dir}" if config.noise_dir else "coloured noise", *config.augment_snr_db)
+    return OnTheFlyFeatures(processor.feature_extractor, augmenter, config.sampling_rate, config.seed)
+
+
+def _numbered(dataset):
+    """``dataset`` with each row's number (``example_index``), which seeds its augmentation (--augment)."""
+    return dataset.add_column(INDEX_COLUMN, list(range(len(dataset)))).with_format("numpy")
 
 
 def _short_context_frozen(model, config):
@@ -264,31 +486,68 @@ def _cache_path(config, role, specs, max_samples, processor_name):
     key = json.dumps([role, [dataclasses.asdict(s) for s in specs], config.sampling_rate, max_samples, config.seed,
                       config.lowercase, config.remove_punctuation, processor_name, config.language, config.task,
                       *([config.timestamp_ratio] if windows else []),
+                      *([config.retain_language] if role == "retain" else []),  # the retain labels' language
+                      *([config.replay_language] if role == "replay" else []),  # replay rows' default language
+                      # Rows that keep their audio for augmentation (--augment) instead of features; and the
+                      # labels' format: each row's own language token (caches written before it had none).
+                      _keeps_audio(config, role), LABELS_FORMAT,
                       [os.path.abspath(s.name) if os.path.exists(s.name) else s.name for s in specs]], sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     return os.path.join(config.output_dir, ".feature_cache", f"{role}-{digest}.arrow")
 
 
-def _prepare_split(config, role, specs, max_samples, processor):
-    from datasets import concatenate_datasets
+def _keeps_audio(config, role):
+    """Whether ``role``'s rows keep their decoded audio, featurised per batch after augmentation (--augment)."""
+    return config.augment and role in ("train", "replay")
 
+
+def _concatenated(parts):
+    """``parts`` as one dataset; when only some have a language column, the others get an empty one (their
+    rows take the default language), as concatenation needs the same columns."""
+    from datasets import Value, concatenate_datasets
+
+    if any(LANGUAGE_COLUMN in part.column_names for part in parts):
+        parts = [part.add_column(LANGUAGE_COLUMN, [None] * len(part), feature=Value("string"))
+                 if LANGUAGE_COLUMN not in part.column_names else
+                 part if part.features[LANGUAGE_COLUMN] == Value("string") else
+                 part.cast_column(LANGUAGE_COLUMN, Value("string")) for part in parts]
+    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def _prepare_split(config, role, specs, max_samples, processor, default_language=None):
+    """Load, shuffle, cut to ``max_samples``, featurise (cached) and filter one role's datasets; returns
+    ``(dataset, counts)``. Rows with a ``language`` are labelled with their own language token, the
+    others with ``default_language`` (``None``: the tokenizer's, i.e. the run's --language)."""
     windows = role == "train" and config.timestamps  # evaluation stays <|notimestamps|>: comparable WER
     parts = load_datasets(specs, custom=config.custom, num_proc=config.num_proc, keep_segments=windows)
-    dataset = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    dataset = _concatenated(parts)
     dataset = dataset.shuffle(seed=config.seed)
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     label = f"{role} data ({', '.join(s.label for s in specs)})"
+    if role not in ("train", "replay") and LANGUAGE_COLUMN in dataset.column_names:
+        # Evaluation labels keep the tokenizer's language: they only give the loss (sets are decoded in one
+        # language), and an evaluation set's own names need not be Whisper's (FLEURS: "Mandarin Chinese").
+        dataset = dataset.remove_columns(LANGUAGE_COLUMN)
+    languages = LanguageLabels(processor.tokenizer, default_language, label)
+    values = dataset[LANGUAGE_COLUMN] if LANGUAGE_COLUMN in dataset.column_names else [None]
+    languages.check(values)  # before featurising: an unknown or (English-only model) non-English language
+    if role == "replay" and languages.default is None and not languages.english_only and None in values:
+        raise UserError(f"{label}: examples without a language column; give --replay_language, the language of "
+                        f"the replay speech (e.g. en)")
     cache = _cache_path(config, role, specs, max_samples, config.model_name)
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     if windows:
         dataset, window_counts = featurize_windows(
             dataset, processor, config.sampling_rate, config.timestamp_ratio, config.lowercase,
             config.remove_punctuation, cache_file_name=cache, fingerprint=os.path.basename(cache)[:-len(".arrow")],
-            desc=f"featurising {role} windows")
+            desc=f"featurising {role} windows", languages=languages)
     else:
+        keep_audio = _keeps_audio(config, role)
         dataset = featurize(dataset, processor, config.sampling_rate, config.num_proc, config.lowercase,
-                            config.remove_punctuation, cache_file_name=cache, desc=f"featurising {role} data")
+                            config.remove_punctuation, cache_file_name=cache,
+                            desc=f"{'decoding' if keep_audio else 'featurising'} {role} data", languages=languages,
+                            keep_audio=keep_audio)
     dataset, counts = drop_too_long(dataset, label)
     if windows:
         counts.update(window_counts)
@@ -383,7 +642,7 @@ def _save_final(trainer, processor, config, generation_config):
         trainer.save_model(staged)
     if main:
         processor.save_pretrained(staged)
-        generation_config.save_pretrained(staged)
+        modeling.single_eos(generation_config).save_pretrained(staged)
         for name in sorted(os.listdir(staged), key=lambda n: n.endswith((".safetensors", ".bin"))):
             publish(os.path.join(staged, name), os.path.join(out, name))  # weights last
         os.rmdir(staged)
@@ -398,7 +657,9 @@ def train(config: TrainConfig) -> TrainSummary:
     learning_rate = config.learning_rate or modeling.default_learning_rate(model_config, config.model_name)
     run_precision = precision(config.mixed_precision)
     metric = choose_metric(language, config.primary_metric)
-    args = _training_arguments(config, learning_rate, run_precision, metric)
+    # The Trainer's metric_for_best_model (eval_ is prefixed): wer stands for the eval sets' primary metric.
+    selection = metric if config.metric_for_best_model == "wer" else config.metric_for_best_model
+    args = _training_arguments(config, learning_rate, run_precision, selection)
     logger.info("precision: %s (%s); learning rate %.3g%s", run_precision[0],
                 "GPU" if torch.cuda.is_available() else "CPU",
                 learning_rate, "" if config.learning_rate else " (default for this model size)")
@@ -410,14 +671,25 @@ def train(config: TrainConfig) -> TrainSummary:
     processor = modeling.load_processor(config.model_name)
     _configure_tokenizer(processor.tokenizer, language, config.task, english_only)
     train_specs, eval_specs = dataset_specs(config, "train"), dataset_specs(config, "eval")
+    retain_specs = dataset_specs(config, "retain") if config.retain_datasets else []
+    retain_processor = _retain_processor(config.model_name, checked.retain_language, english_only) \
+        if retain_specs else None
     logger.info("process %d of %d (local rank %d)", args.process_index, args.world_size, args.local_process_index)
+    replay_counts = None
     with args.main_process_first(desc="dataset preparation"):
         if config.streaming:
             train_set, train_counts = _prepare_stream(config, train_specs, processor, args)
         else:
             train_set, train_counts = _prepare_split(config, "train", train_specs, config.max_train_samples,
                                                      processor)
+            if config.replay_datasets:
+                train_set, replay_counts = _mix_replay(config, train_set, processor)
+            if config.augment:
+                train_set = _numbered(train_set)
         eval_set, eval_counts = _prepare_split(config, "eval", eval_specs, config.max_eval_samples, processor)
+        if retain_specs:
+            retain_set, retain_counts = _prepare_split(config, "retain", retain_specs, config.max_eval_samples,
+                                                       retain_processor)
 
     model = _build_model(config, language)
     generation_config = (model.get_base_model() if config.lora else model).generation_config
@@ -425,14 +697,24 @@ def train(config: TrainConfig) -> TrainSummary:
     if not english_only:
         decode_kwargs.update(language=language, task=config.task)
     normalizer = choose_normalizer(language, english_only_model=english_only)
+    retain, retain_normalizer = None, None
+    if retain_specs:
+        retain_normalizer = choose_normalizer(checked.retain_language, english_only_model=english_only)
+        retain = EvalSet(RETAIN_PREFIX, retain_set,
+                         _retain_decode_kwargs(generation_config, checked.retain_language, english_only, config),
+                         _metrics_function(processor.tokenizer, retain_normalizer, "wer"))
+    early_stopping = _EarlyStopping(config.early_stopping_patience) if config.early_stopping_patience else None
     trainer = _WhisperTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, processing_class=processor,
         data_collator=DataCollatorSpeechSeq2SeqWithPadding(
-            model_config.decoder_start_token_id, config.audio_context if config.dynamic_audio_context else None),
+            model_config.decoder_start_token_id, config.audio_context if config.dynamic_audio_context else None,
+            _on_the_fly_features(config, processor)),
+        spec_augment=config.spec_augment,
         full_context_ratio=config.full_context_ratio,
         short_context_frozen=_short_context_frozen(model, config),
         compute_metrics=_metrics_function(processor.tokenizer, normalizer, metric), decode_kwargs=decode_kwargs,
-        streaming=config.streaming, companions=(processor, generation_config))
+        streaming=config.streaming, companions=(processor, generation_config), retain=retain,
+        primary_metric=metric, callbacks=[early_stopping] if early_stopping else None)
 
     trainer.started = time.perf_counter()  # also the clock of each evaluation's train_seconds
     if resume and args.max_steps > 0 and _start_step(resume) >= args.max_steps:
@@ -449,17 +731,24 @@ def train(config: TrainConfig) -> TrainSummary:
     _save_final(trainer, processor, config, generation_config)
 
     per_dataset = _evaluate_each(trainer, config, eval_specs, processor, args) if len(eval_specs) > 1 else []
+    retain_per_dataset = _evaluate_each(trainer, config, retain_specs, retain_processor, args, retain) \
+        if len(retain_specs) > 1 else []
     state = trainer.state
     world = args.world_size
     samples = (state.global_step - _start_step(resume)) * config.train_batchsize * config.gradient_accumulation_steps * world
     train_only = max(elapsed - trainer.eval_seconds, 1e-9)
-    best_eval = min((e for e in state.log_history if f"eval_{metric}" in e), key=lambda e: e[f"eval_{metric}"],
-                    default={})
+    # The entry of the checkpoint kept as the final model; step 0 (the base model) has no checkpoint.
+    best_eval = min((e for e in state.log_history if f"eval_{selection}" in e and e.get("step", 0) > 0),
+                    key=lambda e: e[f"eval_{selection}"], default={})
+    before = next((e for e in state.log_history if e.get("step") == 0 and f"{RETAIN_PREFIX}_wer" in e), {})
+    retain_fields = _retain_summary(retain, before, best_eval, checked.retain_language, retain_normalizer,
+                                    retain_per_dataset)
     summary = TrainSummary(
         output_dir=os.path.abspath(config.output_dir), global_step=state.global_step, epochs=state.epoch,
         train_samples=None if config.streaming else len(train_set), eval_samples=len(eval_set),
         train_hours=None if config.streaming else _hours(train_set), eval_hours=_hours(eval_set),
-        filtering={"train": train_counts, "eval": eval_counts},
+        filtering={"train": train_counts, "eval": eval_counts, **({"retain": retain_counts} if retain else {}),
+                   **({"replay": replay_counts} if replay_counts else {})},
         wall_seconds=round(elapsed, 2), eval_seconds=round(trainer.eval_seconds, 2),
         checkpoint_seconds=round(trainer.checkpoint_seconds, 2), samples_trained=samples,
         samples_per_second=round(samples / elapsed, 3),
@@ -470,7 +759,8 @@ def train(config: TrainConfig) -> TrainSummary:
         language=language, precision=run_precision[0], learning_rate=learning_rate, world_size=world,
         peak_gpu_gb=round(torch.cuda.max_memory_allocated() / 1e9, 3) if torch.cuda.is_available() else None,
         resumed_from=resume, config=dataclasses.asdict(config), eval_per_dataset=per_dataset,
-        is_main_process=trainer.is_world_process_zero())
+        is_main_process=trainer.is_world_process_zero(), best_model_metric=config.metric_for_best_model,
+        early_stopped_at=early_stopping.stopped_at if early_stopping else None, **retain_fields)
     if summary.is_main_process:
         trainer.save_state()
         write_reports(summary, state.log_history, config.hub_model_id)
@@ -479,16 +769,59 @@ def train(config: TrainConfig) -> TrainSummary:
     return summary
 
 
-def _evaluate_each(trainer, config, specs, processor, args):
-    """WER/CER of the final (best) model on each evaluation dataset on its own, for the model card."""
+def _evaluate_each(trainer, config, specs, processor, args, retain=None):
+    """WER/CER of the final (best) model on each evaluation dataset on its own, for the model card; with
+    ``retain`` (its :class:`EvalSet`) on each retain dataset, decoded and scored as the retain sets are."""
+    role = "retain" if retain else "eval"
+    prefix = f"final_{role}"
     rows = []
     for spec in specs:
         with args.main_process_first(desc="dataset preparation"):
-            dataset, _ = _prepare_split(config, "eval", [spec], config.max_eval_samples, processor)
-        metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="final_eval")
-        rows.append(DatasetScore(spec.label, len(dataset), metrics["final_eval_wer"], metrics["final_eval_cer"]))
-        logger.info("final model on %s: WER %.4f, CER %.4f", spec.label, rows[-1].wer, rows[-1].cer)
+            dataset, _ = _prepare_split(config, role, [spec], config.max_eval_samples, processor)
+        if retain:
+            metrics = trainer.evaluate_set(dataclasses.replace(retain, prefix=prefix, dataset=dataset))
+        else:
+            metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=prefix)
+        rows.append(DatasetScore(spec.label, len(dataset), metrics[f"{prefix}_wer"], metrics[f"{prefix}_cer"]))
+        logger.info("final model on %s (%s): WER %.4f, CER %.4f", spec.label, role, rows[-1].wer, rows[-1].cer)
     return rows
+
+
+def _retain_processor(model_name, language, english_only):
+    """A processor whose labels start as the retain sets' own: ``<|startoftranscript|>[<|lang|>]<|transcribe|>
+    <|notimestamps|>`` (no language token when it is detected; English-only models: neither token)."""
+    processor = modeling.load_processor(model_name)
+    if english_only:
+        _configure_tokenizer(processor.tokenizer, None, None, True)
+    else:
+        processor.tokenizer.language = language  # set_prefix_tokens(language=None) would keep a saved one
+        processor.tokenizer.set_prefix_tokens(task="transcribe", predict_timestamps=False)
+    return processor
+
+
+def _retain_decode_kwargs(generation_config, language, english_only, config):
+    """Generation settings of the retain sets: the trained model's generation config (which says the
+    training language) with the retain language in its place, or none, so Whisper detects each clip's."""
+    retain_generation = copy.deepcopy(generation_config)
+    if not english_only:
+        retain_generation.language, retain_generation.task = language, "transcribe"
+    return {"generation_config": retain_generation, "max_new_tokens": config.generation_max_new_tokens}
+
+
+def _retain_summary(retain, before, after, language, normalizer, per_dataset):
+    """The summary fields of the retain sets: step 0 (the base model), the final model, and the change."""
+    if retain is None:
+        return {}
+    fields = {"retain_samples": len(retain.dataset), "retain_hours": _hours(retain.dataset),
+              "retain_language": language, "retain_normalizer": normalizer,
+              "retain_per_dataset": per_dataset}
+    for measure in ("wer", "cer"):
+        key = f"{RETAIN_PREFIX}_{measure}"
+        first, last = before.get(key), after.get(key)
+        fields[f"retain_{measure}_before"], fields[f"retain_{measure}_after"] = first, last
+        fields[f"retain_{measure}_change"] = None if first is None or last is None else round(last - first, 6)
+        fields[f"eval_{measure}_before"] = before.get(f"eval_{measure}")
+    return fields
 
 
 def _mean_logged_loss(history):
