@@ -274,12 +274,3 @@ def test_a_huge_learning_rate_stops_the_script_with_one_line(tiny_model_dir, tin
     assert not os.path.exists(os.path.join(out, SUMMARY_FILE))
     model = WhisperForConditionalGeneration.from_pretrained(checkpoint)
     assert all(torch.isfinite(p).all() for p in model.parameters())
-
-
-def test_script_refuses_a_retain_metric_without_retain_sets(tiny_model_dir, tiny_dataset_dir, tmp_path):
-    out = tmp_path / "out"
-    proc = run_script(CUSTOM, "--model_name", tiny_model_dir, "--train_datasets", tiny_dataset_dir, "--eval_datasets",
-                      tiny_dataset_dir, "--metric_for_best_model", "combined", "--output_dir", out)
-    assert proc.returncode == 2
-    assert proc.stderr == "error: --metric_for_best_model combined: needs --retain_datasets (without them choose wer)\n"
-    assert not os.path.exists(out)
