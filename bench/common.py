@@ -135,3 +135,16 @@ def print_table(rows, columns):
     text = "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells)
     print(text)
     return text
+
+
+def add_row_process_flags(parser, name, work_dir_holds):
+    """The flags of a benchmark whose rows each run in a child process of the same script: where the
+    figures go (``bench/out/<name>.json``), the work folder, and the two internal flags of a child."""
+    parser.add_argument("--out", default=os.path.join(REPO_ROOT, "bench", "out", f"{name}.json"),
+                        help="JSON file for the figures (machine, versions, settings, rows, table)")
+    parser.add_argument("--work_dir", default=None, help=f"folder for {work_dir_holds} (none: a temporary folder, "
+                        "removed at the end)")
+    parser.add_argument("--only", default=None, help="internal: run this one row in this process (used for the "
+                        "child processes)")
+    parser.add_argument("--row_json", default=None, help="internal: where --only writes the row's figures")
+    return parser

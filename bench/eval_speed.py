@@ -49,7 +49,7 @@ import sys
 import tempfile
 import time
 
-from common import REPO_ROOT, failure_line, print_table, run_measured, table_columns, write_json
+from common import add_row_process_flags, failure_line, print_table, run_measured, table_columns, write_json
 
 from whisper_finetune import cli  # noqa: E402
 from whisper_finetune.errors import UserError  # noqa: E402
@@ -351,14 +351,7 @@ def build_parser():
     parser.add_argument("--rows", nargs="+", default=list(ROWS), help=f"rows to run, in this order (default: all "
                         f"of {' '.join(ROWS)}; also: {' '.join(EXTRA_ROWS)}, of which {' '.join(GPU_ROWS)} need a "
                         f"GPU and pytorch_dynamic a model fine-tuned with --dynamic_audio_context)")
-    parser.add_argument("--out", default=os.path.join(REPO_ROOT, "bench", "out", "eval_speed.json"),
-                        help="JSON file for the figures (machine, versions, settings, rows, table)")
-    parser.add_argument("--work_dir", default=None, help="folder for prepared data, conversions and result files "
-                        "(none: a temporary folder, removed at the end)")
-    parser.add_argument("--only", default=None, help="internal: run this one row in this process (used for the "
-                        "child processes)")
-    parser.add_argument("--row_json", default=None, help="internal: where --only writes the row's figures")
-    return parser
+    return add_row_process_flags(parser, "eval_speed", "prepared data, conversions and result files")
 
 
 def main(argv=None):

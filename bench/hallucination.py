@@ -35,7 +35,7 @@ import sys
 import tempfile
 
 import numpy as np
-from common import REPO_ROOT, failure_line, run_measured, write_json
+from common import REPO_ROOT, add_row_process_flags, failure_line, run_measured, write_json
 
 from whisper_finetune import cli  # noqa: E402
 from whisper_finetune.errors import UserError  # noqa: E402
@@ -178,14 +178,7 @@ def build_parser():
                         f"of {' '.join(ROWS)})")
     parser.add_argument("--device", type=int, default=-1, help="-1: CPU; N: GPU N")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthesised audio")
-    parser.add_argument("--out", default=os.path.join(REPO_ROOT, "bench", "out", "hallucination.json"),
-                        help="JSON file for the figures (machine, versions, settings, rows, table)")
-    parser.add_argument("--work_dir", default=None, help="folder for the synthesised audio and the rows' figures "
-                        "(none: a temporary folder, removed at the end)")
-    parser.add_argument("--only", default=None, help="internal: run this one row in this process (used for the "
-                        "child processes)")
-    parser.add_argument("--row_json", default=None, help="internal: where --only writes the row's figures")
-    return parser
+    return add_row_process_flags(parser, "hallucination", "the synthesised audio and the rows' figures")
 
 
 def main(argv=None):
