@@ -292,14 +292,20 @@ def plan_windows(ids: Sequence[str], texts: Sequence[str], recording_ids: Option
                 continue
             kept.append(row)
         row_of = {(float(starts[r]), float(ends[r])): r for r in kept}
+        # A window's next_start is its cut segment's own start (the same float): the first kept row
+        # starting there (kept is in pack_windows' order).
+        first_row_at = {}
+        for r in kept:
+            first_row_at.setdefault(float(starts[r]), r)
         segments = [Segment(float(starts[r]), float(ends[r]), texts[r]) for r in kept]
         packed = pack_windows(recording, segments, max(s.end for s in segments), MAX_LEAD_SECONDS)
         dropped += packed.dropped_over_30s
         for window in packed.windows:
-            placed = [(row_of[(s.start, s.end)], s.start) for s in window.segments]
+            rows = [row_of[(s.start, s.end)] for s in window.segments]
+            starts_placed = [s.start for s in window.segments]
             if window.next_start is not None:
-                cut = next(s for s in segments if abs(s.start - window.next_start) <= _TOLERANCE)
-                placed.append((row_of[(cut.start, cut.end)], cut.start))
-            plans.append(WindowPlan(window.key, tuple(r for r, _ in placed),
-                                    tuple(start - window.start for _, start in placed), window))
+                rows.append(first_row_at[window.next_start])
+                starts_placed.append(window.next_start)
+            plans.append(WindowPlan(window.key, tuple(rows), tuple(start - window.start for start in starts_placed),
+                                    window))
     return WindowPlans(tuple(plans), dropped, overlapping)
