@@ -9,8 +9,8 @@ import os
 CARD_FILE = "README.md"
 # Training arguments shown in the card (the full set is in training_summary.json).
 SHOWN_ARGUMENTS = ("train_strategy", "num_steps", "num_epochs", "learning_rate", "warmup", "lr_scheduler_type",
-                   "train_batchsize", "gradient_accumulation_steps", "mixed_precision", "freeze_encoder", "lora",
-                   "gradient_checkpointing", "streaming", "shuffle_buffer_size", "interleave_probabilities",
+                   "train_batchsize", "gradient_accumulation_steps", "mixed_precision", "freeze_encoder", "freeze_decoder",
+                   "lora", "gradient_checkpointing", "streaming", "shuffle_buffer_size", "interleave_probabilities",
                    "lowercase", "remove_punctuation", "seed", "dynamic_audio_context", "full_context_ratio",
                    "short_context_updates", "metric_for_best_model", "early_stopping_patience")
 
@@ -52,10 +52,11 @@ def render_model_card(summary, hub_model_id=None):
                   f"| {eval_sets} (combined, {summary['eval_samples']} utterances) | {summary['best_wer']:.4f} | "
                   f"{summary['best_cer']:.4f} | {summary['normalizer']} | {summary['best_step']} |",
                   *(f"| `{row['dataset']}` ({row['samples']} utterances) | {row['wer']:.4f} | {row['cer']:.4f} | "
-                    f"{summary['normalizer']} | {summary['best_step']} |" for row in summary.get("eval_per_dataset", [])),
+                    f"{summary['normalizer']} | {'final model' if summary.get('merge') else summary['best_step']} |"
+                    for row in summary.get("eval_per_dataset", [])),
                   "",
                   "WER/CER are computed with jiwer after the normaliser named above, decoding with `generate`. "
-                  + _chosen_by(summary, language), ""]
+                  + _chosen_by(summary, language), "", *_merge_lines(summary)]
     else:
         lines += ["No evaluation was recorded.", ""]
     lines += _retain_section(summary)
@@ -123,6 +124,22 @@ def _chosen_by(summary, language):
         return (f"The best checkpoint was chosen by CER: {language} is written without spaces between words, "
                 "so its WER measures spacing rather than recognition and is not meaningful.")
     return "The best checkpoint was chosen by WER."
+
+
+def _merge_lines(summary):
+    """The final model's interpolation with the base model (--merge_ratio), when it had one."""
+    merge = summary.get("merge")
+    if not merge:
+        return []
+    metric = summary.get("primary_metric", "wer")
+    tried = ", ".join(f"{trial['ratio']:g}: {trial['metric']:.4f}" for trial in merge["trials"])
+    how = (f"the lowest ratio whose eval {metric.upper()} was within {merge['tolerance']:g} of the fine-tune's "
+           f"(tried: {tried})"
+           if merge["requested"] == "auto" else "given with --merge_ratio")
+    return [f"**Final model:** the weights of the checkpoint above interpolated with the base model's, base + "
+            f"{merge['ratio']:g} x (fine-tune - base) (WiSE-FT), {how}. On the eval data it scores "
+            f"{metric.upper()} {merge[f'eval_{metric}']:.4f} (the checkpoint: {merge['fine_tune_metric']:.4f})"
+            + ("; the per-dataset rows are the final model's." if summary.get("eval_per_dataset") else "."), ""]
 
 
 def _retain_section(summary):

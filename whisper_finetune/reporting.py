@@ -80,6 +80,10 @@ class TrainSummary:
     retain_wer_change: Optional[float] = None
     retain_cer_change: Optional[float] = None
     retain_per_dataset: list = field(default_factory=list)  # DatasetScore of the final model per retain dataset
+    # --merge_ratio below 1: merging.MergeChoice as a dict (ratio, requested, tolerance, fine_tune_metric,
+    # trials) plus eval_wer/eval_cer of the final (merged) model and the merge's seconds (its decoding is not in
+    # eval_seconds, which stays that of training); retain_*_after are then the merged model's.
+    merge: Optional[dict] = None
     eval_wer_before: Optional[float] = None  # the base model on the eval sets (step 0, runs with retain sets)
     eval_cer_before: Optional[float] = None
 
@@ -153,6 +157,12 @@ def format_summary(summary: TrainSummary):
                      f"({_change(summary.retain_wer_change)}), CER {_figure(summary.retain_cer_before)} -> "
                      f"{summary.retain_cer_after:.4f} ({_change(summary.retain_cer_change)}): base model (step 0) "
                      f"-> final model ({summary.retain_normalizer} normaliser)")
+    if summary.merge:
+        merge = summary.merge
+        how = "chosen by the eval sets" if merge["requested"] == "auto" else "--merge_ratio"
+        lines.append(f"final model: base + {merge['ratio']:g} x (fine-tune - base) ({how}): eval "
+                     f"{summary.primary_metric.upper()} {merge[f'eval_{summary.primary_metric}']:.4f}, the fine-tune's "
+                     f"{merge['fine_tune_metric']:.4f}")
     if summary.early_stopped_at is not None:
         lines.append(f"early stopping at step {summary.early_stopped_at} (--early_stopping_patience "
                      f"{summary.config.get('early_stopping_patience')})")

@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import torch
 from transformers import GenerationConfig, WhisperConfig
 
-from . import checkpoints, hub, modeling
+from . import checkpoints, hub, merging, modeling
 from .data import LANGUAGE_COLUMN, DatasetSpec, check_parallel_lists, load_custom_dataset
 from .errors import OptionError, UserError
 from .features import AudioContext
@@ -92,6 +92,13 @@ class TrainConfig:
     early_stopping_patience: Optional[int] = option(
         None, "stop after N evaluations in a row without a better --metric_for_best_model", group="retain",
         default_text="off")
+    merge_ratio: str = option(
+        "1", "the final model is base + RATIO x (fine-tune - base) (WiSE-FT weight interpolation): below 1 it keeps "
+        "more of what the base model knew, at some cost on the eval sets; auto: the lowest of 0.2, 0.3 ... 0.9 whose "
+        "eval primary metric is within --merge_tolerance of the fine-tune's (one evaluation per ratio tried)",
+        group="retain", default_text="1 (the fine-tune itself)")
+    merge_tolerance: float = option(0.01, "with --merge_ratio auto: how much higher (absolute) the eval primary "
+                                    "metric may be than the fine-tune's", group="retain")
     audio_column: str = option("audio", "name of the audio column in the HF datasets", group="data")
     language: Optional[str] = option(None, "language of the speech, a name (Hindi) or code (hi); written into the "
                                      "saved generation config. English-only (.en) models take none (or English)",
@@ -175,6 +182,8 @@ class TrainConfig:
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory, "
                                           "about 30% slower)", group="model")
     freeze_encoder: bool = option(False, "train the decoder only", group="model")
+    freeze_decoder: bool = option(False, "train the encoder only (the decoder, its embeddings and output layer "
+                                  "stay the base model's: its language model is kept)", group="model")
     mixed_precision: str = option("auto", "auto: bf16 on GPUs that support it, else fp16; fp32 on CPU. bf16 also "
                                   "runs on a CPU (autocast); fp16 needs a GPU", choices=PRECISIONS, group="model")
     eval_steps: Optional[int] = option(None, "evaluate (WER/CER with generation) every N steps with "
@@ -330,13 +339,41 @@ def _check_values(config: TrainConfig):
     if config.dynamic_audio_context and config.freeze_encoder and config.short_context_updates == "encoder":
         raise UserError("--freeze_encoder True with --dynamic_audio_context True leaves its short-context steps "
                         "nothing to train (--short_context_updates encoder); add --short_context_updates all")
-    if config.lora and config.freeze_encoder:
-        raise UserError("--lora and --freeze_encoder together: LoRA already freezes the base model; pick one")
+    _check_merge(config)
+    if config.lora and (config.freeze_encoder or config.freeze_decoder):
+        flag = "--freeze_encoder" if config.freeze_encoder else "--freeze_decoder"
+        raise UserError(f"--lora and {flag} together: LoRA already freezes the base model; pick one")
+    if config.freeze_encoder and config.freeze_decoder:
+        raise UserError("--freeze_encoder True and --freeze_decoder True together leave nothing to train; pick one")
     for name in ("deepspeed", "fsdp_config"):
         if getattr(config, name) and not os.path.isfile(getattr(config, name)):
             raise OptionError(name, getattr(config, name), "no such config file")
     if config.deepspeed and importlib.util.find_spec("deepspeed") is None:
         raise OptionError("deepspeed", config.deepspeed, "needs the deepspeed package: pip install deepspeed")
+
+
+def merge_ratio(config: TrainConfig) -> Optional[float]:
+    """--merge_ratio as a number, or None for auto."""
+    return None if config.merge_ratio == merging.AUTO else float(config.merge_ratio)
+
+
+def _check_merge(config: TrainConfig):
+    if config.merge_ratio != merging.AUTO:
+        try:
+            ratio = float(config.merge_ratio)
+        except ValueError:
+            ratio = None
+        if ratio is None or not 0 < ratio <= 1:
+            raise OptionError("merge_ratio", config.merge_ratio, "give a number above 0 and at most 1, or auto")
+        if ratio == 1:
+            return
+    if config.merge_tolerance < 0:
+        raise OptionError("merge_tolerance", config.merge_tolerance, "must not be negative")
+    for name, flag in (("lora", "--lora"), ("deepspeed", "--deepspeed"), ("fsdp", "--fsdp")):
+        if getattr(config, name):
+            raise UserError(f"--merge_ratio {config.merge_ratio} with {flag}: interpolation needs every trained "
+                            "weight whole in one process; train without it"
+                            + (" (or lower --lora_alpha, which scales the adapters)" if name == "lora" else ""))
 
 
 def _check_streaming(config: TrainConfig):

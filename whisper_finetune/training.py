@@ -29,7 +29,7 @@ from transformers.trainer_callback import (EarlyStoppingCallback, ExportableStat
                                           TrainerState)
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, speed_metrics
 
-from . import checkpoints, hub, modeling, scoring
+from . import checkpoints, hub, merging, modeling, scoring
 from .data import LANGUAGE_COLUMN, load_datasets
 from .errors import TrainingDiverged, UserError
 from .features import (CONTEXT_FRAMES, FEATURE_COLUMN, INDEX_COLUMN, LENGTH_COLUMN,
@@ -38,7 +38,8 @@ from .features import (CONTEXT_FRAMES, FEATURE_COLUMN, INDEX_COLUMN, LENGTH_COLU
 from .files import publish
 from .reporting import PLOT_FILE, DatasetScore, TrainSummary, write_reports
 from .text import choose_metric, choose_normalizer, language_code
-from .train_config import RUN_MARKERS, TrainConfig, check_config, dataset_specs, intervals, precision
+from .train_config import (RUN_MARKERS, TrainConfig, check_config, dataset_specs, intervals, merge_ratio,
+                           precision)
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ ADAPTER_DIR = "adapter"
 LABELS_FORMAT = "per-example language"  # in the feature cache's key: what the labels hold (see _cache_path)
 FINAL_STAGING = ".final-model" + checkpoints.PARTIAL_SUFFIX
 RETAIN_PREFIX = "eval_retain"  # metric keys of the retain sets: eval_retain_wer, eval_retain_cer, eval_retain_loss
+# Metric keys of the final model after --merge_ratio (merged_wer, merged_retain_wer...); "merged" -> "eval"
+# gives the keys of an ordinary evaluation.
+MERGED_PREFIX = "merged"
 COMBINED_KEY = "eval_combined"  # eval primary metric + the retain WER's increase over step 0
 
 
@@ -368,6 +372,10 @@ def _build_model(config, language):
     _set_spec_augment(model, config)
     if config.freeze_encoder:
         model.freeze_encoder()
+    if config.freeze_decoder:
+        # proj_out shares its weight with the decoder's token embeddings, so it is frozen with them.
+        for parameter in model.model.decoder.parameters():
+            parameter.requires_grad = False
     if config.lora:
         from peft import LoraConfig, get_peft_model
 
@@ -728,6 +736,9 @@ def train(config: TrainConfig) -> TrainSummary:
     else:
         trainer.train(resume_from_checkpoint=resume)
     elapsed = time.perf_counter() - trainer.started
+    eval_seconds = trainer.eval_seconds  # those of training; the merge's decoding is timed apart
+    main_eval = EvalSet("eval", eval_set, decode_kwargs, trainer.compute_metrics)
+    merge = _merge_with_base(trainer, config, main_eval, retain, metric)
     _save_final(trainer, processor, config, generation_config)
 
     per_dataset = _evaluate_each(trainer, config, eval_specs, processor, args) if len(eval_specs) > 1 else []
@@ -736,12 +747,14 @@ def train(config: TrainConfig) -> TrainSummary:
     state = trainer.state
     world = args.world_size
     samples = (state.global_step - _start_step(resume)) * config.train_batchsize * config.gradient_accumulation_steps * world
-    train_only = max(elapsed - trainer.eval_seconds, 1e-9)
+    train_only = max(elapsed - eval_seconds, 1e-9)
     # The entry of the checkpoint kept as the final model; step 0 (the base model) has no checkpoint.
     best_eval = min((e for e in state.log_history if f"eval_{selection}" in e and e.get("step", 0) > 0),
                     key=lambda e: e[f"eval_{selection}"], default={})
     before = next((e for e in state.log_history if e.get("step") == 0 and f"{RETAIN_PREFIX}_wer" in e), {})
-    retain_fields = _retain_summary(retain, before, best_eval, checked.retain_language, retain_normalizer,
+    # With --merge_ratio below 1 the final model is not the best checkpoint: its figures are the merge's.
+    final = {key.replace(MERGED_PREFIX, "eval"): value for key, value in merge.items()} if merge else best_eval
+    retain_fields = _retain_summary(retain, before, final, checked.retain_language, retain_normalizer,
                                     retain_per_dataset)
     summary = TrainSummary(
         output_dir=os.path.abspath(config.output_dir), global_step=state.global_step, epochs=state.epoch,
@@ -749,7 +762,7 @@ def train(config: TrainConfig) -> TrainSummary:
         train_hours=None if config.streaming else _hours(train_set), eval_hours=_hours(eval_set),
         filtering={"train": train_counts, "eval": eval_counts, **({"retain": retain_counts} if retain else {}),
                    **({"replay": replay_counts} if replay_counts else {})},
-        wall_seconds=round(elapsed, 2), eval_seconds=round(trainer.eval_seconds, 2),
+        wall_seconds=round(elapsed, 2), eval_seconds=round(eval_seconds, 2),
         checkpoint_seconds=round(trainer.checkpoint_seconds, 2), samples_trained=samples,
         samples_per_second=round(samples / elapsed, 3),
         train_samples_per_second_excluding_eval=round(samples / train_only, 3),
@@ -760,13 +773,67 @@ def train(config: TrainConfig) -> TrainSummary:
         peak_gpu_gb=round(torch.cuda.max_memory_allocated() / 1e9, 3) if torch.cuda.is_available() else None,
         resumed_from=resume, config=dataclasses.asdict(config), eval_per_dataset=per_dataset,
         is_main_process=trainer.is_world_process_zero(), best_model_metric=config.metric_for_best_model,
-        early_stopped_at=early_stopping.stopped_at if early_stopping else None, **retain_fields)
+        early_stopped_at=early_stopping.stopped_at if early_stopping else None,
+        merge=_merge_summary(merge), **retain_fields)
     if summary.is_main_process:
         trainer.save_state()
         write_reports(summary, state.log_history, config.hub_model_id)
         if config.push_to_hub:
             summary.hub_url = hub.push_folder(config.output_dir, config.hub_model_id, config.hub_private_repo)
     return summary
+
+
+def _merge_with_base(trainer, config, main_eval, retain, metric):
+    """--merge_ratio: set the trained weights to base + ratio x (fine-tune - base) (``merging``).
+
+    Returns {} without it (ratio 1), else the final model's metrics (``merged_wer``, ``merged_cer`` and,
+    with retain sets, ``merged_retain_wer``...) with the :class:`merging.MergeChoice` under ``"choice"``.
+    """
+    ratio = merge_ratio(config)
+    if ratio == 1:
+        return {}
+    started = time.perf_counter()
+    model = trainer.model
+    base = WhisperForConditionalGeneration.from_pretrained(config.model_name)  # float32, as saved
+    pairs = merging.trainable_deltas(model, base.state_dict())
+    del base
+    measured = {}
+
+    def evaluate(at_ratio):
+        metrics = trainer.evaluate_set(dataclasses.replace(main_eval, prefix=MERGED_PREFIX))
+        measured[at_ratio] = metrics
+        return metrics[f"{MERGED_PREFIX}_{metric}"]
+
+    # The best checkpoint's own figures, from its evaluation during training (the same sets and decoding),
+    # else (a run resumed after its last evaluation) decoded again.
+    best = next((entry for entry in trainer.state.log_history if entry.get("step") == trainer.state.best_global_step
+                 and f"eval_{metric}" in entry), None)
+    if best is None:
+        fine_tune = evaluate(1.0)
+    else:
+        measured[1.0] = {f"{MERGED_PREFIX}_{name}": best[f"eval_{name}"] for name in ("wer", "cer")}
+        fine_tune = best[f"eval_{metric}"]
+    if ratio is None:
+        trials = iter(merging.MERGE_GRID)
+        choice = merging.choose_ratio(model, pairs, lambda: evaluate(next(trials)), fine_tune, config.merge_tolerance)
+    else:
+        merging.set_ratio(model, pairs, ratio)
+        evaluate(ratio)
+        choice = merging.MergeChoice(ratio, config.merge_ratio, config.merge_tolerance, round(fine_tune, 6))
+    final = dict(measured[choice.ratio])
+    if retain is not None:
+        final.update(trainer.evaluate_set(dataclasses.replace(retain, prefix=f"{MERGED_PREFIX}_retain")))
+    logger.info("final model: base + %.2f x (fine-tune - base); eval %s %.4f (fine-tune %.4f)", choice.ratio,
+                metric, final[f"{MERGED_PREFIX}_{metric}"], fine_tune)
+    return {**final, "choice": choice, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _merge_summary(merge):
+    """The summary's ``merge`` entry: the ratio, how it was chosen, and the final model's eval figures."""
+    if not merge:
+        return None
+    return {**merge["choice"].to_dict(), "eval_wer": merge[f"{MERGED_PREFIX}_wer"],
+            "eval_cer": merge[f"{MERGED_PREFIX}_cer"], "seconds": merge["seconds"]}
 
 
 def _evaluate_each(trainer, config, specs, processor, args, retain=None):

@@ -1,0 +1,88 @@
+"""Weight interpolation with the base model (WiSE-FT: Wortsman et al., "Robust fine-tuning of zero-shot
+models", CVPR 2022): the final model is ``base + ratio * (fine-tuned - base)``.
+
+A fine-tune moves every weight towards its training data; on speech it never saw (other speakers,
+real recordings) that costs accuracy the base model had. Part of the way back along the straight
+line to the base weights, the model keeps most of what it learned and much of what it knew. The
+ratio is either given or chosen on the evaluation sets (``auto``): the lowest ratio of
+:data:`MERGE_GRID` whose eval metric is within a tolerance of the fine-tune's own.
+"""
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Callable, Dict, Tuple
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+AUTO = "auto"
+# Ratios tried by --merge_ratio auto, lowest (closest to the base model) first; tenths, because one
+# evaluation pass per ratio is the cost, and neighbouring tenths differ by less than a small eval set's noise.
+MERGE_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@dataclass(frozen=True)
+class MergeTrial:
+    ratio: float
+    metric: float  # the eval sets' primary metric (WER or CER) of the model at this ratio
+
+
+@dataclass(frozen=True)
+class MergeChoice:
+    """The ratio of the final model, how it was chosen, and each ratio tried (``auto``)."""
+
+    ratio: float
+    requested: str  # the --merge_ratio given: a number or "auto"
+    tolerance: float
+    fine_tune_metric: float  # the eval metric at ratio 1 (the fine-tune itself)
+    trials: Tuple[MergeTrial, ...] = ()
+
+    def to_dict(self):
+        return {**dataclasses.asdict(self), "trials": [dataclasses.asdict(trial) for trial in self.trials]}
+
+
+def trainable_deltas(model: torch.nn.Module, base_state: Dict[str, torch.Tensor]):
+    """{name: (base, fine-tuned)} copies, on the CPU, of every trained parameter of ``model``.
+
+    Frozen parameters (``--freeze_encoder``/``--freeze_decoder``) are still the base model's and are left out.
+    """
+    pairs = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if name not in base_state:
+            raise KeyError(f"{name} is not in the base model: cannot interpolate with it")
+        pairs[name] = (base_state[name].detach().to("cpu", torch.float32),
+                       parameter.detach().to("cpu", torch.float32).clone())
+    return pairs
+
+
+@torch.no_grad()
+def set_ratio(model: torch.nn.Module, pairs, ratio: float):
+    """Set each trained parameter of ``model`` to ``base + ratio * (fine-tuned - base)`` (in place)."""
+    for name, parameter in model.named_parameters():
+        if name in pairs:
+            base, tuned = pairs[name]
+            parameter.copy_(torch.lerp(base, tuned, ratio).to(parameter.dtype))
+
+
+def choose_ratio(model, pairs, evaluate: Callable[[], float], fine_tune_metric: float, tolerance: float) -> MergeChoice:
+    """The lowest ratio of :data:`MERGE_GRID` whose ``evaluate()`` metric is at most ``fine_tune_metric +
+    tolerance``; 1.0 (the fine-tune) when none is. ``model`` is left at the chosen ratio.
+
+    Ratios are tried lowest first and the search stops at the first that qualifies: the eval metric
+    falls (almost always) as the ratio grows, and the lowest qualifying ratio keeps the most of the base.
+    """
+    trials = []
+    for ratio in MERGE_GRID:
+        set_ratio(model, pairs, ratio)
+        metric = evaluate()
+        trials.append(MergeTrial(ratio, round(metric, 6)))
+        logger.info("merge ratio %.1f: eval metric %.4f (fine-tune %.4f, tolerance %.4f)", ratio, metric,
+                    fine_tune_metric, tolerance)
+        if metric <= fine_tune_metric + tolerance:
+            return MergeChoice(ratio, AUTO, tolerance, fine_tune_metric, tuple(trials))
+    set_ratio(model, pairs, 1.0)
+    logger.info("merge ratio auto: no ratio below 1 is within %.4f of the fine-tune: the fine-tune is kept", tolerance)
+    return MergeChoice(1.0, AUTO, tolerance, fine_tune_metric, tuple(trials))
