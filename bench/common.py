@@ -1,10 +1,13 @@
 """Shared helpers for the benchmarks: machine/version facts, peak memory of a child, JSON output."""
+import contextlib
 import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -148,3 +151,22 @@ def add_row_process_flags(parser, name, work_dir_holds):
                         "child processes)")
     parser.add_argument("--row_json", default=None, help="internal: where --only writes the row's figures")
     return parser
+
+
+@contextlib.contextmanager
+def work_folder(args, name):
+    """Set ``args.work_dir`` to an absolute folder for the ``with`` block (a new temporary one when --work_dir
+    was not given, removed afterwards, whatever happens; a given one is created if needed and kept)."""
+    keep = args.work_dir is not None
+    args.work_dir = os.path.abspath(args.work_dir or tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    os.makedirs(args.work_dir, exist_ok=True)
+    try:
+        yield args.work_dir
+    finally:
+        if not keep:
+            shutil.rmtree(args.work_dir, ignore_errors=True)
+
+
+def parent_settings(args):
+    """The parent process's flags, as a result file records them (without the internal child flags)."""
+    return {key: value for key, value in vars(args).items() if key not in ("only", "row_json")}

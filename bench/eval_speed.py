@@ -46,10 +46,10 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 
-from common import add_row_process_flags, failure_line, print_table, run_measured, table_columns, write_json
+from common import (add_row_process_flags, failure_line, parent_settings, print_table, run_measured, table_columns,
+                    work_folder, write_json)
 
 from whisper_finetune import cli  # noqa: E402
 from whisper_finetune.errors import UserError  # noqa: E402
@@ -362,22 +362,15 @@ def main(argv=None):
         return 0
     check_args(args)
     _, english_only, normalizer = model_facts(args.model, args.language)
-    keep_work = args.work_dir is not None
-    args.work_dir = os.path.abspath(args.work_dir or tempfile.mkdtemp(prefix="bench-eval-speed-"))
-    os.makedirs(args.work_dir, exist_ok=True)
-    try:
+    with work_folder(args, "eval-speed"):
         data = prepared_data(args.data, args.work_dir)
         dataset, durations = load_clips(data, args.max_samples)
         rows = measure_rows(args, data, float(durations.sum()))
-    finally:
-        if not keep_work:
-            shutil.rmtree(args.work_dir, ignore_errors=True)
     decoding = "greedy (num_beams=1)" if args.num_beams == 1 else f"beam search (num_beams={args.num_beams})"
     print(f"\n{len(dataset)} clips, {durations.sum():.1f} s of audio; every row {decoding}, at most "
           f"{args.max_new_tokens} new tokens; WER normalised with '{normalizer}'; {device_name(args.device)}")
     table = print_table(rows, table_columns(COLUMNS, args.device >= 0))
-    settings = {k: v for k, v in vars(args).items() if k not in ("only", "row_json")}
-    write_json(args.out, {"benchmark": "eval_speed", "settings": {**settings, "decoding": decoding,
+    write_json(args.out, {"benchmark": "eval_speed", "settings": {**parent_settings(args), "decoding": decoding,
                "normalizer": normalizer, "english_only": english_only, "clips": len(dataset),
                "audio_seconds": float(durations.sum())}, "rows": rows, "table": table})
     print(f"wrote {args.out}")

@@ -30,12 +30,11 @@ example:
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 
 import numpy as np
-from common import REPO_ROOT, add_row_process_flags, failure_line, run_measured, write_json
+from common import (REPO_ROOT, add_row_process_flags, failure_line, parent_settings, run_measured, work_folder,
+                    write_json)
 
 from whisper_finetune import cli  # noqa: E402
 from whisper_finetune.errors import UserError  # noqa: E402
@@ -190,23 +189,16 @@ def main(argv=None):
     check_args(args)
     import soundfile as sf
 
-    keep_work = args.work_dir is not None
-    args.work_dir = os.path.abspath(args.work_dir or tempfile.mkdtemp(prefix="bench-hallucination-"))
-    os.makedirs(args.work_dir, exist_ok=True)
-    try:
+    with work_folder(args, "hallucination"):
         for kind in ("silence", "tones"):
             sf.write(os.path.join(args.work_dir, f"{kind}.flac"), synthesise(kind, seed=args.seed), SAMPLE_RATE)
         rows = measure_rows(args)
-    finally:
-        if not keep_work:
-            shutil.rmtree(args.work_dir, ignore_errors=True)
     table = markdown_table(rows)
     device = "CPU" if args.device < 0 else f"GPU {args.device}"
     print(f"\n{os.path.basename(os.path.normpath(args.model))}, greedy (num_beams 1), {device}; WER of long_en.flac "
           f"normalised with 'english'\n")
     print(table)
-    settings = {k: v for k, v in vars(args).items() if k not in ("only", "row_json")}
-    write_json(args.out, {"benchmark": "hallucination", "settings": {**settings, "guards": WHISPER_GUARDS},
+    write_json(args.out, {"benchmark": "hallucination", "settings": {**parent_settings(args), "guards": WHISPER_GUARDS},
                           "rows": rows, "table": table})
     print(f"wrote {args.out}")
     return 0
