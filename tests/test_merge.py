@@ -51,8 +51,9 @@ def test_choose_ratio_takes_the_lowest_ratio_within_tolerance(metrics, tolerance
     seen = []
     scripted = iter(metrics)
 
-    def evaluate():
+    def evaluate(ratio):
         seen.append(float(model.weight.detach()[0]))  # the model evaluated is at the ratio being tried
+        assert float(model.weight.detach()[0]) == pytest.approx(10 * ratio)
         return next(scripted)
 
     choice = merging.choose_ratio(model, pairs, evaluate, fine_tune_metric=0.02, tolerance=tolerance)

@@ -67,8 +67,10 @@ def set_ratio(model: torch.nn.Module, pairs, ratio: float):
             parameter.copy_(torch.lerp(base, tuned, ratio).to(parameter.dtype))
 
 
-def choose_ratio(model, pairs, evaluate: Callable[[], float], fine_tune_metric: float, tolerance: float) -> MergeChoice:
-    """The lowest ratio of :data:`MERGE_GRID` whose ``evaluate()`` metric is at most ``fine_tune_metric +
+def choose_ratio(model, pairs, evaluate: Callable[[float], float], fine_tune_metric: float,
+                 tolerance: float) -> MergeChoice:
+    """The lowest ratio of :data:`MERGE_GRID` whose ``evaluate(ratio)`` metric (``model`` is at that ratio
+    when it is called) is at most ``fine_tune_metric +
     tolerance``; 1.0 (the fine-tune) when none is. ``model`` is left at the chosen ratio.
 
     Ratios are tried lowest first and the search stops at the first that qualifies: the eval metric
@@ -77,7 +79,7 @@ def choose_ratio(model, pairs, evaluate: Callable[[], float], fine_tune_metric: 
     trials = []
     for ratio in MERGE_GRID:
         set_ratio(model, pairs, ratio)
-        metric = evaluate()
+        metric = evaluate(ratio)
         trials.append(MergeTrial(ratio, round(metric, 6)))
         logger.info("merge ratio %.1f: eval metric %.4f (fine-tune %.4f, tolerance %.4f)", ratio, metric,
                     fine_tune_metric, tolerance)

@@ -358,15 +358,14 @@ def merge_ratio(config: TrainConfig) -> Optional[float]:
 
 
 def _check_merge(config: TrainConfig):
-    if config.merge_ratio != merging.AUTO:
-        try:
-            ratio = float(config.merge_ratio)
-        except ValueError:
-            ratio = None
-        if ratio is None or not 0 < ratio <= 1:
-            raise OptionError("merge_ratio", config.merge_ratio, "give a number above 0 and at most 1, or auto")
-        if ratio == 1:
-            return
+    try:
+        ratio = merge_ratio(config)
+    except ValueError:
+        ratio = math.nan  # not a number: refused below, as an out-of-range one is
+    if ratio is not None and not 0 < ratio <= 1:
+        raise OptionError("merge_ratio", config.merge_ratio, "give a number above 0 and at most 1, or auto")
+    if ratio == 1:
+        return
     if config.merge_tolerance < 0:
         raise OptionError("merge_tolerance", config.merge_tolerance, "must not be negative")
     for name, flag in (("lora", "--lora"), ("deepspeed", "--deepspeed"), ("fsdp", "--fsdp")):

@@ -814,8 +814,7 @@ def _merge_with_base(trainer, config, main_eval, retain, metric):
         measured[1.0] = {f"{MERGED_PREFIX}_{name}": best[f"eval_{name}"] for name in ("wer", "cer")}
         fine_tune = best[f"eval_{metric}"]
     if ratio is None:
-        trials = iter(merging.MERGE_GRID)
-        choice = merging.choose_ratio(model, pairs, lambda: evaluate(next(trials)), fine_tune, config.merge_tolerance)
+        choice = merging.choose_ratio(model, pairs, evaluate, fine_tune, config.merge_tolerance)
     else:
         merging.set_ratio(model, pairs, ratio)
         evaluate(ratio)
