@@ -15,8 +15,10 @@ with --timestamps True:
 
 There are no words in this audio: every word written is a hallucination ("words" counts runs of letters
 and digits, so a cue of "." writes none). Then longform/long_en.flac (80 s of sentences) with today's
-cut-at-silence path and with --timestamps True (alone, with --vad True, with Whisper's thresholds): WER
-against long_en.txt (english normaliser), number of cues and the longest one.
+cut-at-silence path and with --timestamps True (alone, with --vad True, with Whisper's thresholds), and
+both paths again with beam search (--num_beams 5; on timestamps with --condition_on_previous_text True,
+openai/whisper's and faster-whisper's defaults): WER against long_en.txt (english normaliser), number of
+cues and the longest one.
 
 Rows are named <audio>_<path>[_<guards>] (silence_cut_plain, tones_timestamps_vad, long_timestamps, ...);
 --rows picks a subset. Each row runs in its own child process (this script with --only ROW), one after
@@ -43,11 +45,14 @@ SAMPLE_RATE = 16000
 SYNTH_SECONDS = 60
 WHISPER_GUARDS = ["--temperature_fallback", "0.0,0.2,0.4,0.6,0.8,1.0", "--compression_ratio_threshold", "2.4",
                   "--logprob_threshold", "-1.0", "--no_speech_threshold", "0.6"]
-GUARDS = {"plain": [], "thresholds": WHISPER_GUARDS, "vad": ["--vad", "True"]}
-GUARD_NAMES = {"plain": "none", "thresholds": "Whisper's thresholds + fallback", "vad": "VAD"}
+GUARDS = {"plain": [], "thresholds": WHISPER_GUARDS, "vad": ["--vad", "True"], "beam5": ["--num_beams", "5"]}
+GUARD_NAMES = {"plain": "none", "thresholds": "Whisper's thresholds + fallback", "vad": "VAD",
+               "beam5": "beam search (5)"}
+CONDITIONED = ("thresholds", "beam5")  # on timestamps these add --condition_on_previous_text True, as Whisper does
 PATHS = {"cut": [], "timestamps": ["--timestamps", "True"]}
 ROWS = tuple(f"{audio}_{path}_{guards}" for audio in ("silence", "tones") for path in PATHS for guards in GUARDS) + \
-    ("long_cut", "long_timestamps", "long_timestamps_vad", "long_timestamps_thresholds")
+    ("long_cut", "long_timestamps", "long_timestamps_vad", "long_timestamps_thresholds", "long_cut_beam5",
+     "long_timestamps_beam5")
 COLUMNS = ["row", "audio", "segmentation", "guards", "words", "wer", "cues", "longest_cue_s", "rtfx", "text", "error"]
 
 
@@ -77,7 +82,7 @@ def row_parts(name):
     audio, path, *rest = name.split("_")
     guards = rest[0] if rest else "plain"
     flags = PATHS[path] + GUARDS[guards]
-    if guards == "thresholds" and path == "timestamps":
+    if guards in CONDITIONED and path == "timestamps":
         flags += ["--condition_on_previous_text", "True"]  # Whisper's default, on the path that has previous text
     return audio, path, guards, flags
 
@@ -120,7 +125,7 @@ def measure_rows(args):
         audio, path, guards, _ = row_parts(name)
         row_json = os.path.join(args.work_dir, f"{name}.json")
         row = {"row": name, "audio": {"long": "long_en.flac"}.get(audio, f"{SYNTH_SECONDS} s {audio}"),
-               "guards": GUARD_NAMES[guards] + (" + condition" if guards == "thresholds" and path == "timestamps"
+               "guards": GUARD_NAMES[guards] + (" + condition" if guards in CONDITIONED and path == "timestamps"
                                                 else "")}
         command = [sys.executable, os.path.abspath(__file__), "--model", args.model, "--data", args.data,
                    "--work_dir", args.work_dir, "--device", str(args.device), "--only", name, "--row_json", row_json]
@@ -195,7 +200,7 @@ def main(argv=None):
         rows = measure_rows(args)
     table = markdown_table(rows)
     device = "CPU" if args.device < 0 else f"GPU {args.device}"
-    print(f"\n{os.path.basename(os.path.normpath(args.model))}, greedy (num_beams 1), {device}; WER of long_en.flac "
+    print(f"\n{os.path.basename(os.path.normpath(args.model))}, greedy (num_beams 1) unless the guards say beam search, {device}; WER of long_en.flac "
           f"normalised with 'english'\n")
     print(table)
     write_json(args.out, {"benchmark": "hallucination", "settings": {**parent_settings(args), "guards": WHISPER_GUARDS},
