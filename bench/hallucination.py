@@ -200,8 +200,8 @@ def main(argv=None):
         rows = measure_rows(args)
     table = markdown_table(rows)
     device = "CPU" if args.device < 0 else f"GPU {args.device}"
-    print(f"\n{os.path.basename(os.path.normpath(args.model))}, greedy (num_beams 1) unless the guards say beam search, {device}; WER of long_en.flac "
-          f"normalised with 'english'\n")
+    print(f"\n{os.path.basename(os.path.normpath(args.model))}, greedy (num_beams 1) unless the guards say beam "
+          f"search, {device}; WER of long_en.flac normalised with 'english'\n")
     print(table)
     write_json(args.out, {"benchmark": "hallucination", "settings": {**parent_settings(args), "guards": WHISPER_GUARDS},
                           "rows": rows, "table": table})
