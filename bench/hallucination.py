@@ -34,12 +34,12 @@ import os
 import re
 import sys
 
-import numpy as np
 from common import (REPO_ROOT, add_row_process_flags, failure_line, parent_settings, run_measured, work_folder,
                     write_json)
 
 from whisper_finetune import cli  # noqa: E402
 from whisper_finetune.errors import UserError  # noqa: E402
+from whisper_finetune.testing import no_speech_audio  # noqa: E402
 
 SAMPLE_RATE = 16000
 SYNTH_SECONDS = 60
@@ -54,27 +54,6 @@ ROWS = tuple(f"{audio}_{path}_{guards}" for audio in ("silence", "tones") for pa
     ("long_cut", "long_timestamps", "long_timestamps_vad", "long_timestamps_thresholds", "long_cut_beam5",
      "long_timestamps_beam5")
 COLUMNS = ["row", "audio", "segmentation", "guards", "words", "wer", "cues", "longest_cue_s", "rtfx", "text", "error"]
-
-
-def synthesise(kind, seconds=SYNTH_SECONDS, seed=0):
-    """``silence``: low Gaussian noise; ``tones``: a melody of pentatonic notes with harmonics over a drone."""
-    rng = np.random.default_rng(seed)
-    n = seconds * SAMPLE_RATE
-    noise = 0.003 * rng.standard_normal(n)  # about -50 dBFS, a quiet room
-    if kind == "silence":
-        return noise.astype(np.float32)
-    t = np.arange(n) / SAMPLE_RATE
-    scale = 220.0 * 2 ** (np.array([0, 2, 4, 7, 9, 12, 14, 16]) / 12)  # A major pentatonic over two octaves
-    music = 0.05 * (np.sin(2 * np.pi * 110 * t) + 0.5 * np.sin(2 * np.pi * 165 * t))  # drone: A2 and E3
-    start = 0
-    while start < n:
-        length = int(rng.choice([0.25, 0.5, 0.75]) * SAMPLE_RATE)
-        pitch = rng.choice(scale)
-        tt = np.arange(min(length, n - start)) / SAMPLE_RATE
-        note = sum(np.sin(2 * np.pi * k * pitch * tt) / k for k in (1, 2, 3)) * np.exp(-3 * tt)
-        music[start:start + len(tt)] += 0.2 * note
-        start += length
-    return (music + noise).astype(np.float32)
 
 
 def row_parts(name):
@@ -196,7 +175,8 @@ def main(argv=None):
 
     with work_folder(args, "hallucination"):
         for kind in ("silence", "tones"):
-            sf.write(os.path.join(args.work_dir, f"{kind}.flac"), synthesise(kind, seed=args.seed), SAMPLE_RATE)
+            sf.write(os.path.join(args.work_dir, f"{kind}.flac"), no_speech_audio(kind, SYNTH_SECONDS, seed=args.seed),
+                     SAMPLE_RATE)
         rows = measure_rows(args)
     table = markdown_table(rows)
     device = "CPU" if args.device < 0 else f"GPU {args.device}"

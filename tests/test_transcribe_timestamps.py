@@ -371,3 +371,25 @@ def test_guards_on_a_short_batch(real_model_dir, shared_data_dir):
                            "cpu").decode(features)
     assert guarded[-1] == ""  # skipped as no speech
     assert sum(a == b for a, b in zip(default[:-1], guarded[:-1])) >= 3  # speech: a fallback may resample one
+
+
+@pytest.mark.real_model
+def test_a_window_skipped_as_silence_stays_skipped_in_a_batch(real_model_dir):
+    """Two windows of music-like tones: the first is skipped as silence at temperature 0, the second falls back
+    to sampling. transformers' batched fallback un-skips the first ("So"); we decode such batches window by
+    window, so the batch gives what each window gives alone."""
+    from whisper_finetune.modeling import load_processor
+    from whisper_finetune.testing import no_speech_audio
+
+    tones = no_speech_audio("tones", 60, seed=0)
+    cut = int(29.99 * SAMPLE_RATE)  # where cutting at silence cuts it (bench/hallucination.py's tones)
+    windows = [tones[:cut], tones[cut:int(56.2 * SAMPLE_RATE)]]
+    features = load_processor(real_model_dir).feature_extractor(windows, sampling_rate=SAMPLE_RATE,
+                                                                return_tensors="np").input_features
+    decoder = make_decoder(prepared_for(real_model_dir, options=DecodingOptions(guards=WHISPER_GUARDS)), "cpu")
+    assert not WHISPER_GUARDS.batch_safe()
+    alone = [decoder.decode(features[i:i + 1])[0] for i in range(2)]
+    assert alone[0] == ""  # skipped as no speech
+    assert decoder.decode(features) == alone  # batched by transformers alone: ["So", "."]
+    # the unguarded tiny.en writes a word into the first window, so the skip is the guard's doing
+    assert make_decoder(prepared_for(real_model_dir), "cpu").decode(features[:1])[0] != ""

@@ -136,6 +136,15 @@ class GuardOptions:
             kwargs["condition_on_prev_tokens"] = True
         return kwargs
 
+    def batch_safe(self):
+        """Whether ``generate`` may decode several windows in one batch with these guards.
+
+        Not with a temperature fallback and --no_speech_threshold together: transformers (4.57) keeps each
+        window's "skip as silence" flag by its place in the shrinking batch of windows that fall back, so a
+        window skipped at temperature 0 is un-skipped when another window of its batch falls back (measured:
+        60 s of tones cut in two gave "So ." batched, "." window by window)."""
+        return self.no_speech_threshold is None or len(self.temperatures()) == 1
+
 
 @dataclass(frozen=True)
 class DecodingOptions:
@@ -270,6 +279,11 @@ class TorchDecoder(PreparedDecoder):
     @torch.inference_mode()
     def decode(self, features):
         inputs = torch.from_numpy(np.ascontiguousarray(features)).to(self.device, self.dtype)  # (B, n_mels, frames)
+        if not self.options.guards.batch_safe():
+            return [text for row in inputs.split(1) for text in self._decode_tensor(row)]
+        return self._decode_tensor(inputs)
+
+    def _decode_tensor(self, inputs):
         tokens = self._generate(inputs, **self.generate_kwargs())  # (B, generated) prompt stripped
         # A window skipped by --no_speech_threshold comes back as an empty float tensor, and transformers
         # pads the whole batch in that dtype: token ids must be integers again for the tokenizer.

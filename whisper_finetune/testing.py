@@ -83,3 +83,25 @@ def synthetic_speech(seconds, sampling_rate=SAMPLE_RATE, seed=0, channels=1):
     signal = 0.3 * np.sin(2 * np.pi * (200 + 50 * seed) * t) + 0.02 * rng.standard_normal(t.shape)
     signal = signal.astype(np.float32)
     return np.stack([signal] * channels, axis=1) if channels > 1 else signal
+
+
+def no_speech_audio(kind, seconds, seed=0):
+    """Audio without a word in it, where Whisper is known to invent text (float32 at 16 kHz): ``silence``, low
+    Gaussian noise; ``tones``, a melody of pentatonic notes with harmonics over a drone, music-like."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SAMPLE_RATE)
+    noise = 0.003 * rng.standard_normal(n)  # about -50 dBFS, a quiet room
+    if kind == "silence":
+        return noise.astype(np.float32)
+    t = np.arange(n) / SAMPLE_RATE
+    scale = 220.0 * 2 ** (np.array([0, 2, 4, 7, 9, 12, 14, 16]) / 12)  # A major pentatonic over two octaves
+    music = 0.05 * (np.sin(2 * np.pi * 110 * t) + 0.5 * np.sin(2 * np.pi * 165 * t))  # drone: A2 and E3
+    start = 0
+    while start < n:
+        length = int(rng.choice([0.25, 0.5, 0.75]) * SAMPLE_RATE)
+        pitch = rng.choice(scale)
+        tt = np.arange(min(length, n - start)) / SAMPLE_RATE
+        note = sum(np.sin(2 * np.pi * k * pitch * tt) / k for k in (1, 2, 3)) * np.exp(-3 * tt)
+        music[start:start + len(tt)] += 0.2 * note
+        start += length
+    return (music + noise).astype(np.float32)
