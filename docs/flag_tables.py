@@ -27,7 +27,7 @@ TIMESTAMPS = ("timestamps", "timestamp_ratio")
 # Retain sets, the best-model choice, early stopping and merging with the base model (docs/sections/retain.md);
 # the HF script's per-dataset retain lists are in train_hf_only.
 RETAIN = ("retain_datasets", "retain_language", "metric_for_best_model", "early_stopping_patience", "merge_ratio",
-          "merge_tolerance")
+          "merge_tolerance", "merge_encoder_ratio")
 # Replay and augmentation (docs/sections/augment.md); the HF script's per-dataset replay lists are in
 # train_hf_only.
 REPLAY_AUGMENT = ("replay_datasets", "replay_language", "replay_ratio", "spec_augment", "mask_time_prob",

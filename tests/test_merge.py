@@ -24,6 +24,12 @@ from whisper_finetune.training import train
     ({"freeze_encoder": True, "freeze_decoder": True},
      "--freeze_encoder True and --freeze_decoder True together leave nothing to train"),
     ({"freeze_decoder": True, "lora": True}, "--lora and --freeze_decoder together"),
+    ({"merge_encoder_ratio": 0.0}, "--merge_encoder_ratio 0.0: give a number above 0 and at most 1"),
+    ({"merge_encoder_ratio": 1.5}, "--merge_encoder_ratio 1.5: give a number above 0 and at most 1"),
+    ({"merge_encoder_ratio": 0.5, "freeze_encoder": True},
+     "--merge_encoder_ratio 0.5 with --freeze_encoder True: a frozen encoder is the base model's already"),
+    ({"merge_encoder_ratio": 0.5, "lora": True},
+     "--merge_ratio 1 --merge_encoder_ratio 0.5 with --lora: interpolation needs every trained weight whole"),
 ])
 def test_bad_merge_and_freeze_options_are_refused(tiny_model_dir, tiny_dataset_dir, tmp_path, overrides, message):
     with pytest.raises(UserError, match=re.escape(message)):
@@ -81,6 +87,23 @@ def test_merge_ratio_interpolates_the_best_checkpoint_with_the_base(tiny_model_d
     assert "base + 0.25 x (fine-tune - base) (WiSE-FT), given with --merge_ratio" in card
 
 
+def test_merge_encoder_ratio_gives_the_encoder_its_own_ratio(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    out = tmp_path / "parts"
+    summary = train(quick_config(tiny_model_dir, tiny_dataset_dir, out, num_steps=2, eval_steps=2,
+                                 learning_rate=1e-2, merge_ratio="0.7", merge_encoder_ratio=0.5))
+    base, tuned, final = weights(tiny_model_dir), weights(out / "checkpoint-2"), weights(out)
+    moved = [k for k in final if not torch.equal(base[k], tuned[k])]
+    parts = {"model.encoder.": 0.5, "model.decoder.": 0.7}
+    assert all(any(k.startswith(p) for k in moved) for p in parts)  # both parts moved in training
+    for k in moved:
+        ratio = 0.5 if k.startswith("model.encoder.") else 0.7
+        assert torch.allclose(final[k], base[k] + ratio * (tuned[k] - base[k]), atol=1e-6), k
+    assert (summary.merge["ratio"], summary.merge["encoder_ratio"]) == (0.7, 0.5)
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert ("base + 0.7 x (fine-tune - base) (WiSE-FT), given with --merge_ratio. The encoder's weights are at "
+            "base + 0.5 x (fine-tune - base) instead (--merge_encoder_ratio).") in card
+
+
 def test_merge_ratio_auto_picks_by_the_eval_sets_and_reports_the_final_model(tiny_model_dir, tiny_dataset_dir,
                                                                             tmp_path, monkeypatch):
     # Scripted WERs, in call order: step 2's evaluation 0.10 (the fine-tune's figure, not decoded again);
@@ -103,3 +126,20 @@ def test_merge_ratio_auto_picks_by_the_eval_sets_and_reports_the_final_model(tin
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "within 0.01 of the fine-tune's (tried: 0.2: 0.4000, 0.3: 0.2500, 0.4: 0.1050)" in card
     assert "scores WER 0.1050 (the checkpoint: 0.1000)" in card
+
+
+def test_choose_ratio_with_an_encoder_ratio_searches_the_decoder_only():
+    model = torch.nn.Module()
+    model.model = torch.nn.Module()
+    model.model.encoder, model.model.decoder = _Line(10.0), _Line(10.0)
+    zeros = {name: torch.zeros(2) for name, _ in model.named_parameters()}
+    pairs = merging.trainable_deltas(model, zeros)
+    seen = []
+
+    def evaluate(ratio):
+        seen.append((float(model.model.encoder.weight[0]), float(model.model.decoder.weight[0])))
+        return {0.2: 0.3, 0.3: 0.02}[ratio]
+
+    choice = merging.choose_ratio(model, pairs, evaluate, fine_tune_metric=0.02, tolerance=0.0, encoder_ratio=0.6)
+    assert seen == pytest.approx([(6.0, 2.0), (6.0, 3.0)])  # the encoder stays at 0.6 while the decoder is searched
+    assert (choice.ratio, choice.encoder_ratio) == (0.3, 0.6)

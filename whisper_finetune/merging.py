@@ -5,18 +5,22 @@ A fine-tune moves every weight towards its training data; on speech it never saw
 real recordings) that costs accuracy the base model had. Part of the way back along the straight
 line to the base weights, the model keeps most of what it learned and much of what it knew. The
 ratio is either given or chosen on the evaluation sets (``auto``): the lowest ratio of
-:data:`MERGE_GRID` whose eval metric is within a tolerance of the fine-tune's own.
+:data:`MERGE_GRID` whose eval metric is within a tolerance of the fine-tune's own. The encoder may take a
+ratio of its own (``encoder_ratio``): teaching a new language needs most of the decoder's move (new
+tokens, a new language model) but less of the encoder's (the sounds are mostly those the base knew), and
+the encoder's move is what costs the base model's own languages most.
 """
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
+ENCODER_PREFIX = "model.encoder."  # WhisperForConditionalGeneration's encoder parameters; the rest is decoder
 # Ratios tried by --merge_ratio auto, lowest (closest to the base model) first; tenths, because one
 # evaluation pass per ratio is the cost, and neighbouring tenths differ by less than a small eval set's noise.
 MERGE_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -37,6 +41,7 @@ class MergeChoice:
     tolerance: float
     fine_tune_metric: float  # the eval metric at ratio 1 (the fine-tune itself)
     trials: Tuple[MergeTrial, ...] = ()
+    encoder_ratio: Optional[float] = None  # the encoder's own ratio; None: ``ratio`` for every weight
 
     def to_dict(self):
         return {**dataclasses.asdict(self), "trials": [dataclasses.asdict(trial) for trial in self.trials]}
@@ -59,32 +64,35 @@ def trainable_deltas(model: torch.nn.Module, base_state: Dict[str, torch.Tensor]
 
 
 @torch.no_grad()
-def set_ratio(model: torch.nn.Module, pairs, ratio: float):
-    """Set each trained parameter of ``model`` to ``base + ratio * (fine-tuned - base)`` (in place)."""
+def set_ratio(model: torch.nn.Module, pairs, ratio: float, encoder_ratio: Optional[float] = None):
+    """Set each trained parameter of ``model`` to ``base + ratio * (fine-tuned - base)`` (in place), with
+    ``encoder_ratio`` instead for the encoder's when it is given."""
     for name, parameter in model.named_parameters():
         if name in pairs:
             base, tuned = pairs[name]
-            parameter.copy_(torch.lerp(base, tuned, ratio).to(parameter.dtype))
+            at = encoder_ratio if encoder_ratio is not None and name.startswith(ENCODER_PREFIX) else ratio
+            parameter.copy_(torch.lerp(base, tuned, at).to(parameter.dtype))
 
 
 def choose_ratio(model, pairs, evaluate: Callable[[float], float], fine_tune_metric: float,
-                 tolerance: float) -> MergeChoice:
+                 tolerance: float, encoder_ratio: Optional[float] = None) -> MergeChoice:
     """The lowest ratio of :data:`MERGE_GRID` whose ``evaluate(ratio)`` metric (``model`` is at that ratio
     when it is called) is at most ``fine_tune_metric +
-    tolerance``; 1.0 (the fine-tune) when none is. ``model`` is left at the chosen ratio.
+    tolerance``; 1.0 (the fine-tune) when none is. ``model`` is left at the chosen ratio. With
+    ``encoder_ratio`` the encoder stays at it and the search is the decoder's.
 
     Ratios are tried lowest first and the search stops at the first that qualifies: the eval metric
     falls (almost always) as the ratio grows, and the lowest qualifying ratio keeps the most of the base.
     """
     trials = []
     for ratio in MERGE_GRID:
-        set_ratio(model, pairs, ratio)
+        set_ratio(model, pairs, ratio, encoder_ratio)
         metric = evaluate(ratio)
         trials.append(MergeTrial(ratio, round(metric, 6)))
         logger.info("merge ratio %.1f: eval metric %.4f (fine-tune %.4f, tolerance %.4f)", ratio, metric,
                     fine_tune_metric, tolerance)
         if metric <= fine_tune_metric + tolerance:
-            return MergeChoice(ratio, AUTO, tolerance, fine_tune_metric, tuple(trials))
-    set_ratio(model, pairs, 1.0)
+            return MergeChoice(ratio, AUTO, tolerance, fine_tune_metric, tuple(trials), encoder_ratio)
+    set_ratio(model, pairs, 1.0, encoder_ratio)
     logger.info("merge ratio auto: no ratio below 1 is within %.4f of the fine-tune: the fine-tune is kept", tolerance)
-    return MergeChoice(1.0, AUTO, tolerance, fine_tune_metric, tuple(trials))
+    return MergeChoice(1.0, AUTO, tolerance, fine_tune_metric, tuple(trials), encoder_ratio)

@@ -136,8 +136,11 @@ def _merge_lines(summary):
     how = (f"the lowest ratio whose eval {metric.upper()} was within {merge['tolerance']:g} of the fine-tune's "
            f"(tried: {tried})"
            if merge["requested"] == "auto" else "given with --merge_ratio")
+    encoder = merge.get("encoder_ratio")
+    encoder = "" if encoder is None else \
+        f" The encoder's weights are at base + {encoder:g} x (fine-tune - base) instead (--merge_encoder_ratio)."
     return [f"**Final model:** the weights of the checkpoint above interpolated with the base model's, base + "
-            f"{merge['ratio']:g} x (fine-tune - base) (WiSE-FT), {how}. On the eval data it scores "
+            f"{merge['ratio']:g} x (fine-tune - base) (WiSE-FT), {how}.{encoder} On the eval data it scores "
             f"{metric.upper()} {merge[f'eval_{metric}']:.4f} (the checkpoint: {merge['fine_tune_metric']:.4f})"
             + ("; the per-dataset rows are the final model's." if summary.get("eval_per_dataset") else "."), ""]
 

@@ -160,7 +160,8 @@ def format_summary(summary: TrainSummary):
     if summary.merge:
         merge = summary.merge
         how = "chosen by the eval sets" if merge["requested"] == "auto" else "--merge_ratio"
-        lines.append(f"final model: base + {merge['ratio']:g} x (fine-tune - base) ({how}): eval "
+        encoder = "" if merge.get("encoder_ratio") is None else f", encoder {merge['encoder_ratio']:g}"
+        lines.append(f"final model: base + {merge['ratio']:g} x (fine-tune - base) ({how}{encoder}): eval "
                      f"{summary.primary_metric.upper()} {merge[f'eval_{summary.primary_metric}']:.4f}, the fine-tune's "
                      f"{merge['fine_tune_metric']:.4f}")
     if summary.early_stopped_at is not None:

@@ -99,6 +99,11 @@ class TrainConfig:
         group="retain", default_text="1 (the fine-tune itself)")
     merge_tolerance: float = option(0.01, "with --merge_ratio auto: how much higher (absolute) the eval primary "
                                     "metric may be than the fine-tune's", group="retain")
+    merge_encoder_ratio: Optional[float] = option(
+        None, "the encoder's own interpolation ratio (above 0, at most 1); --merge_ratio is then the decoder's "
+        "(auto: searched with the encoder at this one). Teaching a new language: the decoder needs most of its "
+        "fine-tune, the encoder less, and the encoder's move is what costs the base model's languages most",
+        group="retain", default_text="--merge_ratio's")
     audio_column: str = option("audio", "name of the audio column in the HF datasets", group="data")
     language: Optional[str] = option(None, "language of the speech, a name (Hindi) or code (hi); written into the "
                                      "saved generation config. English-only (.en) models take none (or English)",
@@ -357,6 +362,11 @@ def merge_ratio(config: TrainConfig) -> Optional[float]:
     return None if config.merge_ratio == merging.AUTO else float(config.merge_ratio)
 
 
+def merges(config: TrainConfig) -> bool:
+    """Whether the final model is interpolated with the base model (a ratio below 1 anywhere)."""
+    return merge_ratio(config) != 1 or config.merge_encoder_ratio not in (None, 1)
+
+
 def _check_merge(config: TrainConfig):
     try:
         ratio = merge_ratio(config)
@@ -364,15 +374,27 @@ def _check_merge(config: TrainConfig):
         ratio = math.nan  # not a number: refused below, as an out-of-range one is
     if ratio is not None and not 0 < ratio <= 1:
         raise OptionError("merge_ratio", config.merge_ratio, "give a number above 0 and at most 1, or auto")
-    if ratio == 1:
+    encoder = config.merge_encoder_ratio
+    if encoder is not None and not 0 < encoder <= 1:
+        raise OptionError("merge_encoder_ratio", encoder, "give a number above 0 and at most 1")
+    if not merges(config):
         return
+    if encoder is not None and config.freeze_encoder:
+        raise UserError(f"--merge_encoder_ratio {encoder} with --freeze_encoder True: a frozen encoder is the base "
+                        "model's already; leave --merge_encoder_ratio out")
     if config.merge_tolerance < 0:
         raise OptionError("merge_tolerance", config.merge_tolerance, "must not be negative")
     for name, flag in (("lora", "--lora"), ("deepspeed", "--deepspeed"), ("fsdp", "--fsdp")):
         if getattr(config, name):
-            raise UserError(f"--merge_ratio {config.merge_ratio} with {flag}: interpolation needs every trained "
+            raise UserError(f"{_merge_flags(config)} with {flag}: interpolation needs every trained "
                             "weight whole in one process; train without it"
                             + (" (or lower --lora_alpha, which scales the adapters)" if name == "lora" else ""))
+
+
+def _merge_flags(config: TrainConfig):
+    flags = f"--merge_ratio {config.merge_ratio}"
+    encoder = config.merge_encoder_ratio
+    return flags if encoder is None else f"{flags} --merge_encoder_ratio {encoder}"
 
 
 def _check_streaming(config: TrainConfig):

@@ -38,7 +38,7 @@ from .features import (CONTEXT_FRAMES, FEATURE_COLUMN, INDEX_COLUMN, LENGTH_COLU
 from .files import publish
 from .reporting import PLOT_FILE, DatasetScore, TrainSummary, write_reports
 from .text import choose_metric, choose_normalizer, language_code
-from .train_config import (RUN_MARKERS, TrainConfig, check_config, dataset_specs, intervals, merge_ratio,
+from .train_config import (RUN_MARKERS, TrainConfig, check_config, dataset_specs, intervals, merge_ratio, merges,
                            precision)
 
 logger = logging.getLogger(__name__)
@@ -789,9 +789,9 @@ def _merge_with_base(trainer, config, main_eval, retain, metric):
     Returns {} without it (ratio 1), else the final model's metrics (``merged_wer``, ``merged_cer`` and,
     with retain sets, ``merged_retain_wer``...) with the :class:`merging.MergeChoice` under ``"choice"``.
     """
-    ratio = merge_ratio(config)
-    if ratio == 1:
+    if not merges(config):
         return {}
+    ratio, encoder_ratio = merge_ratio(config), config.merge_encoder_ratio
     started = time.perf_counter()
     model = trainer.model
     base = WhisperForConditionalGeneration.from_pretrained(config.model_name)  # float32, as saved
@@ -814,16 +814,18 @@ def _merge_with_base(trainer, config, main_eval, retain, metric):
         measured[1.0] = {f"{MERGED_PREFIX}_{name}": best[f"eval_{name}"] for name in ("wer", "cer")}
         fine_tune = best[f"eval_{metric}"]
     if ratio is None:
-        choice = merging.choose_ratio(model, pairs, evaluate, fine_tune, config.merge_tolerance)
+        choice = merging.choose_ratio(model, pairs, evaluate, fine_tune, config.merge_tolerance, encoder_ratio)
     else:
-        merging.set_ratio(model, pairs, ratio)
+        merging.set_ratio(model, pairs, ratio, encoder_ratio)
         evaluate(ratio)
-        choice = merging.MergeChoice(ratio, config.merge_ratio, config.merge_tolerance, round(fine_tune, 6))
+        choice = merging.MergeChoice(ratio, config.merge_ratio, config.merge_tolerance, round(fine_tune, 6),
+                                     encoder_ratio=encoder_ratio)
     final = dict(measured[choice.ratio])
     if retain is not None:
         final.update(trainer.evaluate_set(dataclasses.replace(retain, prefix=f"{MERGED_PREFIX}_retain")))
-    logger.info("final model: base + %.2f x (fine-tune - base); eval %s %.4f (fine-tune %.4f)", choice.ratio,
-                metric, final[f"{MERGED_PREFIX}_{metric}"], fine_tune)
+    logger.info("final model: base + %.2f x (fine-tune - base)%s; eval %s %.4f (fine-tune %.4f)", choice.ratio,
+                "" if encoder_ratio is None else f" (encoder: {encoder_ratio:g})", metric,
+                final[f"{MERGED_PREFIX}_{metric}"], fine_tune)
     return {**final, "choice": choice, "seconds": round(time.perf_counter() - started, 2)}
 
 
