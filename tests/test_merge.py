@@ -137,7 +137,7 @@ def test_choose_ratio_with_an_encoder_ratio_searches_the_decoder_only():
     seen = []
 
     def evaluate(ratio):
-        seen.append((float(model.model.encoder.weight[0]), float(model.model.decoder.weight[0])))
+        seen.append((float(model.model.encoder.weight.detach()[0]), float(model.model.decoder.weight.detach()[0])))
         return {0.2: 0.3, 0.3: 0.02}[ratio]
 
     choice = merging.choose_ratio(model, pairs, evaluate, fine_tune_metric=0.02, tolerance=0.0, encoder_ratio=0.6)
