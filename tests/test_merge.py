@@ -143,3 +143,21 @@ def test_choose_ratio_with_an_encoder_ratio_searches_the_decoder_only():
     choice = merging.choose_ratio(model, pairs, evaluate, fine_tune_metric=0.02, tolerance=0.0, encoder_ratio=0.6)
     assert seen == pytest.approx([(6.0, 2.0), (6.0, 3.0)])  # the encoder stays at 0.6 while the decoder is searched
     assert (choice.ratio, choice.encoder_ratio) == (0.3, 0.6)
+
+
+def test_auto_with_an_encoder_ratio_reports_the_model_it_keeps(tiny_model_dir, tiny_dataset_dir, tmp_path,
+                                                               monkeypatch):
+    # No decoder ratio qualifies, so the decoder stays whole; the encoder is still at 0.5, so the final model is
+    # not the checkpoint and its figures are decoded (0.30), not the checkpoint's (0.10). Scripted WERs: step 2's
+    # evaluation, the eight ratios tried, the final model.
+    monkeypatch.setattr(scoring, "score", Scripted([(0.10, 0.05)] + [(0.50, 0.40)] * 8 + [(0.30, 0.20)]))
+    out = tmp_path / "auto_parts"
+    summary = train(quick_config(tiny_model_dir, tiny_dataset_dir, out, num_steps=2, eval_steps=2,
+                                 learning_rate=1e-2, merge_ratio="auto", merge_tolerance=0.0, merge_encoder_ratio=0.5))
+    merge = summary.merge
+    assert (merge["ratio"], merge["encoder_ratio"], len(merge["trials"])) == (1.0, 0.5, 8)
+    assert (merge["eval_wer"], merge["eval_cer"], merge["fine_tune_metric"]) == (0.30, 0.20, 0.1)
+    base, tuned, final = weights(tiny_model_dir), weights(out / "checkpoint-2"), weights(out)
+    for k in (k for k in final if not torch.equal(base[k], tuned[k])):
+        ratio = 0.5 if k.startswith("model.encoder.") else 1.0
+        assert torch.allclose(final[k], base[k] + ratio * (tuned[k] - base[k]), atol=1e-6), k

@@ -94,5 +94,6 @@ def choose_ratio(model, pairs, evaluate: Callable[[float], float], fine_tune_met
         if metric <= fine_tune_metric + tolerance:
             return MergeChoice(ratio, AUTO, tolerance, fine_tune_metric, tuple(trials), encoder_ratio)
     set_ratio(model, pairs, 1.0, encoder_ratio)
-    logger.info("merge ratio auto: no ratio below 1 is within %.4f of the fine-tune: the fine-tune is kept", tolerance)
+    logger.info("merge ratio auto: no ratio below 1 is within %.4f of the fine-tune: the fine-tune%s is kept",
+                tolerance, "" if encoder_ratio is None else f"'s decoder (the encoder at {encoder_ratio:g})")
     return MergeChoice(1.0, AUTO, tolerance, fine_tune_metric, tuple(trials), encoder_ratio)

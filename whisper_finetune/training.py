@@ -797,22 +797,22 @@ def _merge_with_base(trainer, config, main_eval, retain, metric):
     base = WhisperForConditionalGeneration.from_pretrained(config.model_name)  # float32, as saved
     pairs = merging.trainable_deltas(model, base.state_dict())
     del base
-    measured = {}
+    measured = {}  # {ratio: figures} of the model as each evaluation left it
+
+    def decode():
+        return trainer.evaluate_set(dataclasses.replace(main_eval, prefix=MERGED_PREFIX))
 
     def evaluate(at_ratio):
-        metrics = trainer.evaluate_set(dataclasses.replace(main_eval, prefix=MERGED_PREFIX))
-        measured[at_ratio] = metrics
-        return metrics[f"{MERGED_PREFIX}_{metric}"]
+        measured[at_ratio] = decode()
+        return measured[at_ratio][f"{MERGED_PREFIX}_{metric}"]
 
     # The best checkpoint's own figures, from its evaluation during training (the same sets and decoding),
     # else (a run resumed after its last evaluation) decoded again.
     best = next((entry for entry in trainer.state.log_history if entry.get("step") == trainer.state.best_global_step
                  and f"eval_{metric}" in entry), None)
-    if best is None:
-        fine_tune = evaluate(1.0)
-    else:
-        measured[1.0] = {f"{MERGED_PREFIX}_{name}": best[f"eval_{name}"] for name in ("wer", "cer")}
-        fine_tune = best[f"eval_{metric}"]
+    checkpoint = decode() if best is None else \
+        {f"{MERGED_PREFIX}_{name}": best[f"eval_{name}"] for name in ("wer", "cer")}
+    fine_tune = checkpoint[f"{MERGED_PREFIX}_{metric}"]
     if ratio is None:
         choice = merging.choose_ratio(model, pairs, evaluate, fine_tune, config.merge_tolerance, encoder_ratio)
     else:
@@ -820,6 +820,10 @@ def _merge_with_base(trainer, config, main_eval, retain, metric):
         evaluate(ratio)
         choice = merging.MergeChoice(ratio, config.merge_ratio, config.merge_tolerance, round(fine_tune, 6),
                                      encoder_ratio=encoder_ratio)
+    if choice.ratio not in measured:
+        # auto found no ratio below 1: the checkpoint itself, unless the encoder has a ratio of its own (then
+        # this model, decoder whole and encoder interpolated, was never decoded)
+        measured[choice.ratio] = checkpoint if encoder_ratio in (None, 1) else decode()
     final = dict(measured[choice.ratio])
     if retain is not None:
         final.update(trainer.evaluate_set(dataclasses.replace(retain, prefix=f"{MERGED_PREFIX}_retain")))
