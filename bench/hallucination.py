@@ -38,10 +38,10 @@ from common import (REPO_ROOT, add_row_process_flags, failure_line, parent_setti
                     write_json)
 
 from whisper_finetune import cli  # noqa: E402
+from whisper_finetune.audio import SAMPLE_RATE  # noqa: E402
 from whisper_finetune.errors import UserError  # noqa: E402
 from whisper_finetune.testing import no_speech_audio  # noqa: E402
 
-SAMPLE_RATE = 16000
 SYNTH_SECONDS = 60
 WHISPER_GUARDS = ["--temperature_fallback", "0.0,0.2,0.4,0.6,0.8,1.0", "--compression_ratio_threshold", "2.4",
                   "--logprob_threshold", "-1.0", "--no_speech_threshold", "0.6"]
