@@ -112,7 +112,7 @@ def test_training_with_dynamic_context_saves_a_plain_whisper(tiny_model_dir, tin
     assert summary.global_step == 4 and summary.config["dynamic_audio_context"] is True
     config = json.load(open(out / "config.json", encoding="utf-8"))
     assert config["dynamic_audio_context"] == {"bucket_seconds": 2.0, "full_context_ratio": 0.0,
-                                               "short_context_updates": "encoder"}
+                                               "short_context_updates": "split"}
     # Every step was short (ratio 0), and short steps update the encoder only.
     changed = _changed_parts(tiny_model_dir, out)
     assert changed == {"encoder"}
@@ -131,7 +131,14 @@ def _changed_parts(before_dir, after_dir):
 
 
 @pytest.mark.slow
-def test_short_context_updates_all_trains_the_decoder_too(tiny_model_dir, tiny_dataset_dir, tmp_path):
+@pytest.mark.parametrize("updates, full_context_ratio, changed", [
+    ("all", 0.0, {"encoder", "decoder"}),  # short steps train everything
+    ("split", 0.0, {"encoder"}),  # short steps train the encoder only ...
+    ("split", 1.0, {"decoder"}),  # ... and 30 s steps the decoder only
+    ("encoder", 1.0, {"encoder", "decoder"}),  # 30 s steps train everything
+])
+def test_what_each_kind_of_step_trains(tiny_model_dir, tiny_dataset_dir, tmp_path, updates, full_context_ratio,
+                                       changed):
     from whisper_finetune.train_config import TrainConfig
     from whisper_finetune.training import train
 
@@ -139,5 +146,6 @@ def test_short_context_updates_all_trains_the_decoder_too(tiny_model_dir, tiny_d
     train(TrainConfig(model_name=tiny_model_dir, train_datasets=(tiny_dataset_dir,), eval_datasets=(tiny_dataset_dir,),
                       output_dir=str(out), language="hi", train_batchsize=2, eval_batchsize=4, max_eval_samples=4,
                       num_steps=2, eval_steps=2, generation_max_new_tokens=4, report_to="none",
-                      dynamic_audio_context=True, full_context_ratio=0.0, short_context_updates="all"))
-    assert _changed_parts(tiny_model_dir, out) == {"encoder", "decoder"}
+                      dynamic_audio_context=True, full_context_ratio=full_context_ratio,
+                      short_context_updates=updates))
+    assert _changed_parts(tiny_model_dir, out) == changed

@@ -7,6 +7,9 @@ the eval WER/CER with the normaliser used, the training curve, and how to use th
 import os
 
 CARD_FILE = "README.md"
+# What a dynamic-context run's steps updated (--short_context_updates), as the card says it.
+STEP_UPDATES = {"encoder": " (the others updated the encoder only)",
+                "split": " (those updated the decoder only, the others the encoder only)", "all": ""}
 # Training arguments shown in the card (the full set is in training_summary.json).
 SHOWN_ARGUMENTS = ("train_strategy", "num_steps", "num_epochs", "learning_rate", "warmup", "lr_scheduler_type",
                    "train_batchsize", "gradient_accumulation_steps", "mixed_precision", "freeze_encoder", "freeze_decoder",
@@ -65,8 +68,7 @@ def render_model_card(summary, hub_model_id=None):
         bucket = config["audio_context"]["audio_context_bucket_seconds"]
         lines += [f"Trained with a dynamic audio context: the encoder ran on each batch's own length rounded up "
                   f"to {bucket:g} s, with {config['full_context_ratio']:.0%} of optimizer steps at the full 30 s window"
-                  + (" (the others updated the encoder only)"
-                     if config.get("short_context_updates", "encoder") == "encoder" else "") + ". "
+                  + STEP_UPDATES[config.get("short_context_updates", "encoder")] + ". "
                   f"It is a plain Whisper checkpoint: every tool loads it and pads to 30 s; with "
                   f"whisper_finetune, `--audio_context dynamic` decodes short clips faster.", ""]
     metric = summary.get("primary_metric", "wer").upper()

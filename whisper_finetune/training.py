@@ -70,7 +70,8 @@ class _WhisperTrainer(Seq2SeqTrainer):
     throughput figures can leave them out)."""
 
     def __init__(self, *args, decode_kwargs=None, streaming=False, companions=(), full_context_ratio=0.0,
-                 short_context_frozen=(), retain=None, primary_metric="wer", spec_augment=False, **kwargs):
+                 short_context_frozen=(), full_context_frozen=(), retain=None, primary_metric="wer",
+                 spec_augment=False, **kwargs):
         super().__init__(*args, **kwargs)
         self.spec_augment = spec_augment  # SpecAugment on inside training steps only (see _spec_augment)
         self.retain = retain  # EvalSet of the retain sets, scored beside the eval set at every evaluation
@@ -80,6 +81,7 @@ class _WhisperTrainer(Seq2SeqTrainer):
         self._step_learning_rate = None  # the learning rate of the optimizer step in progress
         self.full_context_ratio = full_context_ratio  # dynamic audio context: share of 30 s steps
         self.short_context_frozen = tuple(short_context_frozen)  # parameters a short-context step leaves alone
+        self.full_context_frozen = tuple(full_context_frozen)  # and those a 30 s step leaves alone
         self.decode_kwargs = decode_kwargs or {}
         self.streaming = streaming
         self.companions = companions  # objects with save_pretrained() that every checkpoint carries
@@ -118,6 +120,29 @@ class _WhisperTrainer(Seq2SeqTrainer):
             yield
         finally:
             whisper.config.apply_spec_augment = False
+
+    @contextlib.contextmanager
+    def _no_gradients_for(self, parameters):
+        """``parameters`` out of autograd for the ``with`` block (a dynamic-context step's forward and backward).
+
+        A short-context step that leaves the decoder alone: the gradient still flows through it to the
+        encoder, but the decoder's own weight gradients are never computed, the output layer's (51864 x 384
+        on tiny.en, tied to the token embeddings) above all. A 30 s step that leaves the encoder alone
+        (``split``): nothing below the decoder needs a gradient, so the encoder's backward, most of a 30 s
+        step's time on a CPU, is not run at all. One process only: DDP, DeepSpeed and FSDP expect the
+        same parameters to need gradients at every step, so there the gradients are computed and dropped
+        after the backward instead (``training_step``); the update is the same.
+        """
+        if not parameters or self.args.world_size > 1 or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            yield
+            return
+        for parameter in parameters:
+            parameter.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for parameter in parameters:
+                parameter.requires_grad_(True)
 
     def _save_checkpoint(self, model, trial):
         """Transformers' checkpoint save, written into ``checkpoint-N.partial`` and renamed when complete.
@@ -202,18 +227,18 @@ class _WhisperTrainer(Seq2SeqTrainer):
     def training_step(self, model, inputs, *args, **kwargs):
         inputs, short = self._short_context(inputs, training=True)
         self._step_learning_rate = self._get_learning_rate()  # the scheduler steps only after the update
-        with self._spec_augment():
+        frozen = self.short_context_frozen if short else self.full_context_frozen
+        with self._spec_augment(), self._no_gradients_for(frozen):
             loss = super().training_step(model, inputs, *args, **kwargs)
         if not torch.isfinite(loss).all():
             # At once: the Trainer would otherwise leave a non-finite loss out of its logged mean
             # (logging_nan_inf_filter) and go on training, and checkpointing, the broken weights.
             raise self._diverged(self.state.global_step + 1, self._step_learning_rate, f"the loss is {float(loss)}")
-        if short:
-            # The decision is per step, the same in every process and every accumulated micro-batch, so
-            # dropping these gradients after the (all-reduced) backward keeps the replicas equal; AdamW
-            # skips a parameter without a gradient (no momentum step either).
-            for parameter in self.short_context_frozen:
-                parameter.grad = None
+        # The decision is per step, the same in every process and every accumulated micro-batch, so
+        # dropping these gradients after the (all-reduced) backward keeps the replicas equal; AdamW
+        # skips a parameter without a gradient (no momentum step either).
+        for parameter in frozen:
+            parameter.grad = None
         return loss
 
     def prediction_step(self, model, inputs, *args, **kwargs):
@@ -451,13 +476,16 @@ def _numbered(dataset):
     return dataset.add_column(INDEX_COLUMN, list(range(len(dataset)))).with_format("numpy")
 
 
-def _short_context_frozen(model, config):
-    """The parameters a short-context step of a dynamic-context run does not update: the decoder's
-    (LoRA: its adapters), with ``--short_context_updates encoder``."""
-    if not config.dynamic_audio_context or config.short_context_updates == "all":
-        return []
+def _context_frozen(model, config):
+    """The trainable parameters each kind of step of a dynamic-context run leaves alone (LoRA: adapters):
+    ``(short-context steps', 30 s steps')``. ``encoder``: the decoder on short steps; ``split``: the
+    decoder on short steps and the encoder on 30 s steps; ``all``: none."""
+    if not config.dynamic_audio_context:
+        return [], []
     whisper = model.get_base_model() if config.lora else model
-    return [parameter for parameter in whisper.model.decoder.parameters() if parameter.requires_grad]
+    decoder = [parameter for parameter in whisper.model.decoder.parameters() if parameter.requires_grad]
+    encoder = [parameter for parameter in whisper.model.encoder.parameters() if parameter.requires_grad]
+    return {"all": ([], []), "encoder": (decoder, []), "split": (decoder, encoder)}[config.short_context_updates]
 
 
 def _training_arguments(config, learning_rate, run_precision, metric):
@@ -712,6 +740,7 @@ def train(config: TrainConfig) -> TrainSummary:
                          _retain_decode_kwargs(generation_config, checked.retain_language, english_only, config),
                          _metrics_function(processor.tokenizer, retain_normalizer, "wer"))
     early_stopping = _EarlyStopping(config.early_stopping_patience) if config.early_stopping_patience else None
+    short_context_frozen, full_context_frozen = _context_frozen(model, config)
     trainer = _WhisperTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, processing_class=processor,
         data_collator=DataCollatorSpeechSeq2SeqWithPadding(
@@ -719,7 +748,7 @@ def train(config: TrainConfig) -> TrainSummary:
             _on_the_fly_features(config, processor)),
         spec_augment=config.spec_augment,
         full_context_ratio=config.full_context_ratio,
-        short_context_frozen=_short_context_frozen(model, config),
+        short_context_frozen=short_context_frozen, full_context_frozen=full_context_frozen,
         compute_metrics=_metrics_function(processor.tokenizer, normalizer, metric), decode_kwargs=decode_kwargs,
         streaming=config.streaming, companions=(processor, generation_config), retain=retain,
         primary_metric=metric, callbacks=[early_stopping] if early_stopping else None)
