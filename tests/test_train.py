@@ -95,10 +95,11 @@ def test_clean_text_options():
     ({"save_steps": 3}, "--save_steps 3: must be a multiple of --eval_steps 2"),
     ({"short_context_updates": "decoder"}, "--short_context_updates decoder: choose one of encoder, split, all"),
     ({"primary_metric": "bleu"}, "--primary_metric bleu: choose one of wer, cer"),
-    ({"dynamic_audio_context": True, "freeze_encoder": True},
-     "--freeze_encoder True with --dynamic_audio_context True leaves its short-context steps nothing to train"),
-    ({"dynamic_audio_context": True, "freeze_encoder": True, "short_context_updates": "split"},
-     "nothing to train (--short_context_updates split); add --short_context_updates all"),
+    ({"dynamic_audio_context": True, "freeze_encoder": True},  # the default, split
+     "--freeze_encoder True with --dynamic_audio_context True leaves its short-context steps nothing to train "
+     "(--short_context_updates split); add --short_context_updates all"),
+    ({"dynamic_audio_context": True, "freeze_encoder": True, "short_context_updates": "encoder"},
+     "nothing to train (--short_context_updates encoder); add --short_context_updates all"),
     ({"dynamic_audio_context": True, "freeze_decoder": True, "short_context_updates": "split"},
      "--freeze_decoder True with --short_context_updates split leaves its 30 s steps nothing to train"),
     ({"resume_from_ckpt": "/no/such/checkpoint-2"}, "--resume_from_ckpt /no/such/checkpoint-2: no such folder"),
