@@ -1,5 +1,6 @@
 """--freeze_decoder and --merge_ratio (weight interpolation with the base model, ``merging``) on the tiny
 random Whisper; the ratio search of ``merging.choose_ratio`` on a scripted evaluation."""
+import json
 import os
 import re
 
@@ -161,3 +162,24 @@ def test_auto_with_an_encoder_ratio_reports_the_model_it_keeps(tiny_model_dir, t
     for k in (k for k in final if not torch.equal(base[k], tuned[k])):
         ratio = 0.5 if k.startswith("model.encoder.") else 1.0
         assert torch.allclose(final[k], base[k] + ratio * (tuned[k] - base[k]), atol=1e-6), k
+
+
+def test_dynamic_context_with_the_encoder_merged_half_way_keeps_the_decoder_whole(tiny_model_dir,
+                                                                                    tiny_dataset_dir, tmp_path):
+    # The README's recipe against the dynamic fine-tune's loops on real speech: --merge_encoder_ratio 0.5
+    # with --merge_ratio left at 1. Of 4 split steps at a 0.25 share, step 2 is at 30 s (the decoder's
+    # only update) and 0, 1, 3 are short (the encoder's), so both halves move in training.
+    out = tmp_path / "dyn_merged"
+    summary = train(quick_config(tiny_model_dir, tiny_dataset_dir, out, num_steps=4, eval_steps=4,
+                                 learning_rate=1e-2, dynamic_audio_context=True, merge_encoder_ratio=0.5))
+    base, tuned, final = weights(tiny_model_dir), weights(out / "checkpoint-4"), weights(out)
+    moved = [k for k in final if not torch.equal(base[k], tuned[k])]
+    assert any(k.startswith("model.encoder.") for k in moved) and any(k.startswith("model.decoder.") for k in moved)
+    for k in moved:
+        if k.startswith("model.encoder."):
+            assert torch.allclose(final[k], base[k] + 0.5 * (tuned[k] - base[k]), atol=1e-6), k
+        else:
+            assert torch.equal(final[k], tuned[k]), k  # the decoder is the fine-tune's own
+    assert (summary.merge["ratio"], summary.merge["encoder_ratio"]) == (1.0, 0.5)
+    with open(out / "config.json", encoding="utf-8") as f:
+        assert json.load(f)["dynamic_audio_context"]["short_context_updates"] == "split"
