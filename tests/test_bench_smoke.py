@@ -157,3 +157,26 @@ def test_cue_errors_judge_the_cue_overlapping_each_sentence_most(truth, cues, er
     spec.loader.exec_module(module)
     found = module.cue_errors(truth, cues)
     assert [e if e is None else pytest.approx(e) for e in found] == errors
+
+
+@pytest.mark.parametrize("given, passed", [
+    ("relative", "absolute"),  # a local folder relative to the caller: children run from the repository root
+    ("openai/whisper-tiny.en", "openai/whisper-tiny.en"),  # a Hub id is no folder and stays as given
+])
+def test_eval_speed_children_get_the_model_folder_whole(tmp_path, monkeypatch, given, passed):
+    import argparse
+    import importlib.util
+    import os
+
+    monkeypatch.syspath_prepend(os.path.abspath("bench"))  # its sibling module ``common``, as when run as a script
+    spec = importlib.util.spec_from_file_location("eval_speed", os.path.join("bench", "eval_speed.py"))
+    eval_speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_speed)
+    (tmp_path / "my_model").mkdir()
+    monkeypatch.chdir(tmp_path)
+    model = "my_model" if given == "relative" else given
+    args = argparse.Namespace(model=model, batch_size=16, max_new_tokens=128, num_beams=1, num_workers=0,
+                              work_dir=str(tmp_path), device="cpu", language=None, max_samples=None)
+    command = eval_speed.child_command(args, "pytorch", "data", "row.json")
+    expected = str(tmp_path / "my_model") if passed == "absolute" else given
+    assert command[command.index("--model") + 1] == expected

@@ -103,7 +103,8 @@ class TrainConfig:
     merge_encoder_ratio: Optional[float] = option(
         None, "the encoder's own interpolation ratio (above 0, at most 1); --merge_ratio is then the decoder's "
         "(auto: searched with the encoder at this one). Teaching a new language: the decoder needs most of its "
-        "fine-tune, the encoder less, and the encoder's move is what costs the base model's languages most",
+        "fine-tune, the encoder less, and the encoder's move is what costs the base model's languages most. With "
+        "--dynamic_audio_context: 0.5 (--merge_ratio left at 1) stops its repetition loops on real speech",
         group="retain", default_text="--merge_ratio's")
     audio_column: str = option("audio", "name of the audio column in the HF datasets", group="data")
     language: Optional[str] = option(None, "language of the speech, a name (Hindi) or code (hi); written into the "
