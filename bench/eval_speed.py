@@ -267,9 +267,9 @@ def prepared_data(data, work_dir):
 
 def child_command(args, row, data, row_json):
     """The command line that runs ``row`` alone in a child process."""
-    # The child runs from the repository root: a local model folder given relative to the caller's
-    # folder is passed whole (a Hub id is not a folder and stays as it is).
-    model = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model
+    # The child runs from the repository root: local folders given relative to the caller's folder are
+    # passed whole (a Hub id is not a folder and stays as it is).
+    model, data = (os.path.abspath(path) if os.path.isdir(path) else path for path in (args.model, data))
     command = [sys.executable, os.path.abspath(__file__), "--model", model, "--data", data,
                "--batch_size", str(args.batch_size), "--max_new_tokens", str(args.max_new_tokens),
                "--num_beams", str(args.num_beams), "--num_workers", str(args.num_workers),

@@ -163,7 +163,7 @@ def test_cue_errors_judge_the_cue_overlapping_each_sentence_most(truth, cues, er
     ("relative", "absolute"),  # a local folder relative to the caller: children run from the repository root
     ("openai/whisper-tiny.en", "openai/whisper-tiny.en"),  # a Hub id is no folder and stays as given
 ])
-def test_eval_speed_children_get_the_model_folder_whole(tmp_path, monkeypatch, given, passed):
+def test_eval_speed_children_get_the_model_and_data_folders_whole(tmp_path, monkeypatch, given, passed):
     import argparse
     import importlib.util
     import os
@@ -173,10 +173,12 @@ def test_eval_speed_children_get_the_model_folder_whole(tmp_path, monkeypatch, g
     eval_speed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(eval_speed)
     (tmp_path / "my_model").mkdir()
+    (tmp_path / "my_data").mkdir()
     monkeypatch.chdir(tmp_path)
     model = "my_model" if given == "relative" else given
     args = argparse.Namespace(model=model, batch_size=16, max_new_tokens=128, num_beams=1, num_workers=0,
                               work_dir=str(tmp_path), device="cpu", language=None, max_samples=None)
-    command = eval_speed.child_command(args, "pytorch", "data", "row.json")
+    command = eval_speed.child_command(args, "pytorch", "my_data", "row.json")
     expected = str(tmp_path / "my_model") if passed == "absolute" else given
     assert command[command.index("--model") + 1] == expected
+    assert command[command.index("--data") + 1] == str(tmp_path / "my_data")
