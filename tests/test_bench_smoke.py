@@ -146,17 +146,23 @@ def test_longform_set_places_every_clip_at_its_true_time(tmp_path):
     ([(1.0, 3.0, "a")], [(3.5, 4.0)], [None]),  # no cue overlaps: missed
     ([(1.0, 3.0, "a")], [], [None]),
 ])
-def test_cue_errors_judge_the_cue_overlapping_each_sentence_most(truth, cues, errors):
+def test_cue_errors_judge_the_cue_overlapping_each_sentence_most(truth, cues, errors, monkeypatch):
+    found = bench_module("longform_eval", monkeypatch).cue_errors(truth, cues)
+    assert [e if e is None else pytest.approx(e) for e in found] == errors
+
+
+def bench_module(name, monkeypatch):
+    """A bench script imported as a module, its folder on the path for its sibling ``common`` (as when run)."""
     import importlib.util
     import os
 
     from conftest import REPO_ROOT
 
-    spec = importlib.util.spec_from_file_location("longform_eval", os.path.join(REPO_ROOT, "bench", "longform_eval.py"))
+    monkeypatch.syspath_prepend(os.path.join(REPO_ROOT, "bench"))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, "bench", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    found = module.cue_errors(truth, cues)
-    assert [e if e is None else pytest.approx(e) for e in found] == errors
+    return module
 
 
 @pytest.mark.parametrize("given, passed", [
@@ -165,13 +171,8 @@ def test_cue_errors_judge_the_cue_overlapping_each_sentence_most(truth, cues, er
 ])
 def test_eval_speed_children_get_the_model_and_data_folders_whole(tmp_path, monkeypatch, given, passed):
     import argparse
-    import importlib.util
-    import os
 
-    monkeypatch.syspath_prepend(os.path.abspath("bench"))  # its sibling module ``common``, as when run as a script
-    spec = importlib.util.spec_from_file_location("eval_speed", os.path.join("bench", "eval_speed.py"))
-    eval_speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(eval_speed)
+    eval_speed = bench_module("eval_speed", monkeypatch)
     (tmp_path / "my_model").mkdir()
     (tmp_path / "my_data").mkdir()
     monkeypatch.chdir(tmp_path)
