@@ -27,6 +27,17 @@ SENTENCES = ["the cat sat on the mat", "a dog ran in the park", "birds sing in t
              "the sun is warm today", "he plays the old guitar"]
 
 
+@pytest.fixture(autouse=True)
+def environment_restored():
+    """Each test leaves ``os.environ`` as it found it, so a variable a library sets in-process (e.g.
+    ``TrainingArguments(bf16=True)`` sets ``ACCELERATE_MIXED_PRECISION``) never reaches a later test's
+    child processes: that one made a later fp32 training run train under bf16, ten times slower."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def run_script(script, *args, timeout=600, env=None):
     """Run a repository script as a user would (``python3 script args``) from the repository root."""
     full_env = {**os.environ, **(env or {})}

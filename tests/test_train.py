@@ -251,6 +251,30 @@ def test_bf16_on_cpu_trains_and_times_checkpoints_apart(tiny_model_dir, tiny_dat
     assert any(not torch.equal(before[k], after[k]) for k in after)
 
 
+@pytest.mark.parametrize("leftover", ["bf16", "fp16"])
+def test_precision_left_in_the_environment_does_not_override_fp32(tiny_model_dir, tiny_dataset_dir, tmp_path,
+                                                                 monkeypatch, caplog, leftover):
+    # accelerate launch, or an earlier TrainingArguments(bf16=True) in the same process, leaves this
+    # variable set; the Trainer's Accelerator reads it whenever bf16/fp16 are off.
+    from whisper_finetune.training import _WhisperTrainer
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", leftover)
+    seen = []
+    original = _WhisperTrainer.training_step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.accelerator.mixed_precision)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(_WhisperTrainer, "training_step", spy)
+    with caplog.at_level("WARNING", logger="whisper_finetune.training"):
+        summary = train(quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path / "fp32", mixed_precision="fp32",
+                                     num_steps=2, eval_steps=2))
+    assert summary.precision == "fp32" and seen == ["no", "no"]
+    assert f"ACCELERATE_MIXED_PRECISION={leftover} in the environment is overridden by --mixed_precision (fp32)" \
+        in caplog.text
+
+
 def test_lora_saves_a_merged_model_and_the_adapter(tiny_model_dir, tiny_dataset_dir, tmp_path):
     from transformers import WhisperForConditionalGeneration
 

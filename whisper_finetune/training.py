@@ -488,7 +488,29 @@ def _context_frozen(model, config):
     return {"all": ([], []), "encoder": (decoder, []), "split": (decoder, encoder)}[config.short_context_updates]
 
 
+# The value accelerate's ACCELERATE_MIXED_PRECISION takes for each --mixed_precision we resolve.
+ACCELERATE_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+def _pin_accelerate_precision(run_precision):
+    """Make ``--mixed_precision`` the only say on precision.
+
+    With ``bf16``/``fp16`` off, ``TrainingArguments`` and ``Accelerator`` take the precision from the
+    environment variable ``ACCELERATE_MIXED_PRECISION``, which ``accelerate launch`` and any earlier
+    ``TrainingArguments(bf16=True)`` in the same process leave behind: an fp32 run would then train
+    under bf16 autocast while its summary said fp32 (on CPUs without bf16 matrix units also about ten
+    times slower). The variable is set to the resolved precision, and a different value is named in the log.
+    """
+    wanted = ACCELERATE_PRECISION[run_precision[0]]
+    found = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if found not in (None, wanted):
+        logger.warning("ACCELERATE_MIXED_PRECISION=%s in the environment is overridden by --mixed_precision (%s)",
+                       found, run_precision[0])
+    os.environ["ACCELERATE_MIXED_PRECISION"] = wanted
+
+
 def _training_arguments(config, learning_rate, run_precision, metric):
+    _pin_accelerate_precision(run_precision)
     eval_steps, save_steps = intervals(config)
     by_steps = config.train_strategy == "steps"
     return Seq2SeqTrainingArguments(
