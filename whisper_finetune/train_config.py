@@ -194,8 +194,8 @@ class TrainConfig:
     freeze_decoder: bool = option(False, "train the encoder only (the decoder, its embeddings and output layer "
                                   "stay the base model's: its language model is kept)", group="model")
     mixed_precision: str = option("auto", "auto: bf16 on GPUs that support it, else fp16; fp32 on CPU. bf16 also "
-                                  "runs on a CPU (autocast); fp16 needs a GPU. Overrides ACCELERATE_MIXED_PRECISION (accelerate "
-                                  "launch's)", choices=PRECISIONS, group="model")
+                                  "runs on a CPU (autocast); fp16 needs a GPU. Overrides "
+                                  "ACCELERATE_MIXED_PRECISION (accelerate launch's)", choices=PRECISIONS, group="model")
     eval_steps: Optional[int] = option(None, "evaluate (WER/CER with generation) every N steps with "
                                        "--train_strategy steps; epoch strategy: every epoch", group="schedule",
                                        default_text="num_steps/5, at most 1000")
