@@ -99,6 +99,10 @@ def _replay_and_augmentation(config):
         names = ", ".join(f"`{name}`" for name in config["replay_datasets"])
         lines += [f"Replay: {config['replay_ratio']:.0%} of the training examples were drawn from the replay sets "
                   f"({names}), labelled with their language token ({tokens}), so the model keeps that speech.", ""]
+    if config.get("distill_weight"):
+        lines += [f"Distillation: each training step added {config['distill_weight']:g} x the KL divergence from the "
+                  "base model's next-token distributions to the model's (temperature 2, per label token) to its "
+                  "loss, holding it to the base model's answers (learning without forgetting).", ""]
     used = []
     if config.get("spec_augment"):
         used.append(f"SpecAugment in training steps (time masks of {config['mask_time_length']} frames over "

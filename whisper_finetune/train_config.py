@@ -93,6 +93,11 @@ class TrainConfig:
     early_stopping_patience: Optional[int] = option(
         None, "stop after N evaluations in a row without a better --metric_for_best_model", group="retain",
         default_text="off")
+    distill_weight: float = option(
+        0.0, "hold the fine-tune to the base model: add WEIGHT x the KL divergence from the base model's next-token "
+        "distributions to the fine-tune's (temperature 2, per label token, on each training batch; learning "
+        "without forgetting) to the loss. Costs one forward pass of the base model per step", group="retain",
+        default_text="0 (off)")
     merge_ratio: str = option(
         "1", "the final model is base + RATIO x (fine-tune - base) (WiSE-FT weight interpolation): below 1 it keeps "
         "more of what the base model knew, at some cost on the eval sets; auto: the lowest of 0.2, 0.3 ... 0.9 whose "
@@ -354,6 +359,8 @@ def _check_values(config: TrainConfig):
         raise UserError("--freeze_decoder True with --short_context_updates split leaves its 30 s steps nothing "
                         "to train; use --short_context_updates encoder or all")
     _check_merge(config)
+    if not (config.distill_weight >= 0 and math.isfinite(config.distill_weight)):
+        raise OptionError("distill_weight", config.distill_weight, "must be 0 (off) or more")
     if config.lora and (config.freeze_encoder or config.freeze_decoder):
         flag = "--freeze_encoder" if config.freeze_encoder else "--freeze_decoder"
         raise UserError(f"--lora and {flag} together: LoRA already freezes the base model; pick one")

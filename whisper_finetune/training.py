@@ -29,7 +29,7 @@ from transformers.trainer_callback import (EarlyStoppingCallback, ExportableStat
                                           TrainerState)
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, speed_metrics
 
-from . import checkpoints, hub, merging, modeling, scoring
+from . import checkpoints, distillation, hub, merging, modeling, scoring
 from .data import LANGUAGE_COLUMN, load_datasets
 from .errors import TrainingDiverged, UserError
 from .features import (CONTEXT_FRAMES, FEATURE_COLUMN, INDEX_COLUMN, LENGTH_COLUMN,
@@ -71,8 +71,9 @@ class _WhisperTrainer(Seq2SeqTrainer):
 
     def __init__(self, *args, decode_kwargs=None, streaming=False, companions=(), full_context_ratio=0.0,
                  short_context_frozen=(), full_context_frozen=(), retain=None, primary_metric="wer",
-                 spec_augment=False, **kwargs):
+                 spec_augment=False, distiller=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.distiller = distiller  # --distill_weight: distillation.Distiller, its term added to training losses
         self.spec_augment = spec_augment  # SpecAugment on inside training steps only (see _spec_augment)
         self.retain = retain  # EvalSet of the retain sets, scored beside the eval set at every evaluation
         self.primary_metric = primary_metric
@@ -240,6 +241,15 @@ class _WhisperTrainer(Seq2SeqTrainer):
         for parameter in frozen:
             parameter.grad = None
         return loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.distiller is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        # Whisper's forward takes no loss kwargs, so its loss is this micro-batch's mean per label token,
+        # as is the distillation term: the Trainer scales both alike for gradient accumulation.
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        loss = loss + self.distiller.loss(outputs, inputs)
+        return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, *args, **kwargs):
         inputs, _ = self._short_context(inputs, training=False)
@@ -411,6 +421,18 @@ def _build_model(config, language):
     total = sum(p.numel() for p in model.parameters())
     logger.info("trainable parameters: %d of %d (%.1f%%)", trainable, total, 100 * trainable / total)
     return model
+
+
+def _distiller(config, language, device):
+    """With --distill_weight: the frozen base model whose token distributions each training step is held to."""
+    if not config.distill_weight:
+        return None
+    teacher = distillation.load_teacher(config.model_name, language, config.task, config.dynamic_audio_context,
+                                         device)
+    logger.info("distillation to the base model: weight %g x KL per label token (temperature %g)",
+                config.distill_weight, distillation.TEMPERATURE)
+    return distillation.Distiller(teacher, config.distill_weight,
+                                  share_encoder=config.freeze_encoder and not config.spec_augment)
 
 
 def _set_spec_augment(model, config):
@@ -773,7 +795,8 @@ def train(config: TrainConfig) -> TrainSummary:
         short_context_frozen=short_context_frozen, full_context_frozen=full_context_frozen,
         compute_metrics=_metrics_function(processor.tokenizer, normalizer, metric), decode_kwargs=decode_kwargs,
         streaming=config.streaming, companions=(processor, generation_config), retain=retain,
-        primary_metric=metric, callbacks=[early_stopping] if early_stopping else None)
+        primary_metric=metric, callbacks=[early_stopping] if early_stopping else None,
+        distiller=_distiller(config, language, args.device))
 
     trainer.started = time.perf_counter()  # also the clock of each evaluation's train_seconds
     if resume and args.max_steps > 0 and _start_step(resume) >= args.max_steps:

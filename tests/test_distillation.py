@@ -1,0 +1,117 @@
+"""--distill_weight: the fine-tune held to the base model's token distributions (whisper_finetune.distillation)."""
+import logging
+import math
+import os
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from test_train import quick_config, summary_of
+from whisper_finetune.distillation import TEMPERATURE, Distiller, load_teacher, token_kl
+from whisper_finetune.errors import UserError
+from whisper_finetune.train_config import check_config
+from whisper_finetune.training import train
+
+
+def _by_hand(student, teacher, mask, temperature):
+    """token_kl written out one position at a time."""
+    total, count = 0.0, 0
+    for b in range(student.shape[0]):
+        for t in range(student.shape[1]):
+            if not mask[b, t]:
+                continue
+            p = F.softmax(teacher[b, t] / temperature, -1)
+            q = F.softmax(student[b, t] / temperature, -1)
+            total += float((p * (p.log() - q.log())).sum())
+            count += 1
+    return total / count * temperature ** 2
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("same logits", 0.0),
+    ("different only where masked", 0.0),
+    ("different", "by hand"),
+    ("different, temperature 1", "by hand"),
+])
+def test_token_kl(case, expected):
+    generator = torch.Generator().manual_seed(0)
+    teacher = torch.randn(2, 3, 7, generator=generator)  # (batch, tokens, vocabulary)
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    student = teacher.clone()
+    temperature = 1.0 if "temperature 1" in case else TEMPERATURE
+    if case == "different only where masked":
+        student[~mask] += torch.randn(3, 7, generator=generator)
+    elif case.startswith("different"):
+        student += torch.randn(2, 3, 7, generator=generator)
+    got = float(token_kl(student, teacher, mask, temperature))
+    if expected == "by hand":
+        expected = _by_hand(student, teacher, mask, temperature)
+        assert expected > 0.01
+    assert got == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_term_is_zero_for_the_base_model_and_grows_as_the_fine_tune_moves(tiny_model_dir):
+    teacher = load_teacher(tiny_model_dir, "hi", "transcribe", False, "cpu")
+    student = load_teacher(tiny_model_dir, "hi", "transcribe", False, "cpu")
+    distiller = Distiller(teacher, weight=3.0)
+    generator = torch.Generator().manual_seed(1)
+    inputs = {"input_features": torch.randn(2, 80, 3000, generator=generator),
+              "labels": torch.tensor([[5, 10, 11, 12, 3], [5, 13, 14, 3, -100]])}  # (batch, tokens)
+    with torch.no_grad():
+        assert float(distiller.loss(student(**inputs), inputs)) == pytest.approx(0.0, abs=1e-6)
+        terms = []
+        for scale in (0.01, 0.1):
+            for parameter in student.model.decoder.layers[0].fc1.parameters():
+                parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+            outputs = student(**inputs)
+            expected = 3.0 * float(token_kl(outputs.logits, teacher(**inputs).logits, inputs["labels"] != -100))
+            terms.append(float(distiller.loss(outputs, inputs)))
+            assert terms[-1] == pytest.approx(expected, rel=1e-5)
+    assert 0 < terms[0] < terms[1]
+    # Only the decoder moved, as with --freeze_encoder: the teacher may run its decoder on the student's
+    # encoder output and get the same term.
+    sharing = Distiller(teacher, weight=3.0, share_encoder=True)
+    with torch.no_grad():
+        outputs = student(**inputs)
+        assert float(sharing.loss(outputs, inputs)) == pytest.approx(terms[1], rel=1e-5)
+
+
+def test_a_training_step_pays_the_term_and_the_run_records_it(tiny_model_dir, tiny_dataset_dir, tmp_path,
+                                                             monkeypatch, caplog):
+    # The loss each step returns is the model's cross entropy plus the weighted term: step 1 adds nothing
+    # (the fine-tune is still the base model), later steps add exactly the Distiller's figure.
+    from whisper_finetune import training
+
+    seen = []
+    original = training._WhisperTrainer.compute_loss
+
+    def spy(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = original(self, model, inputs, True, num_items_in_batch)
+        if model.training:
+            with torch.no_grad():
+                term = float(self.distiller.loss(outputs, inputs))
+            seen.append((float(loss.detach()), float(outputs.loss.detach()), term))
+        return (loss, outputs) if return_outputs else loss
+
+    monkeypatch.setattr(training._WhisperTrainer, "compute_loss", spy)
+    out = tmp_path / "distilled"
+    with caplog.at_level(logging.INFO, logger="whisper_finetune.training"):
+        summary = train(quick_config(tiny_model_dir, tiny_dataset_dir, out, distill_weight=2.0, num_steps=3,
+                                     eval_steps=3, learning_rate=1e-2))
+    assert summary.global_step == 3 and len(seen) == 3
+    assert seen[0][2] == pytest.approx(0.0, abs=1e-6)
+    assert all(term > 1e-4 for _, _, term in seen[1:])
+    assert all(total == pytest.approx(cross_entropy + term, rel=1e-5) for total, cross_entropy, term in seen)
+    assert "distillation to the base model: weight 2 x KL per label token (temperature 2)" in caplog.text
+    assert summary_of(out).config["distill_weight"] == 2.0
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "Distillation: each training step added 2 x the KL divergence from the base model's" in card
+
+
+@pytest.mark.parametrize("weight", [-0.5, math.nan])
+def test_a_bad_weight_is_refused(tiny_model_dir, tiny_dataset_dir, tmp_path, weight):
+    with pytest.raises(UserError, match=re.escape(f"--distill_weight {weight}: must be 0 (off) or more")):
+        check_config(quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path / "out", distill_weight=weight))
+    assert not os.path.exists(tmp_path / "out")

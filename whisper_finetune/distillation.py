@@ -1,0 +1,72 @@
+"""Distillation to the base model (``--distill_weight``): a fine-tune that keeps the base model's answers.
+
+Learning without forgetting (Li & Hoiem, *Learning without Forgetting*, ECCV 2016): beside the cross
+entropy against the labels, each training step pays for how far the fine-tune's next-token
+distributions have moved from the frozen base model's on the same batch (teacher-forced on the same
+labels). Weight interpolation (``--merge_ratio``) can only move every weight back along one straight
+line; this term lets the optimizer find weights that learn the new data while answering, token by
+token, as the base model did where the labels leave it free (the other tokens' probabilities, and so
+the model's language model and acoustic habits).
+"""
+import torch
+import torch.nn.functional as F
+from transformers import WhisperForConditionalGeneration
+from transformers.models.whisper.modeling_whisper import shift_tokens_right
+
+from . import modeling
+
+# Softening of both distributions before they are compared, and the T^2 that keeps the gradient's
+# scale independent of it (Hinton et al., *Distilling the Knowledge in a Neural Network*, 2015). 2 is
+# the value Li & Hoiem used; at 1 the term sees little beyond each step's most likely token.
+TEMPERATURE = 2.0
+
+
+def token_kl(student_logits, teacher_logits, mask, temperature=TEMPERATURE):
+    """Mean KL(teacher || student) per label token, both softened by ``temperature``, times its square.
+
+    ``student_logits``/``teacher_logits``: (batch, tokens, vocabulary); ``mask``: (batch, tokens), True
+    where the position has a label (padding is -100 in the labels). Returns a scalar tensor.
+    """
+    student = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (batch, tokens, vocab)
+    teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    per_token = F.kl_div(student, teacher, log_target=True, reduction="none").sum(-1)  # (batch, tokens)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1) * temperature ** 2
+
+
+def load_teacher(model_name, language, task, dynamic_audio_context, device):
+    """The frozen base model, as the fine-tune starts: same language/task tokens and, with dynamic audio
+    context, the same short-context encoder (the training batches are cut the same way for both)."""
+    teacher = WhisperForConditionalGeneration.from_pretrained(model_name, attn_implementation="sdpa")
+    modeling.set_language_and_task(teacher, language, task)
+    if dynamic_audio_context:
+        modeling.enable_dynamic_audio_context(teacher)
+    teacher.config.apply_spec_augment = False  # the teacher answers for the clean input
+    teacher.requires_grad_(False)
+    return teacher.eval().to(device)
+
+
+class Distiller:
+    """The distillation term of one training step: ``weight`` x :func:`token_kl` against ``teacher``.
+
+    ``share_encoder``: the fine-tune's encoder is frozen (``--freeze_encoder``), so its output is the
+    teacher's too and the teacher runs its decoder alone on it (the encoder is most of a forward pass).
+    """
+
+    def __init__(self, teacher, weight, share_encoder=False):
+        self.teacher = teacher
+        self.weight = weight
+        self.share_encoder = share_encoder
+
+    def loss(self, outputs, inputs):
+        """The weighted term for a batch the student has just run on: ``outputs`` its Seq2SeqLMOutput,
+        ``inputs`` the batch as the model took it."""
+        labels = inputs["labels"]  # (batch, tokens), -100 where padded
+        decoder_input_ids = inputs.get("decoder_input_ids")
+        if decoder_input_ids is None:  # as the model makes them from the labels
+            decoder_input_ids = shift_tokens_right(labels, self.teacher.config.pad_token_id,
+                                                   self.teacher.config.decoder_start_token_id)
+        source = {"encoder_outputs": (outputs.encoder_last_hidden_state.detach(),)} if self.share_encoder \
+            else {"input_features": inputs["input_features"]}
+        with torch.no_grad():
+            teacher_logits = self.teacher(**source, decoder_input_ids=decoder_input_ids).logits
+        return self.weight * token_kl(outputs.logits, teacher_logits, labels != -100)
