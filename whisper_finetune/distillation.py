@@ -10,7 +10,6 @@ the model's language model and acoustic habits).
 """
 import torch
 import torch.nn.functional as F
-from transformers import WhisperForConditionalGeneration
 from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
 from . import modeling
@@ -36,10 +35,7 @@ def token_kl(student_logits, teacher_logits, mask, temperature=TEMPERATURE):
 def load_teacher(model_name, language, task, dynamic_audio_context, device):
     """The frozen base model, as the fine-tune starts: same language/task tokens and, with dynamic audio
     context, the same short-context encoder (the training batches are cut the same way for both)."""
-    teacher = WhisperForConditionalGeneration.from_pretrained(model_name, attn_implementation="sdpa")
-    modeling.set_language_and_task(teacher, language, task)
-    if dynamic_audio_context:
-        modeling.enable_dynamic_audio_context(teacher)
+    teacher = modeling.load_for_training(model_name, language, task, dynamic_audio_context)
     teacher.config.apply_spec_augment = False  # the teacher answers for the clean input
     teacher.requires_grad_(False)
     return teacher.eval().to(device)

@@ -352,6 +352,17 @@ def set_language_and_task(model, language_code_, task="transcribe"):
     return model
 
 
+def load_for_training(model_name, language_code_, task="transcribe", dynamic_audio_context=False):
+    """The base model as a training run starts from it, before anything is made trainable: sdpa attention,
+    the run's language and task tokens and, with ``dynamic_audio_context``, the short-context encoder.
+    The fine-tune and its distillation teacher both start here, so they see every batch alike."""
+    model = WhisperForConditionalGeneration.from_pretrained(model_name, attn_implementation="sdpa")
+    set_language_and_task(model, language_code_, task)
+    if dynamic_audio_context:
+        enable_dynamic_audio_context(model)
+    return model
+
+
 def single_eos(generation_config):
     """Make ``eos_token_id`` one id again where a list of one was saved.
 

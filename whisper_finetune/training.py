@@ -392,10 +392,8 @@ def _metrics_function(tokenizer, normalizer, metric):
 
 
 def _build_model(config, language):
-    model = WhisperForConditionalGeneration.from_pretrained(config.model_name, attn_implementation="sdpa")
-    modeling.set_language_and_task(model, language, config.task)
+    model = modeling.load_for_training(config.model_name, language, config.task, config.dynamic_audio_context)
     if config.dynamic_audio_context:
-        modeling.enable_dynamic_audio_context(model)
         # Recorded in config.json, so the saved (plain Whisper) checkpoint says how it was trained.
         model.config.dynamic_audio_context = {"bucket_seconds": config.audio_context.audio_context_bucket_seconds,
                                               "full_context_ratio": config.full_context_ratio,
