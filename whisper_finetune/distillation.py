@@ -53,16 +53,27 @@ class Distiller:
         self.weight = weight
         self.share_encoder = share_encoder
 
-    def loss(self, outputs, inputs):
+    def loss(self, outputs, inputs, rows=None):
         """The weighted term for a batch the student has just run on: ``outputs`` its Seq2SeqLMOutput,
-        ``inputs`` the batch as the model took it."""
+        ``inputs`` the batch as the model took it; ``rows`` (batch,) bool: only these rows pay the term
+        (``--distill_rows replay``), and only they go through the teacher. None: every row."""
         labels = inputs["labels"]  # (batch, tokens), -100 where padded
         decoder_input_ids = inputs.get("decoder_input_ids")
         if decoder_input_ids is None:  # as the model makes them from the labels
             decoder_input_ids = shift_tokens_right(labels, self.teacher.config.pad_token_id,
                                                    self.teacher.config.decoder_start_token_id)
-        source = {"encoder_outputs": (outputs.encoder_last_hidden_state.detach(),)} if self.share_encoder \
-            else {"input_features": inputs["input_features"]}
+        student_logits = outputs.logits  # (batch, tokens, vocab)
+        if self.share_encoder:
+            source = outputs.encoder_last_hidden_state.detach()  # (batch, frames, d_model)
+        else:
+            source = inputs["input_features"]  # (batch, n_mels, frames)
+        if rows is not None:
+            rows = rows.to(labels.device)
+            if not rows.any():  # no replay row in this batch: nothing to hold
+                return student_logits.sum() * 0.0
+            labels, decoder_input_ids, student_logits, source = (
+                labels[rows], decoder_input_ids[rows], student_logits[rows], source[rows])
+        source = {"encoder_outputs": (source,)} if self.share_encoder else {"input_features": source}
         with torch.no_grad():
             teacher_logits = self.teacher(**source, decoder_input_ids=decoder_input_ids).logits
-        return self.weight * token_kl(outputs.logits, teacher_logits, labels != -100)
+        return self.weight * token_kl(student_logits, teacher_logits, labels != -100)

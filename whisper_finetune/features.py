@@ -34,6 +34,7 @@ LABEL_COLUMN = "labels"
 LENGTH_COLUMN = "input_length"  # seconds of audio, kept for length-grouped sampling
 CONTEXT_FRAMES = "context_frames"  # batch key: the batch's bucket in log-mel frames (dynamic audio context)
 SAMPLES_COLUMN = "audio_samples"  # --augment: the decoded clip (float32), featurised per batch after augmentation
+REPLAY_COLUMN = "replay_row"  # --distill_rows replay: 1 on --replay_datasets rows, 0 on training rows
 INDEX_COLUMN = "example_index"  # --augment: the row's number, which (with the epoch) seeds its augmentation
 
 
@@ -356,6 +357,8 @@ class DataCollatorSpeechSeq2SeqWithPadding:
         if padded.shape[1] and (padded[:, 0] == self.decoder_start_token_id).all():
             padded = padded[:, 1:]
         batch = {FEATURE_COLUMN: features.float(), LABEL_COLUMN: padded}  # features: (batch, n_mels, 3000)
+        if REPLAY_COLUMN in items[0]:
+            batch[REPLAY_COLUMN] = torch.tensor([bool(np.asarray(item[REPLAY_COLUMN])) for item in items])  # (batch,)
         if self.context is not None:
             # The features stay whole: whether this batch is cut to its bucket is the trainer's choice
             # per optimizer step (features.full_context_step).

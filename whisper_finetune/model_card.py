@@ -100,8 +100,9 @@ def _replay_and_augmentation(config):
         lines += [f"Replay: {config['replay_ratio']:.0%} of the training examples were drawn from the replay sets "
                   f"({names}), labelled with their language token ({tokens}), so the model keeps that speech.", ""]
     if config.get("distill_weight"):
+        rows = " on its replay rows" if config.get("distill_rows") == "replay" else ""
         lines += [f"Distillation: each training step added {config['distill_weight']:g} x the KL divergence from the "
-                  "base model's next-token distributions to the model's (temperature 2, per label token) to its "
+                  f"base model's next-token distributions to the model's (temperature 2, per label token{rows}) to its "
                   "loss, holding it to the base model's answers (learning without forgetting).", ""]
     used = []
     if config.get("spec_augment"):

@@ -40,6 +40,9 @@ HF_ONLY = ("train_dataset_configs", "train_dataset_splits", "train_dataset_text_
 # What --metric_for_best_model may select on: the eval set's primary metric (wer stands for it, so with
 # --primary_metric cer it is CER), the retain sets' WER, or eval + the retain WER's increase over step 0.
 BEST_MODEL_METRICS = ("wer", "retain_wer", "combined")
+# Which training rows --distill_weight holds to the base model: every row, or the --replay_datasets rows
+# alone (the training rows then learn freely; the replayed speech is kept as the base model heard it).
+DISTILL_ROWS = ("all", "replay")
 # Files that mark an earlier run in --output_dir.
 RUN_MARKERS = ("trainer_state.json", SUMMARY_FILE, "config.json", "model.safetensors",
                "adapter_config.json")
@@ -98,6 +101,10 @@ class TrainConfig:
         "distributions to the fine-tune's (temperature 2, per label token, on each training batch; learning "
         "without forgetting) to the loss. Costs one forward pass of the base model per step", group="retain",
         default_text="0 (off)")
+    distill_rows: str = option(
+        "all", "with --distill_weight: the training rows the term applies to: all, or replay (the --replay_datasets "
+        "rows alone: the base model runs on those rows only, and the training data is learned without the pull "
+        "back)", choices=DISTILL_ROWS, group="retain")
     merge_ratio: str = option(
         "1", "the final model is base + RATIO x (fine-tune - base) (WiSE-FT weight interpolation): below 1 it keeps "
         "more of what the base model knew, at some cost on the eval sets; auto: the lowest of 0.2, 0.3 ... 0.9 whose "
@@ -314,7 +321,7 @@ def earlier_run(output_dir):
 def _check_values(config: TrainConfig):
     for name, choices in (("train_strategy", STRATEGIES), ("mixed_precision", PRECISIONS), ("task", TASKS),
                           ("primary_metric", METRICS + (None,)), ("short_context_updates", SHORT_CONTEXT_UPDATES),
-                          ("metric_for_best_model", BEST_MODEL_METRICS)):
+                          ("metric_for_best_model", BEST_MODEL_METRICS), ("distill_rows", DISTILL_ROWS)):
         if getattr(config, name) not in choices:
             accepted = ", ".join(choice for choice in choices if choice is not None)
             raise OptionError(name, getattr(config, name), f"choose one of {accepted}")
@@ -361,6 +368,9 @@ def _check_values(config: TrainConfig):
     _check_merge(config)
     if not (config.distill_weight >= 0 and math.isfinite(config.distill_weight)):
         raise OptionError("distill_weight", config.distill_weight, "must be 0 (off) or more")
+    if config.distill_rows == "replay" and not (config.distill_weight and config.replay_datasets):
+        raise UserError("--distill_rows replay holds the --replay_datasets rows to the base model: it needs "
+                        "--distill_weight above 0 and --replay_datasets")
     if config.lora and (config.freeze_encoder or config.freeze_decoder):
         flag = "--freeze_encoder" if config.freeze_encoder else "--freeze_decoder"
         raise UserError(f"--lora and {flag} together: LoRA already freezes the base model; pick one")

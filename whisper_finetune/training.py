@@ -32,7 +32,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, spee
 from . import checkpoints, distillation, hub, merging, modeling, scoring
 from .data import LANGUAGE_COLUMN, load_datasets
 from .errors import TrainingDiverged, UserError
-from .features import (CONTEXT_FRAMES, FEATURE_COLUMN, INDEX_COLUMN, LENGTH_COLUMN,
+from .features import (CONTEXT_FRAMES, FEATURE_COLUMN, INDEX_COLUMN, LENGTH_COLUMN, REPLAY_COLUMN,
                        DataCollatorSpeechSeq2SeqWithPadding, LanguageLabels, drop_too_long, featurize, featurize_stream,
                        featurize_windows, full_context_step)
 from .files import publish
@@ -247,8 +247,9 @@ class _WhisperTrainer(Seq2SeqTrainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         # Whisper's forward takes no loss kwargs, so its loss is this micro-batch's mean per label token,
         # as is the distillation term: the Trainer scales both alike for gradient accumulation.
+        rows = inputs.pop(REPLAY_COLUMN, None)  # --distill_rows replay: (batch,) bool, True on replay rows
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        loss = loss + self.distiller.loss(outputs, inputs)
+        loss = loss + self.distiller.loss(outputs, inputs, rows)
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, *args, **kwargs):
@@ -427,8 +428,9 @@ def _distiller(config, language, device):
         return None
     teacher = distillation.load_teacher(config.model_name, language, config.task, config.dynamic_audio_context,
                                          device)
-    logger.info("distillation to the base model: weight %g x KL per label token (temperature %g)",
-                config.distill_weight, distillation.TEMPERATURE)
+    logger.info("distillation to the base model: weight %g x KL per label token (temperature %g)%s",
+                config.distill_weight, distillation.TEMPERATURE,
+                ", on the replay rows only" if config.distill_rows == "replay" else "")
     return distillation.Distiller(teacher, config.distill_weight,
                                   share_encoder=config.freeze_encoder and not config.spec_augment)
 
@@ -475,6 +477,9 @@ def _mix_replay(config, train_set, processor):
     counts.update(mixed_in=needed, repeated=copies > 1)
     logger.info("replay: %d example(s) mixed into %d training example(s) (ratio %g)", needed, len(train_set),
                 config.replay_ratio)
+    if config.distill_weight and config.distill_rows == "replay":  # the distillation term needs to tell them apart
+        train_set = train_set.add_column(REPLAY_COLUMN, [0] * len(train_set))
+        replay = replay.add_column(REPLAY_COLUMN, [1] * len(replay))
     return concatenate_datasets([train_set, replay]).with_format("numpy"), counts
 
 
