@@ -144,6 +144,9 @@ def test_rows_limit_the_term_to_those_rows_and_the_teacher_sees_only_them(tiny_m
         batch_sizes.clear()
         assert float(distiller.loss(outputs, inputs, torch.tensor([False, False, False]))) == 0.0
         assert batch_sizes == []  # a batch without replay rows costs no teacher pass
+        with pytest.raises(RuntimeError, match=re.escape("--distill_rows replay: a training batch came without "
+                                                         "its replay-row flags")):
+            Distiller(teacher, weight=2.0, replay_only=True).loss(outputs, inputs)
 
 
 def test_replay_rows_alone_pay_the_term_in_a_run(tiny_model_dir, tiny_dataset_dir, tmp_path, monkeypatch, caplog):

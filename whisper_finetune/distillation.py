@@ -46,12 +46,14 @@ class Distiller:
 
     ``share_encoder``: the fine-tune's encoder is frozen (``--freeze_encoder``), so its output is the
     teacher's too and the teacher runs its decoder alone on it (the encoder is most of a forward pass).
+    ``replay_only``: ``--distill_rows replay``; :meth:`loss` then needs each batch's replay-row flags.
     """
 
-    def __init__(self, teacher, weight, share_encoder=False):
+    def __init__(self, teacher, weight, share_encoder=False, replay_only=False):
         self.teacher = teacher
         self.weight = weight
         self.share_encoder = share_encoder
+        self.replay_only = replay_only  # --distill_rows replay: every batch must say which rows are replay
 
     def loss(self, outputs, inputs, rows=None):
         """The weighted term for a batch the student has just run on: ``outputs`` its Seq2SeqLMOutput,
@@ -67,6 +69,8 @@ class Distiller:
             source = outputs.encoder_last_hidden_state.detach()  # (batch, frames, d_model)
         else:
             source = inputs["input_features"]  # (batch, n_mels, frames)
+        if rows is None and self.replay_only:  # never silently hold the training rows too
+            raise RuntimeError("--distill_rows replay: a training batch came without its replay-row flags")
         if rows is not None:
             rows = rows.to(labels.device)
             if not rows.any():  # no replay row in this batch: nothing to hold

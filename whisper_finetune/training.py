@@ -432,7 +432,8 @@ def _distiller(config, language, device):
                 config.distill_weight, distillation.TEMPERATURE,
                 ", on the replay rows only" if config.distill_rows == "replay" else "")
     return distillation.Distiller(teacher, config.distill_weight,
-                                  share_encoder=config.freeze_encoder and not config.spec_augment)
+                                  share_encoder=config.freeze_encoder and not config.spec_augment,
+                                  replay_only=config.distill_rows == "replay")
 
 
 def _set_spec_augment(model, config):
