@@ -32,20 +32,19 @@ import tarfile
 import urllib.request
 
 import soundfile as sf
-import soxr
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from whisper_finetune import cli  # noqa: E402
+from whisper_finetune.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from whisper_finetune.errors import UserError  # noqa: E402
 
 logger = logging.getLogger("real_speech_set")
 
-SAMPLE_RATE = 16000
 MAX_SECONDS = 29.9  # within Whisper's 30 s window (its feature extractor pads or cuts to 480000 samples)
 # Recordings up to this long are cut to MAX_SECONDS (pyannote's 30 s test files lose their last 0.1 s);
 # longer ones (the 53 s sonnet) are cut in two halves.
 HALVE_OVER_SECONDS = 30.5
-# (package, version, sha256 of its sdist, {clip id: member path inside the archive})
+# (package, version, its sdist's file name on PyPI, {clip id: member path inside the archive})
 SOURCES = [
     ("pyannote.audio", "4.0.7", "pyannote_audio-4.0.7.tar.gz", {
         **{f"pyannote_{n}": f"pyannote_audio-4.0.7/tests/data/{n}.wav"
@@ -76,7 +75,8 @@ RETAIN = {"pyannote_dev00", "pyannote_dev01", "pyannote_tst00", "pyannote_tst01"
 
 
 def fetch_sdist(package, version, filename, cache):
-    """The sdist's bytes, from ``cache`` or PyPI (checked against the SHA-256 PyPI publishes)."""
+    """The sdist's bytes, from ``cache`` as it is, or else from PyPI (checked against the SHA-256 PyPI
+    publishes before it is cached)."""
     path = os.path.join(cache, filename)
     if os.path.isfile(path):
         with open(path, "rb") as f:
@@ -104,10 +104,7 @@ def clips_of(data, members):
     clips = {}
     with tarfile.open(fileobj=io.BytesIO(data)) as archive:
         for clip, member in members.items():
-            audio, rate = sf.read(io.BytesIO(archive.extractfile(member).read()), dtype="float32", always_2d=True)
-            audio = audio.mean(axis=1)  # (samples,)
-            if rate != SAMPLE_RATE:
-                audio = soxr.resample(audio, rate, SAMPLE_RATE)
+            audio = load_audio(archive.extractfile(member).read())  # (samples,) mono at 16 kHz
             if len(audio) > HALVE_OVER_SECONDS * SAMPLE_RATE:
                 half = len(audio) // 2
                 clips[f"{clip}_a"], clips[f"{clip}_b"] = audio[:half], audio[half:]
