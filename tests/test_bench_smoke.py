@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
                                "--min_pause", "--max_pause"]),
     ("bench/longform_eval.py", ["--model", "--data", "--modes", "--tolerance", "--language", "--output"]),
     ("bench/generalisation_sets.py", ["--output", "--make_data", "--voices", "--size", "--seed"]),
-    ("bench/real_speech_set.py", ["--output", "--label_model", "--language", "--num_beams", "--cache"]),
+    ("bench/real_speech_set.py", ["--output", "--label_model", "--language", "--num_beams", "--more_speakers",
+                                  "--cache"]),
 ])
 def test_help_lists_every_flag(script, flags):
     result = run_script(script, "-h")
@@ -215,11 +216,45 @@ def test_real_speech_set_cuts_resamples_labels_and_splits_the_archives_clips(tin
                 info = tarfile.TarInfo(member)
                 info.size = len(data.getvalue())
                 archive.addfile(info, io.BytesIO(data.getvalue()))
+    # --more_speakers: voice folders (one speaker each; a stray text file and a nested file are not clips)
+    # and two long recordings cut into 29 s windows (a last window under 3 s is dropped).
+    voices = {"ann": 2, "bob": 1, "cat": 2, "dan": 1, "eve": 1, "fay": 1}  # sorted; every third held out: cat, fay
+    root = module.VOICES[3]
+    with tarfile.open(cache / module.VOICES[2], "w:gz") as archive:
+        members = {f"{root}{voice}/{n}.wav": 2.0 for voice, files in voices.items() for n in range(1, files + 1)}
+        members.update({f"{root}ann/notes.txt": None, f"{root}bob/old/1.wav": 2.0})
+        for member, seconds in members.items():
+            data = io.BytesIO()
+            if seconds is None:
+                data.write(b"not audio")
+            else:
+                sf.write(data, 0.1 * np.sin(2 * np.pi * 220 * np.arange(int(seconds * 22050)) / 22050), 22050,
+                         format="WAV")
+            info = tarfile.TarInfo(member)
+            info.size = len(data.getvalue())
+            archive.addfile(info, io.BytesIO(data.getvalue()))
+    with tarfile.open(cache / module.WINDOWED[2], "w:gz") as archive:
+        for (name, member), seconds in zip(module.WINDOWED[3].items(), (60.0, 64.0)):
+            data = io.BytesIO()
+            sf.write(data, 0.1 * np.sin(2 * np.pi * 220 * np.arange(int(seconds * 16000)) / 16000), 16000,
+                     format="WAV")
+            info = tarfile.TarInfo(member)
+            info.size = len(data.getvalue())
+            archive.addfile(info, io.BytesIO(data.getvalue()))
     out = tmp_path / "real"
     result = run_script("bench/real_speech_set.py", "--output", out, "--label_model", tiny_model_dir, "--language",
-                        "en", "--num_beams", 1, "--cache", cache)
+                        "en", "--num_beams", 1, "--cache", cache, "--more_speakers")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"wrote {out}/replay (22 clips) and {out}/retain (10 clips)" in result.stdout
+    assert (f"wrote {out}/replay (22 clips), {out}/retain (10 clips), {out}/more_replay (9 clips) and "
+            f"{out}/more_retain (4 clips)") in result.stdout
+    more = {part: dict(line.rstrip("\n").split(" ", 1) for line in open(out / part / "audio_paths", encoding="utf-8"))
+            for part in ("more_replay", "more_retain")}
+    assert set(more["more_retain"]) == {"tts_cat_1", "tts_cat_2", "tts_fay_1", "voxconv_aepyx_2"}
+    assert set(more["more_replay"]) == {"tts_ann_1", "tts_ann_2", "tts_bob_1", "tts_dan_1", "tts_eve_1",
+                                        "silero_en_0", "silero_en_1", "voxconv_aepyx_0", "voxconv_aepyx_1"}
+    for clip, seconds in {"tts_ann_1": 2.0, "silero_en_1": 29.0, "voxconv_aepyx_2": 6.0}.items():
+        path = more["more_retain" if clip in more["more_retain"] else "more_replay"][clip]
+        assert sf.info(path).samplerate == 16000 and sf.info(path).duration == pytest.approx(seconds, abs=0.01)
     assert not (tmp_path / "real.partial").exists()
     texts, paths = {}, {}
     for part in ("replay", "retain"):
