@@ -31,7 +31,7 @@ from whisper_finetune import cli, options  # noqa: E402
 
 
 def main(argv=None):
-    from whisper_finetune.export import ExportOptions, export, format_table
+    from whisper_finetune.export.export import ExportOptions, export, format_table
 
     config, script = options.parse(ExportOptions, __doc__, argv)
     cli.setup_logging(script.verbose)

@@ -24,12 +24,12 @@ def main():
     from eval_speed import decoded_audio, load_clips  # the same clips and audio decoding as eval_speed
     from transformers import WhisperProcessor
 
-    from whisper_finetune import modeling
+    from whisper_finetune.model import loading
     from whisper_finetune.audio import SAMPLE_RATE
 
     dataset, _ = load_clips(args.data, None)
     processor = WhisperProcessor.from_pretrained(args.model)
-    model = modeling.load_model(args.model, torch.device("cpu"), dtype=getattr(torch, args.dtype)).eval()
+    model = loading.load_model(args.model, torch.device("cpu"), dtype=getattr(torch, args.dtype)).eval()
     audio = decoded_audio(dataset)
     start = time.perf_counter()
     features = processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features

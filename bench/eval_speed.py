@@ -88,14 +88,14 @@ COLUMNS = ["row", "system", "batch", "wer", "audio_s", "wall_s", "rtfx", "vs_a",
 # ---------------------------------------------------------------------------------------------
 def model_facts(model, language):
     """(language code or None, english_only, normaliser name) for ``model``; multilingual models need a language."""
-    from whisper_finetune import modeling
+    from whisper_finetune.model import loading
     from whisper_finetune.text import choose_normalizer
 
     if not os.path.isdir(model):
         raise UserError(f"--model {model}: no such folder (a transformers-format Whisper checkpoint)")
-    generation = modeling.generation_config_of(modeling.resolve_model(model))
-    english_only = modeling.is_english_only(generation)
-    code = modeling.resolve_language(language, generation)
+    generation = loading.generation_config_of(loading.resolve_model(model))
+    english_only = loading.is_english_only(generation)
+    code = loading.resolve_language(language, generation)
     if not english_only and code is None:
         raise UserError("--language: this model is multilingual; give the language of the speech, e.g. --language hi")
     return code, english_only, choose_normalizer(code, None, english_only)
@@ -103,8 +103,8 @@ def model_facts(model, language):
 
 def load_clips(data, max_samples):
     """The data_prep dataset at ``data`` (first ``max_samples`` rows) and the audio seconds per row."""
-    from whisper_finetune.data import load_custom_dataset
-    from whisper_finetune.evaluation import audio_durations
+    from whisper_finetune.data.loading import load_custom_dataset
+    from whisper_finetune.evaluate.evaluation import audio_durations
 
     dataset = load_custom_dataset(data)
     if max_samples is not None:
@@ -115,7 +115,7 @@ def load_clips(data, max_samples):
 def decoded_audio(dataset):
     """Every clip as a 16 kHz float32 array (part of each timed region, as in our evaluator)."""
     from whisper_finetune.audio import SAMPLE_RATE, decode_example_audio
-    from whisper_finetune.data import AUDIO_COLUMN
+    from whisper_finetune.data.loading import AUDIO_COLUMN
 
     return [decode_example_audio(value, SAMPLE_RATE) for value in dataset[AUDIO_COLUMN]]
 
@@ -194,10 +194,10 @@ def run_ct2_reference(args, dataset, durations, compute_type, code, english_only
 
 
 def run_ours(args, row, normalizer, code):
-    """Rows (c)/(d)/(e)/(f): our :func:`whisper_finetune.evaluation.evaluate`; returns its result dict."""
-    from whisper_finetune.data import DatasetSpec
-    from whisper_finetune.decoding import DecodingOptions
-    from whisper_finetune.evaluation import EvalConfig, evaluate
+    """Rows (c)/(d)/(e)/(f): our :func:`whisper_finetune.evaluate.evaluation.evaluate`; returns its result dict."""
+    from whisper_finetune.data.loading import DatasetSpec
+    from whisper_finetune.decode.options import DecodingOptions
+    from whisper_finetune.evaluate.evaluation import EvalConfig, evaluate
 
     backend, compute_type, half, audio_context = OUR_ROWS[row]
     options = DecodingOptions(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
@@ -222,7 +222,7 @@ def peak_gpu_gb(device):
 def run_row(args):
     """Child process: run one row and write its figures to ``--row_json``."""
     from whisper_finetune import scoring
-    from whisper_finetune.data import TEXT_COLUMN
+    from whisper_finetune.data.loading import TEXT_COLUMN
 
     code, english_only, normalizer = model_facts(args.model, args.language)
     row = args.only
@@ -253,8 +253,8 @@ def run_row(args):
 # ---------------------------------------------------------------------------------------------
 def prepared_data(data, work_dir):
     """``data`` when it is a data_prep folder; a Kaldi-style folder is prepared into ``work_dir`` first."""
-    from whisper_finetune.corpus import DataPrepConfig, prepare_dataset
-    from whisper_finetune.data import is_saved_dataset
+    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data.loading import is_saved_dataset
 
     if is_saved_dataset(data):
         return data

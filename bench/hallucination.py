@@ -4,7 +4,7 @@ without speech, and how the two segmentations of a long recording compare.
 Synthesised audio (seeded numpy, written to --work_dir): 60 s of silence with low noise (Gaussian,
 -50 dBFS) and 60 s of music-like tones (notes of a pentatonic scale with harmonics and a decaying
 envelope over a soft drone). Each is transcribed with transcribe_audio.py's library function
-(whisper_finetune.transcription.transcribe) three ways, on the default cut-at-silence path and again
+(whisper_finetune.decode.transcription.transcribe) three ways, on the default cut-at-silence path and again
 with --timestamps True:
 
   plain        no guard (today's decoding)
@@ -72,7 +72,7 @@ def run_row(args):
 
     from whisper_finetune.options import parse
     from whisper_finetune.text import get_normalizer
-    from whisper_finetune.transcription import TranscribeConfig, transcribe
+    from whisper_finetune.decode.transcription import TranscribeConfig, transcribe
 
     audio, _, _, flags = row_parts(args.only)
     audio_path = long_audio(args.data) if audio == "long" else os.path.join(args.work_dir, f"{audio}.flac")

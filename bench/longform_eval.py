@@ -23,7 +23,8 @@ import sys
 from dataclasses import replace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from whisper_finetune import cli, scoring, transcription  # noqa: E402
+from whisper_finetune import cli, scoring  # noqa: E402
+from whisper_finetune.decode import transcription
 from whisper_finetune.errors import UserError  # noqa: E402
 from whisper_finetune.text import choose_normalizer  # noqa: E402
 

@@ -170,10 +170,11 @@ def speaker_clips(cache):
 
 def label(clips, model, language="en", num_beams=5, batch_size=8):
     """{clip id: the model's transcript} (beam search, one 30 s window per clip)."""
-    from whisper_finetune import modeling
-    from whisper_finetune.decoding import DecodingOptions, make_decoder
+    from whisper_finetune.model import loading
+    from whisper_finetune.decode.options import DecodingOptions
+    from whisper_finetune.decode.backends import make_decoder
 
-    prepared = modeling.prepare_source(modeling.resolve_model(model, "label_model"), language,
+    prepared = loading.prepare_source(loading.resolve_model(model, "label_model"), language,
                                        DecodingOptions(num_beams=num_beams, max_new_tokens=220, batch_size=batch_size))
     decoder = make_decoder(prepared, "cpu")
     extractor = prepared.processor.feature_extractor

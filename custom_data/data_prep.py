@@ -26,7 +26,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from whisper_finetune import cli, options  # noqa: E402
-from whisper_finetune.corpus import DataPrepConfig, prepare_dataset  # noqa: E402
+from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset  # noqa: E402
 
 
 def main(argv=None):

@@ -8,15 +8,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from whisper_finetune.cli import CUSTOM_ONLY_EVAL, HF_ONLY_EVAL  # noqa: E402
-from whisper_finetune.corpus import DataPrepConfig  # noqa: E402
+from whisper_finetune.data.corpus import DataPrepConfig  # noqa: E402
 from whisper_finetune.demo import DemoConfig  # noqa: E402
 from whisper_finetune.embeddings import EmbeddingConfig  # noqa: E402
-from whisper_finetune.evaluation import EvalConfig  # noqa: E402
-from whisper_finetune.export import ExportOptions  # noqa: E402
+from whisper_finetune.evaluate.evaluation import EvalConfig  # noqa: E402
+from whisper_finetune.export.export import ExportOptions  # noqa: E402
 from whisper_finetune.options import markdown_table  # noqa: E402
-from whisper_finetune.report import ReportConfig  # noqa: E402
-from whisper_finetune.train_config import HF_ONLY, TrainConfig  # noqa: E402
-from whisper_finetune.transcription import TranscribeConfig  # noqa: E402
+from whisper_finetune.evaluate.report import ReportConfig  # noqa: E402
+from whisper_finetune.train.config import HF_ONLY, TrainConfig  # noqa: E402
+from whisper_finetune.decode.transcription import TranscribeConfig  # noqa: E402
 
 SCALE = ("streaming", "interleave_probabilities", "shuffle_buffer_size", "deepspeed", "fsdp", "fsdp_config",
          "push_to_hub", "hub_model_id", "hub_private_repo")

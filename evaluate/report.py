@@ -22,7 +22,7 @@ from whisper_finetune import cli, options  # noqa: E402
 
 
 def main(argv=None):
-    from whisper_finetune.report import ReportConfig, find_result_files, write_report
+    from whisper_finetune.evaluate.report import ReportConfig, find_result_files, write_report
 
     config, script = options.parse(ReportConfig, __doc__, argv)
     cli.setup_logging(script.verbose)

@@ -82,7 +82,7 @@ def sharp_model_dir(tiny_model_dir, tmp_path_factory):
 
     import torch
 
-    from whisper_finetune.modeling import load_model
+    from whisper_finetune.model.loading import load_model
 
     folder = str(tmp_path_factory.mktemp("tiny-sharp"))
     shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
@@ -99,10 +99,10 @@ def sharp_model_dir(tiny_model_dir, tmp_path_factory):
 def prepared_for(model_dir, language=None, options=None, **fields):
     """The :class:`PreparedModel` every decoder takes, for a local model folder and decoding options
     (a ``DecodingOptions`` or its fields)."""
-    from whisper_finetune import modeling
-    from whisper_finetune.decoding import DecodingOptions
+    from whisper_finetune.model import loading
+    from whisper_finetune.decode.options import DecodingOptions
 
-    return modeling.prepare_source(modeling.resolve_model(model_dir), language, options or DecodingOptions(**fields))
+    return loading.prepare_source(loading.resolve_model(model_dir), language, options or DecodingOptions(**fields))
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +116,7 @@ def tiny_en_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_dataset_dir(tmp_path_factory):
     """A data_prep dataset of 8 synthetic clips (1.0-1.7 s) with short English sentences."""
-    from whisper_finetune.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
 
     root = tmp_path_factory.mktemp("tiny-data")
     source = write_corpus(str(root / "src"))
@@ -155,7 +155,7 @@ def shared_data_dir():
 @pytest.fixture(scope="session")
 def prepared_shared(shared_data_dir, tmp_path_factory):
     """A function ``name -> data_prep folder`` for the shared sets (e.g. ``espeak_en/eval``), cached per session."""
-    from whisper_finetune.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
 
     cache = {}
     root = tmp_path_factory.mktemp("shared-prepared")

@@ -22,7 +22,8 @@ from transformers.trainer_callback import TrainerState
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
-from whisper_finetune import checkpoints, training  # noqa: E402
+from whisper_finetune import files  # noqa: E402
+from whisper_finetune.train import run  # noqa: E402
 
 
 def _arm(owner, name, moment, target):
@@ -41,13 +42,13 @@ def _arm(owner, name, moment, target):
 
 
 MOMENTS = {
-    "step": (training._WhisperTrainer, "training_step"),
-    "eval": (training._WhisperTrainer, "prediction_step"),
+    "step": (run._WhisperTrainer, "training_step"),
+    "eval": (run._WhisperTrainer, "prediction_step"),
     "weights": (transformers.modeling_utils, "safe_save_file"),
     "torch_save": (torch, "save"),
     "state": (TrainerState, "save_to_json"),
-    "rename": (checkpoints, "publish_dir"),
-    "final": (training, "publish"),
+    "rename": (files, "publish_dir"),
+    "final": (run, "publish"),
 }
 
 if os.environ.get("KILL_AT"):

@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from conftest import REPO_ROOT, run_script
-from whisper_finetune import evaluation
+from whisper_finetune.evaluate import evaluation
 from whisper_finetune.scoring import read_result_pairs
 
 CHROMIUM = "/usr/bin/chromium"

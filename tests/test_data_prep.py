@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 
 from conftest import run_script, write_corpus
-from whisper_finetune import corpus as data_mod
+from whisper_finetune.data import corpus as data_mod
 from whisper_finetune.audio import decode_example_audio, resample
-from whisper_finetune.corpus import DataPrepConfig, prepare_dataset
+from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
 from whisper_finetune.errors import DataValidationError, UserError
 from whisper_finetune.testing import synthetic_speech
 
@@ -267,7 +267,7 @@ def test_kaldi_segments_are_cut_from_their_recordings(tmp_path, monkeypatch, cap
     opened = []
     real = data_mod.load_audio_spans
     monkeypatch.setattr(data_mod, "load_audio_spans", lambda path, *a: opened.append(path) or real(path, *a))
-    with caplog.at_level(logging.WARNING, logger="whisper_finetune.corpus"):
+    with caplog.at_level(logging.WARNING, logger="whisper_finetune.data.corpus"):
         summary = prep(source, tmp_path / "out", skip_invalid=True)
     ds = datasets.load_from_disk(str(tmp_path / "out"))
     assert ds.num_rows == summary.kept == 5

@@ -5,10 +5,12 @@ import shutil
 import pytest
 from conftest import prepared_for
 
-from whisper_finetune import decoding, modeling
-from whisper_finetune.decoding import DecodingOptions, make_decoder
+from whisper_finetune.model import loading
+from whisper_finetune.decode.options import DecodingOptions, validate_options
+from whisper_finetune.decode.backends import make_decoder
 from whisper_finetune.errors import UserError
 from whisper_finetune.testing import synthetic_speech
+from whisper_finetune.decode import ctranslate2_backend
 
 
 def _features(processor, n=3):
@@ -31,7 +33,7 @@ def _capture_decoder_prompts(decoder):
 
 @pytest.mark.parametrize("language,task", [("hi", "transcribe"), ("ta", "translate")])
 def test_pytorch_prompt_holds_requested_language(tiny_model_dir, language, task):
-    processor = modeling.load_processor(tiny_model_dir)
+    processor = loading.load_processor(tiny_model_dir)
     decoder = make_decoder(prepared_for(tiny_model_dir, language=language, task=task,
                                                                                  max_new_tokens=4), "cpu")
     expected = processor.tokenizer.convert_tokens_to_ids(
@@ -47,7 +49,7 @@ def test_pytorch_prompt_holds_requested_language(tiny_model_dir, language, task)
 
 
 def test_english_only_prompt_has_no_language_token(tiny_en_model_dir):
-    processor = modeling.load_processor(tiny_en_model_dir)
+    processor = loading.load_processor(tiny_en_model_dir)
     decoder = make_decoder(prepared_for(tiny_en_model_dir, max_new_tokens=3), "cpu")
     assert decoder.prepared.prompt_text == "<|startoftranscript|><|notimestamps|>"
     seen = _capture_decoder_prompts(decoder)
@@ -66,7 +68,7 @@ def test_english_only_prompt_has_no_language_token(tiny_en_model_dir):
 ])
 def test_bad_options_name_the_flag(options, flag):
     with pytest.raises(UserError, match=flag):
-        decoding.validate_options(options)
+        validate_options(options)
 
 
 def _ct2_copy(tiny_model_dir, tmp_path):
@@ -77,7 +79,7 @@ def _ct2_copy(tiny_model_dir, tmp_path):
 
 def test_ct2_agrees_with_pytorch_and_prompt_is_explicit(sharp_model_dir, tmp_path):
     folder = _ct2_copy(sharp_model_dir, tmp_path)
-    processor = modeling.load_processor(folder)
+    processor = loading.load_processor(folder)
     options = DecodingOptions(language="hi", max_new_tokens=8)
     features = _features(processor, 4)
     torch_texts = make_decoder(prepared_for(folder, options.language, options), "cpu").decode(features)
@@ -93,31 +95,31 @@ def test_ct2_agrees_with_pytorch_and_prompt_is_explicit(sharp_model_dir, tmp_pat
 def test_ct2_conversion_cached_and_refreshed(tiny_model_dir, tmp_path):
     folder = _ct2_copy(tiny_model_dir, tmp_path)
     before = sorted(os.listdir(folder))
-    out = decoding.convert_to_ct2(folder)
-    stamp = os.path.join(out, decoding.CT2_STAMP_FILE)
+    out = ctranslate2_backend.convert_to_ct2(folder)
+    stamp = os.path.join(out, ctranslate2_backend.CT2_STAMP_FILE)
     first = os.stat(stamp).st_mtime_ns
-    assert decoding.convert_to_ct2(folder) == out and os.stat(stamp).st_mtime_ns == first  # reused
+    assert ctranslate2_backend.convert_to_ct2(folder) == out and os.stat(stamp).st_mtime_ns == first  # reused
     weights = os.path.join(folder, "model.safetensors")
     os.utime(weights, ns=(first + 10**9, first + 10**9))  # checkpoint re-saved
-    decoding.convert_to_ct2(folder)
+    ctranslate2_backend.convert_to_ct2(folder)
     assert os.stat(stamp).st_mtime_ns != first
     assert sorted(os.listdir(folder)) == before  # the user's checkpoint is untouched
 
 
 def test_ct2_cache_in_home_when_parent_not_writable(monkeypatch, tmp_path):
-    monkeypatch.setattr(decoding.os, "access", lambda path, mode: False)
-    path = decoding.ct2_cache_dir(str(tmp_path))
-    assert path.startswith(decoding.CT2_CACHE_ROOT)
-    assert decoding.ct2_cache_dir("openai/whisper-tiny").startswith(decoding.CT2_CACHE_ROOT)
+    monkeypatch.setattr(ctranslate2_backend.os, "access", lambda path, mode: False)
+    path = ctranslate2_backend.ct2_cache_dir(str(tmp_path))
+    assert path.startswith(ctranslate2_backend.CT2_CACHE_ROOT)
+    assert ctranslate2_backend.ct2_cache_dir("openai/whisper-tiny").startswith(ctranslate2_backend.CT2_CACHE_ROOT)
 
 
 @pytest.mark.slow
 @pytest.mark.real_model
 def test_whisper_base_decodes_hindi_with_hi_token(real_multilingual_model_dir, shared_data_dir):
     from whisper_finetune.audio import load_audio
-    from whisper_finetune.corpus import read_kaldi_file
+    from whisper_finetune.data.corpus import read_kaldi_file
 
-    processor = modeling.load_processor(real_multilingual_model_dir)
+    processor = loading.load_processor(real_multilingual_model_dir)
     source = os.path.join(shared_data_dir, "espeak_hi", "eval")
     paths = [os.path.join(source, p) for _, _, p in read_kaldi_file(os.path.join(source, "audio_paths"))[:2]]
     features = processor.feature_extractor([load_audio(p) for p in paths], sampling_rate=16000,

@@ -6,11 +6,12 @@ import pytest
 import torch
 from conftest import prepared_for
 
-from whisper_finetune import modeling
-from whisper_finetune.decoding import DecodingOptions, make_decoder, validate_options
+from whisper_finetune.model import loading
+from whisper_finetune.decode.options import DecodingOptions, validate_options
+from whisper_finetune.decode.backends import make_decoder
 from whisper_finetune.errors import UserError
-from whisper_finetune.features import (FEATURE_COLUMN, LABEL_COLUMN, LENGTH_COLUMN, AudioContext,
-                                       CONTEXT_FRAMES, DataCollatorSpeechSeq2SeqWithPadding, full_context_step)
+from whisper_finetune.data.features import (FEATURE_COLUMN, LABEL_COLUMN, LENGTH_COLUMN, AudioContext,
+                                            CONTEXT_FRAMES, DataCollatorSpeechSeq2SeqWithPadding, full_context_step)
 from whisper_finetune.testing import synthetic_speech
 
 
@@ -21,17 +22,17 @@ def test_bucket_frames(seconds, frames):
 
 
 def test_full_length_path_is_transformers_own_bit_for_bit(sharp_model_dir):
-    model = modeling.load_model(sharp_model_dir)
-    processor = modeling.load_processor(sharp_model_dir)
+    model = loading.load_model(sharp_model_dir)
+    processor = loading.load_processor(sharp_model_dir)
     audio = [synthetic_speech(1.5 + i, seed=i) for i in range(2)]
     features = torch.from_numpy(processor.feature_extractor(audio, sampling_rate=16000,
                                                             return_tensors="np").input_features)  # (2, 80, 3000)
     with torch.inference_mode():
         theirs = model.model.encoder(features).last_hidden_state
-        modeling.enable_dynamic_audio_context(model)
+        loading.enable_dynamic_audio_context(model)
         ours = model.model.encoder(features).last_hidden_state
         short = model.model.encoder(features[:, :, :400]).last_hidden_state
-    assert type(model.model.encoder) is modeling.DynamicContextEncoder
+    assert type(model.model.encoder) is loading.DynamicContextEncoder
     assert torch.equal(ours, theirs)  # (2, 1500, d_model), same bits
     assert short.shape == (2, 200, theirs.shape[-1])
     # Attention sees the whole input, so a shorter context changes every frame: it is not a crop of the 30 s run.
@@ -66,8 +67,8 @@ def test_dynamic_decoding_is_not_for_jax():
 
 
 def test_dynamic_decoding_runs_the_encoder_on_the_bucket(sharp_model_dir, tiny_dataset_dir, tmp_path):
-    from whisper_finetune.data import load_custom_dataset
-    from whisper_finetune.evaluation import decode_dataset
+    from whisper_finetune.data.loading import load_custom_dataset
+    from whisper_finetune.evaluate.evaluation import decode_dataset
 
     decoder = make_decoder(prepared_for(sharp_model_dir, "hi", max_new_tokens=6, audio_context="dynamic"), "cpu")
     seen = []
@@ -86,7 +87,7 @@ def test_ctranslate2_decodes_the_short_context_as_pytorch_does(sharp_model_dir, 
 
     folder = str(tmp_path / "model")
     shutil.copytree(sharp_model_dir, folder)
-    processor = modeling.load_processor(folder)
+    processor = loading.load_processor(folder)
     audio = [synthetic_speech(1.0 + 0.4 * i, seed=i) for i in range(4)]
     features = processor.feature_extractor(audio, sampling_rate=16000, return_tensors="np").input_features
     short = features[:, :, :AudioContext(2.0).frames(2.2)]  # (4, 80, 400)
@@ -100,8 +101,8 @@ def test_ctranslate2_decodes_the_short_context_as_pytorch_does(sharp_model_dir, 
 def test_training_with_dynamic_context_saves_a_plain_whisper(tiny_model_dir, tiny_dataset_dir, tmp_path):
     from transformers import WhisperForConditionalGeneration, pipeline
 
-    from whisper_finetune.train_config import TrainConfig
-    from whisper_finetune.training import train
+    from whisper_finetune.train.config import TrainConfig
+    from whisper_finetune.train.run import train
 
     out = tmp_path / "out"
     summary = train(TrainConfig(model_name=tiny_model_dir, train_datasets=(tiny_dataset_dir,),
@@ -125,7 +126,7 @@ def test_training_with_dynamic_context_saves_a_plain_whisper(tiny_model_dir, tin
 
 def _changed_parts(before_dir, after_dir):
     """Which of encoder/decoder differ (any bit) between two saved models."""
-    before, after = modeling.load_model(str(before_dir)).state_dict(), modeling.load_model(str(after_dir)).state_dict()
+    before, after = loading.load_model(str(before_dir)).state_dict(), loading.load_model(str(after_dir)).state_dict()
     return {name.split(".")[1] for name in before
             if name.startswith("model.") and not torch.equal(before[name], after[name])}
 
@@ -139,8 +140,8 @@ def _changed_parts(before_dir, after_dir):
 ])
 def test_what_each_kind_of_step_trains(tiny_model_dir, tiny_dataset_dir, tmp_path, updates, full_context_ratio,
                                        changed):
-    from whisper_finetune.train_config import TrainConfig
-    from whisper_finetune.training import train
+    from whisper_finetune.train.config import TrainConfig
+    from whisper_finetune.train.run import train
 
     out = tmp_path / "out"
     train(TrainConfig(model_name=tiny_model_dir, train_datasets=(tiny_dataset_dir,), eval_datasets=(tiny_dataset_dir,),

@@ -16,7 +16,7 @@ from whisper_finetune.audio import ENCODER_FRAMES, N_SAMPLES, SAMPLE_RATE
 from whisper_finetune.embeddings import (EmbeddingConfig, embed_audio, extract_embeddings, hidden_states,
                                          parse_embedding_name, real_frames, resolve_targets)
 from whisper_finetune.errors import UserError
-from whisper_finetune.modeling import decoder_prompt_ids, load_model, load_processor
+from whisper_finetune.model.loading import decoder_prompt_ids, load_model, load_processor
 from whisper_finetune.testing import synthetic_speech
 
 TINY_LAYERS = 2  # build_tiny_whisper's default: 2 encoder and 2 decoder layers, d_model 64

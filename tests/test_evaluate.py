@@ -12,7 +12,7 @@ import pytest
 from datasets import Audio, Dataset, DatasetDict
 
 from conftest import REPO_ROOT, SENTENCES, run_script
-from whisper_finetune import evaluation
+from whisper_finetune.evaluate import evaluation
 from whisper_finetune.errors import UserError
 from whisper_finetune.scoring import read_result_pairs
 
@@ -306,7 +306,7 @@ def test_primary_metric_comes_first_in_result_file_and_summary(tiny_model_dir, t
                                                                 language, first, second):
     from conftest import write_corpus
 
-    from whisper_finetune.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
 
     sentences = JAPANESE if language == "ja" else SENTENCES
     source = write_corpus(str(tmp_path / "src"), n=4, sentences=sentences)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, run_script
 
-from whisper_finetune import export as ex
+from whisper_finetune.export import export as ex
 from whisper_finetune.errors import OptionError, UserError
 
 
@@ -95,10 +95,10 @@ def test_failed_export_leaves_nothing_behind(tiny_model_dir, tmp_path, monkeypat
 # --- ggml: read back every tensor ------------------------------------------------------------------------
 
 def _check_ggml_round_trip(model_dir, path, quantization):
-    from whisper_finetune import modeling
+    from whisper_finetune.model import loading
 
-    model = modeling.load_model(model_dir)
-    processor = modeling.load_processor(model_dir)
+    model = loading.load_model(model_dir)
+    processor = loading.load_processor(model_dir)
     ex.write_ggml(model, processor, path, quantization)
     ggml = ex.read_ggml(path)
     config = model.config
@@ -150,9 +150,9 @@ def test_ggml_file_reads_back_every_tensor_of_the_tiny_model(tiny_model_dir, tmp
 def test_lora_adapter_folder_is_merged_before_export(tiny_model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from whisper_finetune import modeling
+    from whisper_finetune.model import loading
 
-    base = modeling.load_model(tiny_model_dir)
+    base = loading.load_model(tiny_model_dir)
     peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     torch.manual_seed(1)
     for name, param in peft_model.named_parameters():
@@ -161,12 +161,12 @@ def test_lora_adapter_folder_is_merged_before_export(tiny_model_dir, tmp_path):
     adapter = str(tmp_path / "adapter")
     peft_model.save_pretrained(adapter)
     result = ex.export(_options(adapter, tmp_path / "out", formats=("ggml",), quantizations=("f16",)))
-    merged = modeling.load_model(adapter).state_dict()
+    merged = loading.load_model(adapter).state_dict()
     ggml = ex.read_ggml(result.exports["ggml-model-f16.bin"])
     query = ggml.tensors["encoder.blocks.0.attn.query.weight"].values
     np.testing.assert_array_equal(query, merged["model.encoder.layers.0.self_attn.q_proj.weight"].numpy()
                                   .astype(np.float16).astype(np.float32))
-    original = modeling.load_model(tiny_model_dir).state_dict()["model.encoder.layers.0.self_attn.q_proj.weight"]
+    original = loading.load_model(tiny_model_dir).state_dict()["model.encoder.layers.0.self_attn.q_proj.weight"]
     assert not np.allclose(query, original.numpy(), atol=1e-2)  # the adapter's update is in the file
     with open(os.path.join(result.output_dir, ex.CARD_FILE)) as f:
         assert f"a LoRA adapter merged into `{tiny_model_dir}` first" in f.read()
@@ -205,7 +205,7 @@ def test_ctranslate2_and_onnx_exports_load_in_their_runtimes_and_are_verified(ti
     assert all(os.path.exists(r["results_path"]) for r in report["rows"])  # paths into the final folder
     ct2 = result.exports["ctranslate2-int8_float16"]
     assert {"model.bin", "tokenizer.json", "preprocessor_config.json", "README.md"} <= set(os.listdir(ct2))
-    assert ex.decoding.CT2_STAMP_FILE not in os.listdir(ct2)
+    assert ex.ctranslate2_backend.CT2_STAMP_FILE not in os.listdir(ct2)
     with open(os.path.join(ct2, "preprocessor_config.json")) as f:
         assert json.load(f)["feature_size"] == 80
     model = WhisperModel(ct2, device="cpu")
@@ -250,8 +250,8 @@ FT_LEARNING_RATE = 1e-4
 def finetuned_tiny_en(real_model_dir, tmp_path_factory):
     """tiny.en fine-tuned a few steps on sample_data, saved like our trainer's output; and sample_data prepared."""
     from whisper_finetune.audio import load_audio
-    from whisper_finetune.corpus import DataPrepConfig, prepare_dataset
-    from whisper_finetune.modeling import load_model, load_processor
+    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.model.loading import load_model, load_processor
 
     root = tmp_path_factory.mktemp("ft-export")
     data = str(root / "sample_data")
@@ -291,7 +291,7 @@ def test_each_runtime_transcribes_sample_clips_with_the_fine_tuned_words(finetun
     from transformers import WhisperProcessor
 
     from whisper_finetune.audio import load_audio
-    from whisper_finetune.modeling import load_model
+    from whisper_finetune.model.loading import load_model
 
     model_dir, data = finetuned_tiny_en
     out = tmp_path / "export"

@@ -8,15 +8,15 @@ import pytest
 from conftest import REPO_ROOT
 
 from whisper_finetune.cli import CUSTOM_ONLY_EVAL, HF_ONLY_EVAL
-from whisper_finetune.corpus import DataPrepConfig
+from whisper_finetune.data.corpus import DataPrepConfig
 from whisper_finetune.demo import DemoConfig
 from whisper_finetune.embeddings import EmbeddingConfig
-from whisper_finetune.evaluation import EvalConfig
-from whisper_finetune.export import ExportOptions
+from whisper_finetune.evaluate.evaluation import EvalConfig
+from whisper_finetune.export.export import ExportOptions
 from whisper_finetune.options import flags_of
-from whisper_finetune.report import ReportConfig
-from whisper_finetune.train_config import HF_ONLY, TrainConfig
-from whisper_finetune.transcription import TranscribeConfig
+from whisper_finetune.evaluate.report import ReportConfig
+from whisper_finetune.train.config import HF_ONLY, TrainConfig
+from whisper_finetune.decode.transcription import TranscribeConfig
 
 SCRIPTS = [
     ("custom_data/data_prep.py", DataPrepConfig, ()),

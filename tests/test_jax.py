@@ -11,10 +11,12 @@ from conftest import run_script, prepared_for
 
 jax = pytest.importorskip("jax")
 
-from whisper_finetune.decoding import DecodingOptions, TorchDecoder  # noqa: E402
+from whisper_finetune.decode.options import DecodingOptions  # noqa: E402
+
+from whisper_finetune.decode.torch_backend import TorchDecoder
 from whisper_finetune.errors import UserError  # noqa: E402
-from whisper_finetune.jax_decoding import JaxDecoder, load_flax_model  # noqa: E402
-from whisper_finetune.modeling import load_processor  # noqa: E402
+from whisper_finetune.decode.jax_backend import JaxDecoder, load_flax_model  # noqa: E402
+from whisper_finetune.model.loading import load_processor  # noqa: E402
 from whisper_finetune.scoring import read_result_pairs  # noqa: E402
 from whisper_finetune.testing import synthetic_speech  # noqa: E402
 
@@ -99,7 +101,7 @@ def test_lora_adapter_is_merged_and_converted(tiny_model_dir, tmp_path):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from whisper_finetune.modeling import load_model
+    from whisper_finetune.model.loading import load_model
 
     model = get_peft_model(load_model(tiny_model_dir), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     with torch.no_grad():
@@ -161,8 +163,8 @@ def test_custom_evaluator_on_two_host_devices(sharp_model_dir, tiny_dataset_dir,
     assert re.search(r"batch size 3 rounded up to 4 \(a multiple of the 2 devices\)", two.stderr)
     assert "for 2 device(s)" in two.stderr
     (two_txt,) = (tmp_path / "two").glob("*__jax.txt")
-    from whisper_finetune.data import load_custom_dataset
-    from whisper_finetune.evaluation import decode_dataset
+    from whisper_finetune.data.loading import load_custom_dataset
+    from whisper_finetune.evaluate.evaluation import decode_dataset
 
     processor = load_processor(sharp_model_dir)
     one = JaxDecoder(prepared_for(sharp_model_dir, language="hi", batch_size=4, max_new_tokens=8, backend="jax"), -1)
@@ -213,7 +215,7 @@ def test_real_tiny_en_matches_pytorch(real_model_dir, prepared_shared, tmp_path)
     The first 32 of the 80 clips (two full batches: one compiled shape) keep the test short; the full set is
     measured in docs/sections/jax.md.
     """
-    from whisper_finetune.evaluation import EvalConfig, evaluate
+    from whisper_finetune.evaluate.evaluation import EvalConfig, evaluate
 
     data = prepared_shared("espeak_en/eval")
     results = {}

@@ -17,9 +17,10 @@ import torch
 from conftest import REPO_ROOT
 from safetensors.torch import load_file
 
-from whisper_finetune import checkpoints
+from whisper_finetune import files
+from whisper_finetune.train import checkpoints
 from whisper_finetune.errors import OptionError
-from whisper_finetune.train_config import TrainConfig, check_config
+from whisper_finetune.train.config import TrainConfig, check_config
 
 DRIVER = os.path.join(REPO_ROOT, "tests", "kill_driver.py")
 # num_steps 6, a checkpoint and an evaluation every 2 steps; each kill is counted within its own run.
@@ -99,7 +100,7 @@ def test_killed_at_any_moment_resumes_to_the_same_losses(tiny_model_dir, tiny_da
     assert summaries[1]["train_loss"] == pytest.approx(summaries[0]["train_loss"], rel=1e-5)
     want, got = (load_file(os.path.join(folder, "model.safetensors")) for folder in (reference, out))
     assert want.keys() == got.keys() and all(torch.allclose(want[k], got[k], atol=1e-6) for k in want)
-    assert not [name for name in os.listdir(out) if name.endswith(checkpoints.PARTIAL_SUFFIX)]
+    assert not [name for name in os.listdir(out) if name.endswith(files.PARTIAL_SUFFIX)]
 
 
 def _folder(path, files):
@@ -138,12 +139,12 @@ def test_an_incomplete_checkpoint_given_by_path_is_a_one_line_error(tiny_model_d
 
 def test_publish_dir_replaces_an_older_folder_whole(tmp_path):
     final = _folder(tmp_path / "model", ("old.bin",))
-    with checkpoints.atomic_dir(final) as staged:
+    with files.atomic_dir(final) as staged:
         open(os.path.join(staged, "new.bin"), "w").close()
         assert os.listdir(final) == ["old.bin"]  # nothing changes until the block completes
     assert os.listdir(final) == ["new.bin"]
     with pytest.raises(RuntimeError, match="stop"):
-        with checkpoints.atomic_dir(final) as staged:
+        with files.atomic_dir(final) as staged:
             open(os.path.join(staged, "half.bin"), "w").close()
             raise RuntimeError("stop")
     assert os.listdir(final) == ["new.bin"] and sorted(os.listdir(tmp_path)) == ["model"]

@@ -9,10 +9,11 @@ import torch
 
 from test_retain import Scripted
 from test_train import quick_config, summary_of, weights
-from whisper_finetune import merging, scoring
+from whisper_finetune.train import merging
+from whisper_finetune import scoring
 from whisper_finetune.errors import UserError
-from whisper_finetune.train_config import check_config
-from whisper_finetune.training import train
+from whisper_finetune.train.config import check_config
+from whisper_finetune.train.run import train
 
 
 @pytest.mark.parametrize("overrides, message", [

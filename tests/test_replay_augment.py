@@ -11,12 +11,14 @@ import torch
 
 from conftest import run_script, write_corpus
 from test_train import CUSTOM, quick_config
-from whisper_finetune import augment, modeling, training
-from whisper_finetune.corpus import DataPrepConfig, prepare_dataset
-from whisper_finetune.data import DatasetSpec, load_datasets
+from whisper_finetune.data import augment
+from whisper_finetune.model import loading
+from whisper_finetune.train import run
+from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
+from whisper_finetune.data.loading import DatasetSpec, load_datasets
 from whisper_finetune.errors import DataValidationError, UserError
-from whisper_finetune.features import INDEX_COLUMN, SAMPLES_COLUMN, DataCollatorSpeechSeq2SeqWithPadding, featurize
-from whisper_finetune.train_config import check_config
+from whisper_finetune.data.features import INDEX_COLUMN, SAMPLES_COLUMN, DataCollatorSpeechSeq2SeqWithPadding, featurize
+from whisper_finetune.train.config import check_config
 
 REPLAY_SENTENCES = ["good morning to you", "thank you very much", "where is the station", "see you tomorrow"]
 
@@ -33,9 +35,9 @@ def prepared(tmp_path, name, n=4, sentences=REPLAY_SENTENCES, languages=None, sk
 
 
 def tokenizer_for(model_dir, language):
-    processor = modeling.load_processor(model_dir)
+    processor = loading.load_processor(model_dir)
     english_only = language is None
-    training._configure_tokenizer(processor.tokenizer, language, "transcribe", english_only)
+    run._configure_tokenizer(processor.tokenizer, language, "transcribe", english_only)
     return processor
 
 
@@ -83,8 +85,8 @@ def test_replay_mixes_two_languages_into_one_batch_with_each_rows_language_token
     check_config(config)
     processor = tokenizer_for(tiny_model_dir, "hi")
     tokenizer = processor.tokenizer
-    train_set, _ = training._prepare_split(config, "train", [DatasetSpec(tiny_dataset_dir)], None, processor)
-    mixed, counts = training._mix_replay(config, train_set, processor)
+    train_set, _ = run._prepare_split(config, "train", [DatasetSpec(tiny_dataset_dir)], None, processor)
+    mixed, counts = run._mix_replay(config, train_set, processor)
     assert counts == {"kept": 4, "dropped_over_30s": 0, "dropped_labels_over_448_tokens": 0, "mixed_in": 8,
                       "repeated": True}
     assert len(mixed) == 16
@@ -120,7 +122,7 @@ def test_training_batches_mix_the_languages_and_the_run_reports_replay(tiny_mode
     out = tmp_path / "out"
     summary = train_run(quick_config(tiny_model_dir, tiny_dataset_dir, out, replay_datasets=(replay,),
                                      replay_language="en", replay_ratio=0.5, train_batchsize=4))
-    tokenizer = modeling.load_processor(tiny_model_dir).tokenizer
+    tokenizer = loading.load_processor(tiny_model_dir).tokenizer
     both = {tokenizer.convert_tokens_to_ids("<|hi|>"), tokenizer.convert_tokens_to_ids("<|en|>")}
     assert both in seen  # one training batch holds both languages (evaluation batches are Hindi only)
     assert summary.filtering["replay"]["mixed_in"] == 8 and summary.train_samples == 16
@@ -141,7 +143,7 @@ def test_hf_language_column_names_and_replay_without_language(tiny_model_dir, ti
     config = quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path / "out", custom=False, replay_datasets=(named,))
     check_config(config)  # Hub datasets' languages are read when the data is loaded
     processor = tokenizer_for(tiny_model_dir, "hi")
-    replay, _ = training._prepare_split(config, "replay", [DatasetSpec(named)], 4, processor)
+    replay, _ = run._prepare_split(config, "replay", [DatasetSpec(named)], 4, processor)
     tokens = [processor.tokenizer.convert_ids_to_tokens(int(row["labels"][1])) for row in replay]
     assert sorted(tokens) == ["<|de|>", "<|de|>", "<|en|>", "<|en|>"]
 
@@ -150,7 +152,7 @@ def test_hf_language_column_names_and_replay_without_language(tiny_model_dir, ti
     label = f"replay data ({tiny_dataset_dir}/train)"
     with pytest.raises(UserError, match=re.escape(f"{label}: examples without a language column; give "
                                                   f"--replay_language, the language of the replay speech (e.g. en)")):
-        training._prepare_split(plain, "replay", training.dataset_specs(plain, "replay"), 4, processor, None)
+        run._prepare_split(plain, "replay", run.dataset_specs(plain, "replay"), 4, processor, None)
     assert not os.path.exists(tmp_path / "out2")
 
 
@@ -160,13 +162,13 @@ def test_english_only_model_refuses_other_languages_in_the_rows(tiny_en_model_di
     with pytest.raises(UserError, match=re.escape(
             f"train data ({data}): holds Hindi (hi) examples, but the model is English-only (.en) and can be "
             f"trained on English only; use a multilingual Whisper model")):
-        training.train(quick_config(tiny_en_model_dir, data, out, language=None))
+        run.train(quick_config(tiny_en_model_dir, data, out, language=None))
     assert not glob.glob(str(out / ".feature_cache" / "*")) and not os.path.exists(out / "training_summary.json")
 
     english, _ = prepared(tmp_path, "english", languages=["utt0000 en", "utt0001 English"])
     processor = tokenizer_for(tiny_en_model_dir, None)
     config = quick_config(tiny_en_model_dir, english, tmp_path / "out2", language=None)
-    rows, _ = training._prepare_split(config, "train", [DatasetSpec(english)], None, processor)
+    rows, _ = run._prepare_split(config, "train", [DatasetSpec(english)], None, processor)
     sentences = {s for s in datasets.load_from_disk(english)["sentence"]}
     for row in rows:  # English rows on an English-only model: no language token
         sentence = processor.tokenizer.decode(row["labels"], skip_special_tokens=True)
@@ -176,7 +178,7 @@ def test_english_only_model_refuses_other_languages_in_the_rows(tiny_en_model_di
 
 def test_timestamp_windows_carry_their_recordings_language(tiny_model_dir, tmp_path):
     from test_data_prep import SEGMENTS, write_kaldi_dir
-    from whisper_finetune.features import LanguageLabels, featurize_windows
+    from whisper_finetune.data.features import LanguageLabels, featurize_windows
 
     good = [s for s in SEGMENTS if s[0] in ("recA-0000", "recA-0300", "recB-0050", "recB-0426")]
     source, _ = write_kaldi_dir(str(tmp_path / "kaldi"), segments=good)
@@ -202,7 +204,7 @@ def test_timestamp_windows_carry_their_recordings_language(tiny_model_dir, tmp_p
 def test_spec_augment_masks_training_steps_only_and_is_off_in_saved_configs(tiny_model_dir, tiny_dataset_dir,
                                                                             tmp_path, monkeypatch):
     seen = []
-    build = training._build_model
+    build = run._build_model
 
     def build_and_watch(config, language):
         model = build(config, language)
@@ -215,7 +217,7 @@ def test_spec_augment_masks_training_steps_only_and_is_off_in_saved_configs(tiny
         model.model.encoder.register_forward_pre_hook(watch, with_kwargs=True)
         return model
 
-    monkeypatch.setattr(training, "_build_model", build_and_watch)
+    monkeypatch.setattr(run, "_build_model", build_and_watch)
     out = tmp_path / "out"
     train_run(quick_config(tiny_model_dir, tiny_dataset_dir, out, spec_augment=True, mask_time_prob=0.1,
                            mask_time_length=20))
@@ -258,10 +260,10 @@ def test_augment_changes_each_examples_features_between_epochs(tiny_model_dir, t
     # Reproducible: the same epoch and row give the same features, with the run's RNG state left alone.
     config = quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path / "again", augment=True, max_train_samples=4)
     processor = tokenizer_for(tiny_model_dir, "hi")
-    rows, _ = training._prepare_split(config, "train", [DatasetSpec(tiny_dataset_dir)], 4, processor)
-    rows = training._numbered(rows)
+    rows, _ = run._prepare_split(config, "train", [DatasetSpec(tiny_dataset_dir)], 4, processor)
+    rows = run._numbered(rows)
     assert SAMPLES_COLUMN in rows.column_names and "input_features" not in rows.column_names
-    collator = DataCollatorSpeechSeq2SeqWithPadding(0, None, training._on_the_fly_features(config, processor))
+    collator = DataCollatorSpeechSeq2SeqWithPadding(0, None, run._on_the_fly_features(config, processor))
     state = np.random.get_state()[1].copy()
     for epoch in (0, 1):
         collator.set_epoch(epoch)
@@ -345,6 +347,6 @@ def test_script_refuses_a_bad_snr_range_in_one_line(tiny_model_dir, tiny_dataset
 
 
 def train_run(config):
-    summary = training.train(config)
+    summary = run.train(config)
     assert summary.global_step > 0
     return summary

@@ -1,4 +1,4 @@
-"""The evaluation report page (whisper_finetune/report.py, evaluate/report.py) and data_prep's utt2spk:
+"""The evaluation report page (whisper_finetune/evaluate/report.py, evaluate/report.py) and data_prep's utt2spk:
 what the page's data holds, checked against result files; the page itself is driven in a browser in
 tests/test_browser.py."""
 import importlib.util
@@ -9,8 +9,9 @@ import datasets
 import pytest
 
 from conftest import REPO_ROOT, write_corpus
-from whisper_finetune import cli, evaluation, report, scoring
-from whisper_finetune.corpus import DataPrepConfig, prepare_dataset
+from whisper_finetune import cli, scoring
+from whisper_finetune.evaluate import evaluation, report
+from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
 from whisper_finetune.errors import DataValidationError
 
 SCRIPT = "evaluate/report.py"

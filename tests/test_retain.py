@@ -15,11 +15,13 @@ from transformers import Trainer, WhisperForConditionalGeneration
 
 from conftest import run_script, write_corpus
 from test_train import CUSTOM, QUICK, quick_config, summary_of, weights
-from whisper_finetune import checkpoints, modeling, scoring
+from whisper_finetune.train import checkpoints
+from whisper_finetune.model import loading
+from whisper_finetune import scoring
 from whisper_finetune.errors import TrainingDiverged, UserError
-from whisper_finetune.reporting import PLOT_FILE, SUMMARY_FILE, format_summary, plot_history
-from whisper_finetune.train_config import check_config
-from whisper_finetune.training import _retain_decode_kwargs, _retain_processor, train
+from whisper_finetune.train.summary import PLOT_FILE, SUMMARY_FILE, format_summary, plot_history
+from whisper_finetune.train.config import check_config
+from whisper_finetune.train.run import _retain_decode_kwargs, _retain_processor, train
 
 
 class Scripted:
@@ -52,7 +54,7 @@ def evaluations(out, key="eval_retain_wer"):
 @pytest.fixture(scope="module")
 def second_dataset_dir(tmp_path_factory):
     """A second, smaller data_prep dataset (4 clips), so a run can have two retain datasets."""
-    from whisper_finetune.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
 
     root = tmp_path_factory.mktemp("second-data")
     out = str(root / "prepared")
@@ -111,8 +113,8 @@ def test_retain_labels_and_decoding_carry_the_retain_language(tiny_model_dir, ti
     assert prefix(tiny_model_dir, None, False)[:3] == ["<|startoftranscript|>", "<|transcribe|>", "<|notimestamps|>"]
     assert prefix(tiny_en_model_dir, None, True)[:2] == ["<|startoftranscript|>", "<|notimestamps|>"]
 
-    model = modeling.load_model(tiny_model_dir)
-    modeling.set_language_and_task(model, "hi")
+    model = loading.load_model(tiny_model_dir)
+    loading.set_language_and_task(model, "hi")
     config = quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path / "out")
     detected = _retain_decode_kwargs(model.generation_config, None, False, config)["generation_config"]
     assert (detected.language, detected.task) == (None, "transcribe")

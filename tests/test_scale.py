@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import REPO_ROOT, run_script
-from whisper_finetune import modeling
+from whisper_finetune.model import loading
 from whisper_finetune.errors import UserError
-from whisper_finetune.reporting import SUMMARY_FILE
-from whisper_finetune.train_config import TrainConfig, check_config
-from whisper_finetune.training import train
+from whisper_finetune.train.summary import SUMMARY_FILE
+from whisper_finetune.train.config import TrainConfig, check_config
+from whisper_finetune.train.run import train
 
 HF = "train/fine-tune_on_hf_dataset.py"
 CUSTOM = "train/fine-tune_on_custom_dataset.py"
@@ -154,10 +154,10 @@ def test_streaming_bad_dataset_or_column_is_one_line(tiny_model_dir, parquet_set
 
 
 def _stream_labels(tiny_model_dir, folders, tmp_path, world_size, rank, **overrides):
-    from whisper_finetune.data import DatasetSpec
-    from whisper_finetune.training import _configure_tokenizer, _prepare_stream
+    from whisper_finetune.data.loading import DatasetSpec
+    from whisper_finetune.train.run import _configure_tokenizer, _prepare_stream
 
-    processor = modeling.load_processor(tiny_model_dir)
+    processor = loading.load_processor(tiny_model_dir)
     _configure_tokenizer(processor.tokenizer, "hi", "transcribe", False)
     cfg = hf_config(tiny_model_dir, folders, tmp_path / "o", streaming=True, shuffle_buffer_size=4, **overrides)
     specs = [DatasetSpec(f, None, "train") for f in folders]
@@ -190,7 +190,7 @@ def test_parquet_stream_reads_row_groups_on_demand(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from whisper_finetune.data import DatasetSpec, load_hf_dataset
+    from whisper_finetune.data.loading import DatasetSpec, load_hf_dataset
 
     rng = np.random.default_rng(0)
     rows_per_group, groups, payload = 50, 40, 20_000  # 40 row groups of 1 MB of incompressible bytes
@@ -235,8 +235,8 @@ def test_streaming_training_run(tiny_model_dir, parquet_sets, tmp_path):
 # --------------------------------------------------------------------------------------------- sharded data
 def test_sharded_data_prep_is_read_by_training(tiny_model_dir, tmp_path):
     from conftest import write_corpus
-    from whisper_finetune.corpus import DataPrepConfig, prepare_dataset
-    from whisper_finetune.data import DatasetSpec, load_hf_dataset
+    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data.loading import DatasetSpec, load_hf_dataset
 
     source = write_corpus(str(tmp_path / "src"), n=6)
     data = str(tmp_path / "sharded")

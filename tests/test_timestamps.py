@@ -1,4 +1,4 @@
-"""Timestamp-training windows (whisper_finetune.timestamps): packing, labels token by token, the ratio.
+"""Timestamp-training windows (whisper_finetune.data.timestamps): packing, labels token by token, the ratio.
 
 The tiny tokenizers of conftest carry Whisper's special and timestamp tokens but no BPE merges, so
 text is one token per byte: `` hi`` is ``['Ġ', 'h', 'i']``.
@@ -9,10 +9,10 @@ import pytest
 from transformers import WhisperTokenizer, WhisperTokenizerFast
 
 from whisper_finetune.errors import UserError
-from whisper_finetune.features import MAX_LABEL_TOKENS
-from whisper_finetune.timestamps import (TIME_PRECISION, TIMESTAMP_TOKENS, WINDOW_SECONDS, PackResult, Segment,
-                                         Window, keeps_timestamps, pack_windows, plan_windows, single_segment_labels,
-                                         timestamp_index, timestamp_labels, timestamp_token_id, within_label_limit)
+from whisper_finetune.data.features import MAX_LABEL_TOKENS
+from whisper_finetune.data.timestamps import (TIME_PRECISION, TIMESTAMP_TOKENS, WINDOW_SECONDS, PackResult, Segment,
+                                              Window, keeps_timestamps, pack_windows, plan_windows, single_segment_labels,
+                                              timestamp_index, timestamp_labels, timestamp_token_id, within_label_limit)
 
 PREFIX = ["<|startoftranscript|>", "<|en|>", "<|transcribe|>"]
 S = Segment

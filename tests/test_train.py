@@ -1,4 +1,4 @@
-"""Fine-tuning (train/*.py, whisper_finetune.training) on the tiny random Whisper."""
+"""Fine-tuning (train/*.py, whisper_finetune.train.run) on the tiny random Whisper."""
 import glob
 import json
 import os
@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, run_script, write_corpus
-from whisper_finetune import modeling
+from whisper_finetune.model import loading
 from whisper_finetune.errors import UserError
-from whisper_finetune.features import DataCollatorSpeechSeq2SeqWithPadding, clean_text, featurize
-from whisper_finetune.reporting import PLOT_FILE, SUMMARY_FILE, TrainSummary
-from whisper_finetune.train_config import TrainConfig, check_config
-from whisper_finetune.training import train
+from whisper_finetune.data.features import DataCollatorSpeechSeq2SeqWithPadding, clean_text, featurize
+from whisper_finetune.train.summary import PLOT_FILE, SUMMARY_FILE, TrainSummary
+from whisper_finetune.train.config import TrainConfig, check_config
+from whisper_finetune.train.run import train
 
 CUSTOM = "train/fine-tune_on_custom_dataset.py"
 HF = "train/fine-tune_on_hf_dataset.py"
@@ -54,11 +54,11 @@ def weights(folder):
 @pytest.mark.parametrize("multilingual", [True, False])
 def test_labels_start_with_the_prefix_and_collator_masks_padding(tiny_model_dir, tiny_en_model_dir, tiny_dataset_dir,
                                                                  multilingual):
-    from whisper_finetune.data import DatasetSpec, load_datasets
-    from whisper_finetune.training import _configure_tokenizer
+    from whisper_finetune.data.loading import DatasetSpec, load_datasets
+    from whisper_finetune.train.run import _configure_tokenizer
 
     model_dir = tiny_model_dir if multilingual else tiny_en_model_dir
-    processor = modeling.load_processor(model_dir)
+    processor = loading.load_processor(model_dir)
     _configure_tokenizer(processor.tokenizer, "hi" if multilingual else None, "transcribe", not multilingual)
     dataset = load_datasets([DatasetSpec(tiny_dataset_dir)], custom=True)[0].select(range(3))
     features = featurize(dataset, processor, 16000)
@@ -118,7 +118,7 @@ def test_english_only_model_refuses_other_languages(tiny_en_model_dir, tiny_data
 
 
 def test_empty_dataset_after_filtering_is_an_error(tiny_model_dir, tmp_path):
-    from whisper_finetune.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
 
     source = write_corpus(str(tmp_path / "src"), n=2, sentences=["word " * 100])  # 500 byte tokens > 448
     data = str(tmp_path / "long")
@@ -143,8 +143,8 @@ def test_custom_script_steps_saves_a_self_contained_model(tiny_model_dir, tiny_d
     summary = summary_of(out)
     assert summary.global_step == 4 and summary.train_samples == 16 and summary.eval_samples == 4
     assert summary.samples_trained == 8 and summary.samples_per_second > 0
-    assert summary.learning_rate == modeling.default_learning_rate(
-        modeling.load_model(tiny_model_dir).config, tiny_model_dir)
+    assert summary.learning_rate == loading.default_learning_rate(
+        loading.load_model(tiny_model_dir).config, tiny_model_dir)
     assert os.path.getsize(os.path.join(out, PLOT_FILE)) > 1000
     with open(os.path.join(out, "trainer_state.json"), encoding="utf-8") as f:
         evals = [e for e in json.load(f)["log_history"] if "eval_wer" in e]
@@ -256,7 +256,7 @@ def test_precision_left_in_the_environment_does_not_override_fp32(tiny_model_dir
                                                                  monkeypatch, caplog, leftover):
     # accelerate launch, or an earlier TrainingArguments(bf16=True) in the same process, leaves this
     # variable set; the Trainer's Accelerator reads it whenever bf16/fp16 are off.
-    from whisper_finetune.training import _WhisperTrainer
+    from whisper_finetune.train.run import _WhisperTrainer
 
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", leftover)
     seen = []
@@ -267,7 +267,7 @@ def test_precision_left_in_the_environment_does_not_override_fp32(tiny_model_dir
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(_WhisperTrainer, "training_step", spy)
-    with caplog.at_level("WARNING", logger="whisper_finetune.training"):
+    with caplog.at_level("WARNING", logger="whisper_finetune.train.run"):
         summary = train(quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path / "fp32", mixed_precision="fp32",
                                      num_steps=2, eval_steps=2))
     assert summary.precision == "fp32" and seen == ["no", "no"]
@@ -289,7 +289,7 @@ def test_lora_saves_a_merged_model_and_the_adapter(tiny_model_dir, tiny_dataset_
     base = weights(tiny_model_dir)
     name = "model.decoder.layers.0.self_attn.q_proj.weight"
     assert not torch.allclose(merged.state_dict()[name], base[name])
-    from_adapter = modeling.load_model(str(out / "adapter"))  # merges the adapter into its base
+    from_adapter = loading.load_model(str(out / "adapter"))  # merges the adapter into its base
     assert torch.allclose(from_adapter.state_dict()[name], merged.state_dict()[name], atol=1e-5)
     assert from_adapter.generation_config.language == "hi"
 
@@ -342,8 +342,8 @@ def test_kaldi_segments_train_with_timestamps_end_to_end(tiny_model_dir, tmp_pat
     are packed into one window whose labels carry its segments' times; the overlapping segment that
     data_prep keeps (with a warning) is left out of the windows and counted."""
     from test_data_prep import SEGMENTS, write_kaldi_dir
-    from whisper_finetune.corpus import DataPrepConfig, prepare_dataset
-    from whisper_finetune.features import featurize_windows
+    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data.features import featurize_windows
 
     good = [s for s in SEGMENTS if s[0] in ("recA-0000", "recA-0120", "recA-0300", "recB-0050", "recB-0426")]
     source, _ = write_kaldi_dir(str(tmp_path / "kaldi"), segments=good)
@@ -360,7 +360,7 @@ def test_kaldi_segments_train_with_timestamps_end_to_end(tiny_model_dir, tmp_pat
 
     import datasets
 
-    processor = modeling.load_processor(tiny_model_dir)
+    processor = loading.load_processor(tiny_model_dir)
     tokenizer = processor.tokenizer
     tokenizer.set_prefix_tokens(language="hi", task="transcribe", predict_timestamps=False)
     windows, _ = featurize_windows(datasets.load_from_disk(data), processor, 16000, 1.0)
@@ -381,15 +381,15 @@ def test_kaldi_segments_train_with_timestamps_end_to_end(tiny_model_dir, tmp_pat
 
 def test_timestamp_ratio_zero_trains_notimestamps_windows_ending_at_their_last_segment(tiny_model_dir, tmp_path):
     from test_data_prep import SEGMENTS, write_kaldi_dir
-    from whisper_finetune.corpus import DataPrepConfig, prepare_dataset
-    from whisper_finetune.features import featurize_windows
+    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data.features import featurize_windows
     import datasets
 
     good = [s for s in SEGMENTS if s[0] in ("recB-0050", "recB-0426")]
     source, _ = write_kaldi_dir(str(tmp_path / "kaldi"), segments=good)
     data = str(tmp_path / "data")
     prepare_dataset(DataPrepConfig(source_data_dir=source, output_data_dir=data))
-    processor = modeling.load_processor(tiny_model_dir)
+    processor = loading.load_processor(tiny_model_dir)
     processor.tokenizer.set_prefix_tokens(language="hi", task="transcribe", predict_timestamps=False)
     windows, counts = featurize_windows(datasets.load_from_disk(data), processor, 16000, 0.0)
     assert counts["windows"] == 1 and counts["windows_with_timestamps"] == 0

@@ -22,16 +22,16 @@ def saved_model_writes_hindi(out, clips):
     language (the saved one applies); returns ``(Devanagari share, transcripts)``."""
     from transformers import GenerationConfig
 
-    from whisper_finetune import modeling
-    from whisper_finetune.features import featurize
+    from whisper_finetune.model import loading
+    from whisper_finetune.data.features import featurize
 
     generation = GenerationConfig.from_pretrained(out)
     assert (generation.language, generation.task) == ("hi", "transcribe")
-    processor = modeling.load_processor(out)
+    processor = loading.load_processor(out)
     prompt = processor.tokenizer.convert_ids_to_tokens(
-        modeling.decoder_prompt_ids(processor.tokenizer, generation.language, generation.task))
+        loading.decoder_prompt_ids(processor.tokenizer, generation.language, generation.task))
     assert prompt == ["<|startoftranscript|>", "<|hi|>", "<|transcribe|>", "<|notimestamps|>"]
-    model = modeling.load_model(out)
+    model = loading.load_model(out)
     n = len(clips)
     features = featurize(clips, processor, 16000).with_format("numpy")
     hyps = []
@@ -57,7 +57,7 @@ def test_whisper_base_learns_to_write_hindi_in_devanagari(real_multilingual_mode
                       "--report_to", "none", "--output_dir", out, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    from whisper_finetune.data import DatasetSpec, load_datasets
+    from whisper_finetune.data.loading import DatasetSpec, load_datasets
 
     clips = load_datasets([DatasetSpec(train_dir)], custom=True)[0].shuffle(seed=42).select(range(16))
     share, hyps = saved_model_writes_hindi(out, clips)

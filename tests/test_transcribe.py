@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from conftest import REPO_ROOT, run_script
-from whisper_finetune import transcription
+from whisper_finetune.decode import transcription
 from whisper_finetune.audio import SAMPLE_RATE
 from whisper_finetune.errors import UserError
 from whisper_finetune.testing import synthetic_speech
@@ -70,7 +70,7 @@ class TimelineDecoder:
 
 @pytest.mark.parametrize("seconds,search,batch", [(80, 5, 2), (125, 3, 16), (20, 5, 4)])
 def test_long_audio_is_transcribed_whole(tiny_model_dir, seconds, search, batch):
-    from whisper_finetune.modeling import load_processor
+    from whisper_finetune.model.loading import load_processor
 
     audio = synthetic_speech(seconds)
     cuts = transcription.cut_points(audio, search)

@@ -15,13 +15,14 @@ import pytest
 import soundfile as sf
 
 from conftest import REPO_ROOT, prepared_for, run_script
-from whisper_finetune import transcription, vad
+from whisper_finetune.decode import transcription, vad
 from whisper_finetune.audio import SAMPLE_RATE, load_audio
-from whisper_finetune.decoding import DecodingOptions, GuardOptions, make_decoder, validate_options
+from whisper_finetune.decode.options import DecodingOptions, GuardOptions, validate_options
+from whisper_finetune.decode.backends import make_decoder
 from whisper_finetune.errors import OptionError
 from whisper_finetune.testing import synthetic_speech
 from whisper_finetune.text import get_normalizer
-from whisper_finetune.transcription import CUT_AT_SILENCE, TIMESTAMPS, Segment, Word
+from whisper_finetune.decode.transcription import CUT_AT_SILENCE, TIMESTAMPS, Segment, Word
 
 WHISPER_GUARDS = GuardOptions(temperature_fallback="0.0,0.2,0.4,0.6,0.8,1.0", compression_ratio_threshold=2.4,
                               logprob_threshold=-1.0, no_speech_threshold=0.6)
@@ -282,7 +283,7 @@ def test_vad_finds_the_speech_of_long_en(shared_data_dir):
 
 
 def test_words_are_split_at_spaces_and_end_where_the_next_token_starts(tiny_en_model_dir):
-    from whisper_finetune.modeling import load_processor
+    from whisper_finetune.model.loading import load_processor
 
     tokenizer = load_processor(tiny_en_model_dir).tokenizer
     begin, end = tokenizer.convert_tokens_to_ids(["<|0.00|>", "<|2.00|>"])
@@ -349,7 +350,7 @@ def test_vad_removes_an_inserted_silence_and_maps_the_cues_back(real_model_dir, 
 @pytest.mark.slow
 @pytest.mark.real_model
 def test_guards_on_a_short_batch(real_model_dir, shared_data_dir):
-    from whisper_finetune.modeling import load_processor
+    from whisper_finetune.model.loading import load_processor
 
     folder = os.path.join(shared_data_dir, "espeak_en", "eval")
     paths = [os.path.join(folder, line.split()[1]) for line in open(os.path.join(folder, "audio_paths"))][:4]
@@ -378,7 +379,7 @@ def test_a_window_skipped_as_silence_stays_skipped_in_a_batch(real_model_dir):
     """Two windows of music-like tones: the first is skipped as silence at temperature 0, the second falls back
     to sampling. transformers' batched fallback un-skips the first ("So"); we decode such batches window by
     window, so the batch gives what each window gives alone."""
-    from whisper_finetune.modeling import load_processor
+    from whisper_finetune.model.loading import load_processor
     from whisper_finetune.testing import no_speech_audio
 
     tones = no_speech_audio("tones", 60, seed=0)

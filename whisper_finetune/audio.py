@@ -24,6 +24,7 @@ MEL_FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
 ENCODER_STRIDE = 2  # the encoder's second convolution has stride 2
 ENCODER_FRAMES = N_FRAMES // ENCODER_STRIDE  # 1500 encoder positions in one window
 ENCODER_FRAMES_PER_SECOND = MEL_FRAMES_PER_SECOND // ENCODER_STRIDE  # 50: one frame every 20 ms
+DECODER_POSITIONS = 448  # the decoder's learned positions (n_text_ctx): prompt + labels or output must fit
 
 
 def load_audio(source, sampling_rate=SAMPLE_RATE):

@@ -70,9 +70,9 @@ def run(main, argv=None, flag_names=None):
 
 def train_main(doc, hf, argv=None):
     """The whole of both training scripts: parse the flags, train, print the summary on rank 0."""
-    from .reporting import format_summary
-    from .train_config import HF_ONLY, TrainConfig
-    from .training import train
+    from .train.summary import format_summary
+    from .train.config import HF_ONLY, TrainConfig
+    from .train.run import train
 
     config, script = options.parse(TrainConfig, doc, argv, exclude=() if hf else HF_ONLY, fixed={"custom": not hf})
     setup_logging(script.verbose)
@@ -92,7 +92,7 @@ def evaluator_main(doc, custom, argv=None, backend=None):
 
     ``backend="jax"`` makes a JAX evaluator: ``--backend`` defaults to it and result files are marked ``jax``.
     """
-    from .evaluation import EvalConfig, evaluate
+    from .evaluate.evaluation import EvalConfig, evaluate
     from .scoring import summary_table
 
     exclude = HF_ONLY_EVAL if custom else CUSTOM_ONLY_EVAL
@@ -110,7 +110,7 @@ def evaluator_main(doc, custom, argv=None, backend=None):
 
 def transcriber_main(doc, argv=None, backend=None):
     """The whole body of a transcription script: parse flags, run :func:`transcribe`, print the text."""
-    from .transcription import TranscribeConfig, transcribe
+    from .decode.transcription import TranscribeConfig, transcribe
 
     config, script = options.parse(TranscribeConfig, doc, argv, defaults={"backend": backend} if backend else None)
     setup_logging(script.verbose)

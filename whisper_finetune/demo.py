@@ -10,13 +10,14 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional
 
-from . import modeling
+from .model import loading
 from .audio import SAMPLE_RATE, load_audio
-from .decoding import DecodingOptions, make_decoder
+from .decode.options import DecodingOptions
+from .decode.backends import make_decoder
 from .errors import OptionError, UserError
-from .modeling import ModelOptions
+from .model.loading import ModelOptions
 from .options import option
-from .transcription import DEFAULT_SEARCH_SECONDS, Segment, transcribe_array
+from .decode.transcription import DEFAULT_SEARCH_SECONDS, Segment, transcribe_array
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class DemoModel:
     """A model loaded for the demo: its name, prepared processor/options and decoder."""
 
     name: str
-    prepared: modeling.PreparedModel
+    prepared: loading.PreparedModel
     decoder: object
     load_seconds: float
 
@@ -66,20 +67,20 @@ class DemoTranscript:
         return self.audio_seconds / self.decode_seconds if self.decode_seconds else float("inf")
 
 
-def load_model(source: modeling.ModelSource, language, device, decoding: DecodingOptions) -> DemoModel:
+def load_model(source: loading.ModelSource, language, device, decoding: DecodingOptions) -> DemoModel:
     """Load one model for the demo: the single place the demo calls the loading API."""
     start = time.perf_counter()
-    prepared = modeling.prepare_source(source, language, decoding)
-    decoder = make_decoder(prepared, modeling.decoding_device(device, decoding.backend))
+    prepared = loading.prepare_source(source, language, decoding)
+    decoder = make_decoder(prepared, loading.decoding_device(device, decoding.backend))
     return DemoModel(source.name, prepared, decoder, time.perf_counter() - start)
 
 
 def load_models(config: DemoConfig) -> List[DemoModel]:
     """The first model (``--hf_model`` or ``--ckpt_dir``) and the optional ``--compare_model``."""
-    sources = [modeling.resolve_model_source(config.is_public_repo, config.hf_model, config.ckpt_dir,
+    sources = [loading.resolve_model_source(config.is_public_repo, config.hf_model, config.ckpt_dir,
                                              config.temp_ckpt_folder)]
     if config.compare_model:
-        sources.append(modeling.resolve_model(config.compare_model, "compare_model"))
+        sources.append(loading.resolve_model(config.compare_model, "compare_model"))
     models = [load_model(s, config.language, config.device, config.decoding) for s in sources]
     if len(models) == 2 and models[0].name == models[1].name:
         models[1].name += " (compare)"  # the two columns must be told apart

@@ -37,11 +37,11 @@ from tqdm.auto import tqdm
 
 from .audio import (ENCODER_FRAMES, ENCODER_FRAMES_PER_SECOND, ENCODER_STRIDE, HOP_LENGTH, N_SAMPLES, SAMPLE_RATE,
                     decode_example_audio, load_audio)
-from .data import AUDIO_COLUMN, ID_COLUMN, DatasetSpec, load_datasets
+from .data.loading import AUDIO_COLUMN, ID_COLUMN, DatasetSpec, load_datasets
 from .errors import OptionError, UserError
 from .files import atomic_write_text, publish
-from .modeling import (decoder_prompt_ids, is_english_only, load_model, load_processor, resolve_language,
-                       resolve_model, torch_device)
+from .model.loading import (decoder_prompt_ids, is_english_only, load_model, load_processor, resolve_language,
+                            resolve_model, torch_device)
 from .options import option
 
 logger = logging.getLogger(__name__)

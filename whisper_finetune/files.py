@@ -1,6 +1,18 @@
-"""Atomic file writes: results appear complete or not at all."""
+"""Atomic writes: files and folders appear complete or not at all.
+
+A run can be killed at any moment (OOM killer, power cut, a pre-empted cloud GPU). Every file or folder
+we write for later use is built under a temporary name beside its destination and renamed into place
+when complete; a rename within one file system is atomic, so a reader sees the old state or the new one.
+What a kill leaves behind of a folder is a ``*.partial`` folder, which no reader takes for the real one
+and the next write removes.
+"""
+import contextlib
+import glob
 import os
+import shutil
 import tempfile
+
+PARTIAL_SUFFIX = ".partial"
 
 
 def publish(tmp, path):
@@ -28,3 +40,55 @@ def atomic_write_bytes(path, data):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def staging_dir(final):
+    """The temporary folder a save into ``final`` writes to (the same name on every rank)."""
+    return os.path.normpath(final) + PARTIAL_SUFFIX
+
+
+def remove_partials(folder):
+    """Delete ``*.partial`` folders a killed write left in ``folder``."""
+    for path in glob.glob(os.path.join(glob.escape(folder), "*" + PARTIAL_SUFFIX)):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def publish_dir(staged, final):
+    """Rename the complete folder ``staged`` to ``final``, replacing an older ``final``.
+
+    The older folder is first renamed aside (a ``.partial`` name, so a kill in between leaves nothing
+    that looks complete under ``final``'s name and the leftover is cleaned up later).
+    """
+    if os.path.exists(final):
+        aside = tempfile.mkdtemp(prefix=os.path.basename(final) + ".old-", suffix=PARTIAL_SUFFIX,
+                                 dir=os.path.dirname(os.path.abspath(final)))
+        os.rmdir(aside)
+        os.replace(final, aside)
+        os.replace(staged, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(staged, final)
+    sync_dir(os.path.dirname(os.path.abspath(final)))
+
+
+def sync_dir(folder):
+    """Make a rename in ``folder`` durable (a power cut right after it keeps the new name)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_dir(final):
+    """``with atomic_dir(path) as tmp:`` write into ``tmp``; it becomes ``path`` only if the block completes."""
+    parent = os.path.dirname(os.path.abspath(final))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(os.path.normpath(final)) + ".", suffix=PARTIAL_SUFFIX, dir=parent)
+    try:
+        yield tmp
+        publish_dir(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)

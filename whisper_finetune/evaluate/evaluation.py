@@ -1,5 +1,5 @@
 """Backend-agnostic evaluation: load datasets, featurise in DataLoader workers, decode length-sorted
-batches with any :class:`~whisper_finetune.decoding.Decoder`, score and write result files.
+batches with any :class:`~whisper_finetune.decode.options.Decoder`, score and write result files.
 
 The PyTorch, CTranslate2 and JAX evaluators (HF or custom data) all run :func:`evaluate`; they
 differ only in their :class:`EvalConfig`.
@@ -17,14 +17,16 @@ import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
-from . import modeling, scoring
-from .audio import SAMPLE_RATE, decode_example_audio
-from .data import AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, TEXT_COLUMN, DatasetSpec, load_datasets
-from .decoding import DecodingOptions, make_decoder, validate_options
-from .errors import OptionError, UserError
-from .modeling import ModelOptions
-from .options import option
-from .text import METRICS, NORMALIZERS, choose_metric, choose_normalizer
+from ..model import loading
+from .. import scoring
+from ..audio import SAMPLE_RATE, decode_example_audio
+from ..data.loading import AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, TEXT_COLUMN, DatasetSpec, load_datasets
+from ..decode.options import DecodingOptions, validate_options
+from ..decode.backends import make_decoder
+from ..errors import OptionError, UserError
+from ..model.loading import ModelOptions
+from ..options import option
+from ..text import METRICS, NORMALIZERS, choose_metric, choose_normalizer
 
 logger = logging.getLogger(__name__)
 
@@ -217,9 +219,9 @@ def evaluate(config: EvalConfig) -> list:
         raise OptionError("max_samples", config.max_samples, "must be at least 1")
     if config.num_workers < 0:
         raise OptionError("num_workers", config.num_workers, "must be 0 or more")
-    device = modeling.decoding_device(config.device, config.decoding.backend)
+    device = loading.decoding_device(config.device, config.decoding.backend)
     validate_options(config.decoding)
-    prepared = modeling.prepare_model(config, config.decoding)
+    prepared = loading.prepare_model(config, config.decoding)
     normalizer = choose_normalizer(prepared.options.language, config.normalizer, prepared.english_only)
     metric = choose_metric(prepared.options.language, config.primary_metric)
     loaded = _load_all(config)
@@ -253,7 +255,7 @@ def evaluate(config: EvalConfig) -> list:
                                                                   "scored")}
         results.append(EvalResult(**metadata, **figures, txt_path=txt_path, json_path=json_path))
 
-    # The report page beside the result files (issue 22; whisper_finetune/report.py).
+    # The report page beside the result files (issue 22; whisper_finetune/evaluate/report.py).
     from .report import write_report
     write_report([r.json_path for r in results], os.path.join(config.output_dir, "report.html"))
     return results

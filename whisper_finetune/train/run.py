@@ -1,11 +1,11 @@
 """Fine-tuning Whisper with ``Seq2SeqTrainer``: the Trainer assembly behind both training scripts.
 
-:func:`train` takes a checked :class:`~whisper_finetune.train_config.TrainConfig`, featurises the
+:func:`train` takes a checked :class:`~whisper_finetune.train.config.TrainConfig`, featurises the
 data once (main process first under ``torchrun``), trains, evaluates WER/CER with generation at each
 checkpoint, and leaves in ``output_dir`` the best model by eval WER with its processor and generation
-config (language and task set); :mod:`whisper_finetune.reporting` then writes the summary, curve and
+config (language and task set); :mod:`whisper_finetune.train.summary` then writes the summary, curve and
 model card. Every ``checkpoint-N`` is self-contained (processor and generation config beside the
-weights) and kill-safe (:mod:`whisper_finetune.checkpoints`): it is written under a temporary name
+weights) and kill-safe (:mod:`whisper_finetune.train.checkpoints`): it is written under a temporary name
 and renamed into place when complete, so ``--resume_from_ckpt latest`` always finds a whole one.
 With ``streaming`` the training data is read lazily as an interleaved, shuffled ``IterableDataset``
 (featurised on the fly, split between ranks) instead of being featurised up front.
@@ -26,27 +26,30 @@ import torch
 import torch.distributed as dist
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, WhisperForConditionalGeneration
 from transformers.trainer_callback import (EarlyStoppingCallback, ExportableState, ProgressCallback, TrainerCallback,
-                                          TrainerState)
+                                           TrainerState)
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, speed_metrics
 
-from . import checkpoints, distillation, hub, merging, modeling, scoring
-from .data import LANGUAGE_COLUMN, load_datasets
-from .errors import TrainingDiverged, UserError
-from .features import (CONTEXT_FRAMES, FEATURE_COLUMN, INDEX_COLUMN, LENGTH_COLUMN, REPLAY_COLUMN,
-                       DataCollatorSpeechSeq2SeqWithPadding, LanguageLabels, drop_too_long, featurize, featurize_stream,
-                       featurize_windows, full_context_step)
-from .files import publish
-from .reporting import PLOT_FILE, DatasetScore, TrainSummary, write_reports
-from .text import choose_metric, choose_normalizer, language_code
-from .train_config import (RUN_MARKERS, TrainConfig, check_config, dataset_specs, intervals, merge_ratio, merges,
-                           precision)
+from . import checkpoints, distillation, merging
+from .. import hub, scoring
+from ..model import loading
+from ..data.loading import LANGUAGE_COLUMN, load_datasets
+from ..errors import TrainingDiverged, UserError
+from ..data.features import (CONTEXT_FRAMES, FEATURE_COLUMN, INDEX_COLUMN, LENGTH_COLUMN, REPLAY_COLUMN,
+                             DataCollatorSpeechSeq2SeqWithPadding, LanguageLabels, drop_too_long, featurize, featurize_stream,
+                             featurize_windows, full_context_step)
+from .. import files
+from ..files import publish
+from .summary import PLOT_FILE, DatasetScore, TrainSummary, write_reports
+from ..text import choose_metric, choose_normalizer, language_code
+from .config import (RUN_MARKERS, TrainConfig, check_config, dataset_specs, intervals, merge_ratio, merges,
+                     precision)
 
 logger = logging.getLogger(__name__)
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 ADAPTER_DIR = "adapter"
 LABELS_FORMAT = "per-example language"  # in the feature cache's key: what the labels hold (see _cache_path)
-FINAL_STAGING = ".final-model" + checkpoints.PARTIAL_SUFFIX
+FINAL_STAGING = ".final-model" + files.PARTIAL_SUFFIX
 RETAIN_PREFIX = "eval_retain"  # metric keys of the retain sets: eval_retain_wer, eval_retain_cer, eval_retain_loss
 # Metric keys of the final model after --merge_ratio (merged_wer, merged_retain_wer...); "merged" -> "eval"
 # gives the keys of an ordinary evaluation.
@@ -158,9 +161,9 @@ class _WhisperTrainer(Seq2SeqTrainer):
                 self.store_flos()
             run_dir = self._get_output_dir(trial=trial)
             final = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            staged = checkpoints.staging_dir(final)
+            staged = files.staging_dir(final)
             if self.args.should_save:
-                checkpoints.remove_partials(run_dir)
+                files.remove_partials(run_dir)
             self._barrier()
             self.save_model(staged, _internal_call=True)
             if self.args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH) and self.state.best_global_step:
@@ -186,7 +189,7 @@ class _WhisperTrainer(Seq2SeqTrainer):
                     companion.save_pretrained(staged)
             self._barrier()
             if self.args.should_save:
-                checkpoints.publish_dir(staged, final)
+                files.publish_dir(staged, final)
             self._barrier()
             if self.args.push_to_hub:
                 self._push_from_checkpoint(final)
@@ -393,7 +396,7 @@ def _metrics_function(tokenizer, normalizer, metric):
 
 
 def _build_model(config, language):
-    model = modeling.load_for_training(config.model_name, language, config.task, config.dynamic_audio_context)
+    model = loading.load_for_training(config.model_name, language, config.task, config.dynamic_audio_context)
     if config.dynamic_audio_context:
         # Recorded in config.json, so the saved (plain Whisper) checkpoint says how it was trained.
         model.config.dynamic_audio_context = {"bucket_seconds": config.audio_context.audio_context_bucket_seconds,
@@ -489,7 +492,7 @@ def _on_the_fly_features(config, processor):
     without it ``None``, and no augmentation object is made (features were computed once)."""
     if not config.augment:
         return None
-    from .augment import OnTheFlyFeatures, WaveformAugmenter
+    from ..data.augment import OnTheFlyFeatures, WaveformAugmenter
 
     augmenter = WaveformAugmenter(config.sampling_rate, tuple(config.augment_snr_db), config.noise_dir)
     logger.info("augmenting the training audio each epoch: speed 0.9/1.0/1.1, %s at %g-%g dB SNR, gain",
@@ -716,7 +719,7 @@ def _save_final(trainer, processor, config, generation_config):
         shutil.rmtree(staged, ignore_errors=True)
     if config.lora:
         if main:
-            with checkpoints.atomic_dir(os.path.join(out, ADAPTER_DIR)) as adapter:
+            with files.atomic_dir(os.path.join(out, ADAPTER_DIR)) as adapter:
                 for part in (model, processor, generation_config):
                     part.save_pretrained(adapter)
             merged = model.merge_and_unload()
@@ -726,7 +729,7 @@ def _save_final(trainer, processor, config, generation_config):
         trainer.save_model(staged)
     if main:
         processor.save_pretrained(staged)
-        modeling.single_eos(generation_config).save_pretrained(staged)
+        loading.single_eos(generation_config).save_pretrained(staged)
         for name in sorted(os.listdir(staged), key=lambda n: n.endswith((".safetensors", ".bin"))):
             publish(os.path.join(staged, name), os.path.join(out, name))  # weights last
         os.rmdir(staged)
@@ -736,9 +739,9 @@ def train(config: TrainConfig) -> TrainSummary:
     """Fine-tune ``config.model_name``; returns the run's :class:`TrainSummary` (also in ``training_summary.json``)."""
     checked = check_config(config)
     model_config, generation, resume = checked.model_config, checked.generation_config, checked.resume
-    english_only = modeling.is_english_only(generation)
-    language = modeling.resolve_language(config.language, generation, config.task)
-    learning_rate = config.learning_rate or modeling.default_learning_rate(model_config, config.model_name)
+    english_only = loading.is_english_only(generation)
+    language = loading.resolve_language(config.language, generation, config.task)
+    learning_rate = config.learning_rate or loading.default_learning_rate(model_config, config.model_name)
     run_precision = precision(config.mixed_precision)
     metric = choose_metric(language, config.primary_metric)
     # The Trainer's metric_for_best_model (eval_ is prefixed): wer stands for the eval sets' primary metric.
@@ -750,9 +753,9 @@ def train(config: TrainConfig) -> TrainSummary:
     if args.process_index == 0:
         if resume is None and config.overwrite_output_dir:
             _clear_earlier_run(config.output_dir)
-        checkpoints.remove_partials(config.output_dir)
+        files.remove_partials(config.output_dir)
 
-    processor = modeling.load_processor(config.model_name)
+    processor = loading.load_processor(config.model_name)
     _configure_tokenizer(processor.tokenizer, language, config.task, english_only)
     train_specs, eval_specs = dataset_specs(config, "train"), dataset_specs(config, "eval")
     retain_specs = dataset_specs(config, "retain") if config.retain_datasets else []
@@ -940,7 +943,7 @@ def _evaluate_each(trainer, config, specs, processor, args, retain=None):
 def _retain_processor(model_name, language, english_only):
     """A processor whose labels start as the retain sets' own: ``<|startoftranscript|>[<|lang|>]<|transcribe|>
     <|notimestamps|>`` (no language token when it is detected; English-only models: neither token)."""
-    processor = modeling.load_processor(model_name)
+    processor = loading.load_processor(model_name)
     if english_only:
         _configure_tokenizer(processor.tokenizer, None, None, True)
     else:

@@ -16,9 +16,9 @@ from torch import nn
 from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from .errors import OptionError, UserError
-from .options import option
-from .text import language_code
+from ..errors import OptionError, UserError
+from ..options import option
+from ..text import language_code
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Timestamp-training windows: long annotated recordings packed into 30 s windows with timestamp labels.
 
-Today's labels (:mod:`whisper_finetune.features`) are ``<|startoftranscript|>[<|lang|><|task|>]
+Today's labels (:mod:`whisper_finetune.data.features`) are ``<|startoftranscript|>[<|lang|><|task|>]
 <|notimestamps|> text <|endoftext|>`` for clips of at most 30 s. Whisper was pre-trained on a mix:
 some windows are transcribed with ``<|notimestamps|>``, the others as segments framed by timestamp
 tokens relative to the window start::
@@ -27,8 +27,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from .audio import CHUNK_SECONDS, ENCODER_FRAMES
-from .errors import UserError
+from ..audio import CHUNK_SECONDS, DECODER_POSITIONS, ENCODER_FRAMES
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -233,10 +233,7 @@ def within_label_limit(labels: Sequence[int]) -> bool:
 
     Counted like :func:`features.drop_too_long` counts today's labels (prefix included).
     """
-    # Imported here, not at the top: features will import this module once timestamps are wired in.
-    from .features import MAX_LABEL_TOKENS
-
-    return len(labels) <= MAX_LABEL_TOKENS
+    return len(labels) <= DECODER_POSITIONS
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Batched Whisper decoding on JAX: transformers' ``FlaxWhisperForConditionalGeneration`` from PyTorch weights.
 
-:class:`JaxDecoder` is the ``"jax"`` backend of :func:`whisper_finetune.decoding.make_decoder`. It
+:class:`JaxDecoder` is the ``"jax"`` backend of :func:`whisper_finetune.decode.backends.make_decoder`. It
 
-* loads PyTorch weights directly: :func:`whisper_finetune.modeling.load_model` reads them (Hub id,
+* loads PyTorch weights directly: :func:`whisper_finetune.model.loading.load_model` reads them (Hub id,
   folder, trainer checkpoint; LoRA adapters merged) and transformers' PyTorch-to-Flax converter
   (what ``from_pretrained(..., from_pt=True)`` uses) turns them into Flax parameters, so no Flax
   weights need to exist anywhere;
@@ -22,10 +22,10 @@ import time
 
 import numpy as np
 
-from .audio import N_FRAMES
-from .decoding import PreparedDecoder
-from .errors import OptionError, UserError
-from .modeling import is_english_only
+from ..audio import N_FRAMES
+from .options import PreparedDecoder
+from ..errors import OptionError, UserError
+from ..model.loading import is_english_only
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def load_flax_model(model_path, dtype=None):
 
     ``dtype`` is the computation dtype of the Flax modules (default float32; the parameters stay
     float32 either way: cast them with ``model.to_bf16``). The weights are read by
-    :func:`whisper_finetune.modeling.load_model` (LoRA adapters merged) and converted; the Flax
+    :func:`whisper_finetune.model.loading.load_model` (LoRA adapters merged) and converted; the Flax
     model is built without random initialisation, which would cost a jit-compiled forward pass.
     """
     from types import SimpleNamespace
@@ -67,7 +67,7 @@ def load_flax_model(model_path, dtype=None):
     from transformers import FlaxWhisperForConditionalGeneration
     from transformers.modeling_flax_pytorch_utils import convert_pytorch_state_dict_to_flax
 
-    from .modeling import load_model
+    from ..model.loading import load_model
 
     torch_model = load_model(model_path)
     kwargs = {"dtype": dtype} if dtype is not None else {}

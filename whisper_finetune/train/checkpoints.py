@@ -1,28 +1,21 @@
-"""Kill-safe checkpoints: folders appear complete or not at all, and resuming finds the newest complete one.
+"""Kill-safe checkpoints: resuming finds the newest complete one.
 
-A run can be killed at any moment (OOM killer, power cut, a pre-empted cloud GPU). Every folder we
-write for later use (``checkpoint-N``, the LoRA ``adapter`` folder, the CTranslate2 conversion) is
-built under a temporary name beside its destination and renamed into place when complete; a rename
-within one file system is atomic, so a reader sees the old state or the new one. What a kill leaves
-behind is a ``*.partial`` folder, which no reader takes for a checkpoint and the next save removes.
+Every ``checkpoint-N`` is written under a temporary ``*.partial`` name and renamed into place when
+complete (:mod:`whisper_finetune.files`), so no incomplete folder of ours carries a checkpoint's name.
 
 Resuming with ``latest`` takes the newest checkpoint whose weights, optimizer, scheduler and trainer
 state are all present, and names in one log line any newer folder it skipped (folders written by
 other tools, or by older versions of ours, can still be incomplete).
 """
-import contextlib
 import glob
 import logging
 import os
 import re
-import shutil
-import tempfile
 
-from .errors import OptionError
+from ..errors import OptionError
 
 logger = logging.getLogger(__name__)
 
-PARTIAL_SUFFIX = ".partial"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
 # Any one of these holds the weights (full model, sharded model, or LoRA adapter).
@@ -30,11 +23,6 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
 OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin")
 SCHEDULER_FILES = ("scheduler.pt",)
-
-
-def staging_dir(final):
-    """The temporary folder a save into ``final`` writes to (the same name on every rank)."""
-    return os.path.normpath(final) + PARTIAL_SUFFIX
 
 
 def missing_parts(folder):
@@ -100,50 +88,3 @@ def resolve_resume(value, output_dir):
         raise OptionError("resume_from_ckpt", value, f"not a complete training checkpoint (no {', '.join(missing)}); "
                           f"use latest to take the newest complete one")
     return value
-
-
-def remove_partials(folder):
-    """Delete ``*.partial`` folders a killed save left in ``folder``."""
-    for path in glob.glob(os.path.join(glob.escape(folder), "*" + PARTIAL_SUFFIX)):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def publish_dir(staged, final):
-    """Rename the complete folder ``staged`` to ``final``, replacing an older ``final``.
-
-    The older folder is first renamed aside (a ``.partial`` name, so a kill in between leaves nothing
-    that looks complete under ``final``'s name and the leftover is cleaned up later).
-    """
-    if os.path.exists(final):
-        aside = tempfile.mkdtemp(prefix=os.path.basename(final) + ".old-", suffix=PARTIAL_SUFFIX,
-                                 dir=os.path.dirname(os.path.abspath(final)))
-        os.rmdir(aside)
-        os.replace(final, aside)
-        os.replace(staged, final)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.replace(staged, final)
-    _sync_dir(os.path.dirname(os.path.abspath(final)))
-
-
-def _sync_dir(folder):
-    """Make a rename in ``folder`` durable (a power cut right after it keeps the new name)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_dir(final):
-    """``with atomic_dir(path) as tmp:`` write into ``tmp``; it becomes ``path`` only if the block completes."""
-    parent = os.path.dirname(os.path.abspath(final))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(os.path.normpath(final)) + ".", suffix=PARTIAL_SUFFIX, dir=parent)
-    try:
-        yield tmp
-        publish_dir(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)

@@ -2,7 +2,7 @@
 every example in every epoch, with the log-mel features computed as each batch is made.
 
 Without ``--augment`` nothing here runs: the features are computed once and cached
-(:func:`whisper_finetune.features.featurize`). With it, the training rows keep their decoded audio
+(:func:`whisper_finetune.data.features.featurize`). With it, the training rows keep their decoded audio
 (``featurize(..., keep_audio=True)``) and the collator calls :class:`OnTheFlyFeatures`, which augments
 each clip with audiomentations' transforms and featurises the batch:
 
@@ -24,7 +24,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from .audio import CHUNK_SECONDS
+from ..audio import CHUNK_SECONDS
 from .features import INDEX_COLUMN, SAMPLES_COLUMN
 
 logger = logging.getLogger(__name__)

@@ -34,11 +34,11 @@ import jiwer
 import numpy as np
 import soundfile as sf
 
-from .audio import decode_example_audio
-from .data import AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, SPEAKER_COLUMN, is_saved_dataset
-from .errors import OptionError, UserError
-from .options import option
-from .files import atomic_write_text
+from ..audio import decode_example_audio
+from ..data.loading import AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, SPEAKER_COLUMN, is_saved_dataset
+from ..errors import OptionError, UserError
+from ..options import option
+from ..files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What a training run reports: the typed summary, ``training_summary.json``, the curve PNG and the model card.
 
-:class:`TrainSummary` is what :func:`whisper_finetune.training.train` returns; the same values, with
+:class:`TrainSummary` is what :func:`whisper_finetune.train.run.train` returns; the same values, with
 every option of the run, are written to ``training_summary.json``, drawn in ``training_curve.png``
 and rendered into the model card (``README.md``), so the folder always describes the model in it.
 """
@@ -10,7 +10,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from .files import atomic_write_text
+from ..files import atomic_write_text
 from .model_card import write_model_card
 
 logger = logging.getLogger(__name__)

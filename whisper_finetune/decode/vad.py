@@ -18,7 +18,7 @@ from typing import Tuple
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
+from ..audio import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 

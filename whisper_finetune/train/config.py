@@ -15,13 +15,15 @@ from typing import Optional, Tuple
 import torch
 from transformers import GenerationConfig, WhisperConfig
 
-from . import checkpoints, hub, merging, modeling
-from .data import LANGUAGE_COLUMN, DatasetSpec, check_parallel_lists, load_custom_dataset
-from .errors import OptionError, UserError
-from .features import AudioContext
-from .options import option
-from .reporting import SUMMARY_FILE
-from .text import METRICS, language_code
+from . import checkpoints, merging
+from .. import hub
+from ..model import loading
+from ..data.loading import LANGUAGE_COLUMN, DatasetSpec, check_parallel_lists, load_custom_dataset
+from ..errors import OptionError, UserError
+from ..data.features import AudioContext
+from ..options import option
+from .summary import SUMMARY_FILE
+from ..text import METRICS, language_code
 
 STRATEGIES = ("steps", "epoch")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -51,7 +53,7 @@ DATASETS_HELP = "(HF script: Hub ids or local dataset folders; custom script: da
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Options of :func:`whisper_finetune.training.train`: one field per flag of the training scripts."""
+    """Options of :func:`whisper_finetune.train.run.train`: one field per flag of the training scripts."""
 
     model_name: str = option(help="Whisper model to fine-tune: a Hub id or a local folder", group="model")
     train_datasets: Tuple[str, ...] = option(help=f"training datasets {DATASETS_HELP}; concatenated and shuffled",
@@ -302,7 +304,7 @@ def _load_model_config(name):
     if os.path.isdir(name):
         if not os.path.exists(os.path.join(name, "config.json")):
             raise OptionError("model_name", name, "folder holds no model (no config.json)")
-    elif not modeling.looks_like_hub_id(name):
+    elif not loading.looks_like_hub_id(name):
         raise OptionError("model_name", name, "no such folder, and not a Hub id (owner/name)")
     try:
         return WhisperConfig.from_pretrained(name), GenerationConfig.from_pretrained(name)
@@ -465,7 +467,7 @@ def _check_replay(config: TrainConfig, generation):
         code = language_code(config.replay_language)
     except UserError as exc:
         raise OptionError("replay_language", config.replay_language, str(exc)) from exc
-    english_only = modeling.is_english_only(generation)
+    english_only = loading.is_english_only(generation)
     if english_only and code not in (None, "en"):
         raise OptionError("replay_language", config.replay_language,
                           "the model is English-only (.en) and can be trained on English only; give en or None")
@@ -517,7 +519,7 @@ def _check_augmentation(config: TrainConfig, model_config):
     if importlib.util.find_spec("audiomentations") is None:
         raise OptionError("augment", True, "needs the audiomentations package: pip install audiomentations==0.43.1")
     if config.noise_dir is not None:
-        from .augment import noise_files
+        from ..data.augment import noise_files
 
         if not os.path.isdir(config.noise_dir):
             raise OptionError("noise_dir", config.noise_dir, "no such folder")
@@ -546,7 +548,7 @@ def check_config(config: TrainConfig) -> CheckedRun:
                 raise UserError(f"{name}: no such dataset folder (make one with custom_data/data_prep.py)")
     _check_retain_datasets(config)
     model_config, generation = _load_model_config(config.model_name)
-    modeling.resolve_language(config.language, generation, config.task)
+    loading.resolve_language(config.language, generation, config.task)
     _check_replay_and_augmentation(config, model_config, generation)
     retain_language = _retain_language(config, generation)
     if config.timestamps and getattr(generation, "no_timestamps_token_id", None) is None:
@@ -588,7 +590,7 @@ def _retain_language(config: TrainConfig, generation) -> Optional[str]:
         code = language_code(config.retain_language)
     except UserError as exc:
         raise OptionError("retain_language", config.retain_language, str(exc)) from exc
-    if modeling.is_english_only(generation):
+    if loading.is_english_only(generation):
         if code not in (None, "en"):
             raise OptionError("retain_language", config.retain_language,
                               "the model is English-only (.en) and decodes no other language; give en or None")

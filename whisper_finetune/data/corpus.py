@@ -7,7 +7,7 @@ Instead of ``audio_paths`` (one file per utterance) the folder may be a Kaldi da
 Every entry is checked first and each problem reported with its utterance id and line; the audio is
 decoded, resampled and re-encoded as 16-bit WAV *inside* the dataset (so it survives the source files
 being moved), a few dozen clips at a time (flat memory), and the dataset appears only when complete.
-The columns are those of :mod:`whisper_finetune.data`'s common schema plus ``duration`` (seconds), and
+The columns are those of :mod:`whisper_finetune.data.loading`'s common schema plus ``duration`` (seconds), and
 for segments ``recording_id``, ``start`` and ``end`` (seconds in the recording). An optional ``languages``
 file (``<id> <code>``) adds a ``language`` column: each listed utterance's Whisper language code, which
 training puts into its labels (rows without one take the run's ``--language``).
@@ -26,12 +26,12 @@ from typing import Optional
 import datasets
 from datasets import Audio, Dataset, Features, Value
 
-from .audio import SAMPLE_RATE, audio_info, encode_wav, load_audio, load_audio_spans
-from .data import (AUDIO_COLUMN, DURATION_COLUMN, END_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, MAX_SECONDS,
-                   RECORDING_COLUMN, SPEAKER_COLUMN, START_COLUMN, TEXT_COLUMN)
-from .errors import DataValidationError, OptionError, UserError
-from .options import option
-from .text import language_code
+from ..audio import SAMPLE_RATE, audio_info, encode_wav, load_audio, load_audio_spans
+from .loading import (AUDIO_COLUMN, DURATION_COLUMN, END_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, MAX_SECONDS,
+                      RECORDING_COLUMN, SPEAKER_COLUMN, START_COLUMN, TEXT_COLUMN)
+from ..errors import DataValidationError, OptionError, UserError
+from ..options import option
+from ..text import language_code
 
 logger = logging.getLogger(__name__)
 

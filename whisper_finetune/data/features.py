@@ -4,7 +4,7 @@ Features are stored as float16 ``(n_mels, 3000)`` arrays (half the disk and memo
 log-mel values lie in [-1.5, 1.5] after Whisper's scaling, well inside float16's precision) and
 turned back into float32 by the collator. With waveform augmentation (``--augment``) the training rows
 keep their decoded audio instead, and the collator featurises each batch after augmenting it
-(:mod:`whisper_finetune.augment`). Each example's labels carry its own language token
+(:mod:`whisper_finetune.data.augment`). Each example's labels carry its own language token
 (:class:`LanguageLabels`) when it has a ``language``.
 """
 import logging
@@ -19,16 +19,17 @@ import numpy as np
 import torch
 from datasets import Array2D, Features, Sequence, Value
 
-from .audio import CHUNK_SECONDS, ENCODER_STRIDE, MEL_FRAMES_PER_SECOND, N_FRAMES, decode_example_audio
+from ..audio import (CHUNK_SECONDS, DECODER_POSITIONS, ENCODER_STRIDE, MEL_FRAMES_PER_SECOND, N_FRAMES,
+                     decode_example_audio)
 from . import timestamps
-from .data import AUDIO_COLUMN, END_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, RECORDING_COLUMN, START_COLUMN, TEXT_COLUMN
-from .errors import UserError
-from .options import option
-from .text import language_code, language_name
+from .loading import AUDIO_COLUMN, END_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, RECORDING_COLUMN, START_COLUMN, TEXT_COLUMN
+from ..errors import UserError
+from ..options import option
+from ..text import language_code, language_name
 
 logger = logging.getLogger(__name__)
 
-MAX_LABEL_TOKENS = 448  # Whisper's decoder has 448 learned positions
+MAX_LABEL_TOKENS = DECODER_POSITIONS  # prefix and text tokens of one label
 FEATURE_COLUMN = "input_features"
 LABEL_COLUMN = "labels"
 LENGTH_COLUMN = "input_length"  # seconds of audio, kept for length-grouped sampling

@@ -4,7 +4,7 @@ One call of :func:`export` turns a model (our output folder, a ``checkpoint-N``,
 or a Hub id) into one or more runtime formats inside ``output_dir``:
 
 * ``ctranslate2-<quantization>/``: CTranslate2's own converter (shared with ``--backend ctranslate2``
-  through :func:`whisper_finetune.decoding.convert_to_ct2`) plus ``tokenizer.json`` and
+  through :func:`whisper_finetune.decode.ctranslate2_backend.convert_to_ct2`) plus ``tokenizer.json`` and
   ``preprocessor_config.json``, so ``faster_whisper.WhisperModel(folder)`` loads it offline as is;
 * ``ggml-model-<quantization>.bin``: our own writer of whisper.cpp's legacy ggml layout (header,
   mel filters, vocabulary, tensors), with :func:`read_ggml` to read it back;
@@ -28,12 +28,15 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import decoding, modeling, scoring
-from .data import AUDIO_COLUMN, ID_COLUMN, TEXT_COLUMN, DatasetSpec, is_saved_dataset, load_datasets
-from .errors import OptionError, UserError
-from .files import atomic_write_text
-from .options import option
-from .text import NORMALIZERS
+from ..model import loading
+from .. import scoring
+from ..data.loading import AUDIO_COLUMN, ID_COLUMN, TEXT_COLUMN, DatasetSpec, is_saved_dataset, load_datasets
+from ..errors import OptionError, UserError
+from ..files import atomic_write_text
+from ..options import option
+from ..text import NORMALIZERS
+from ..decode import ctranslate2_backend
+from ..decode.options import DecodingOptions
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +250,7 @@ def require_package(module, package, purpose):
 def resolve_source(model):
     """Check ``--model`` before any long work: modeling's resolution, and a folder must hold a Whisper."""
     if os.path.isdir(model):
-        base = modeling.adapter_base(model)
+        base = loading.adapter_base(model)
         config_path = os.path.join(base if base and os.path.isdir(base) else model, "config.json")
         if os.path.exists(config_path):
             with open(config_path, encoding="utf-8") as f:
@@ -255,7 +258,7 @@ def resolve_source(model):
             if model_type != "whisper":
                 raise OptionError("model", model, f"not a Whisper model: its config.json says model_type "
                                   f"{model_type!r}, expected 'whisper'")
-    return modeling.resolve_model(model, "model")
+    return loading.resolve_model(model, "model")
 
 
 def check_options(options: ExportOptions):
@@ -288,10 +291,10 @@ def check_options(options: ExportOptions):
 
 # --- the source weights in one plain folder -------------------------------------------------------------
 
-def materialize(source: modeling.ModelSource, folder):
+def materialize(source: loading.ModelSource, folder):
     """Write the model (LoRA merged) and its processor as one plain transformers folder (float32)."""
-    model = modeling.load_model(source.model_path)
-    processor = modeling.load_processor(source.processor_path)
+    model = loading.load_model(source.model_path)
+    processor = loading.load_processor(source.processor_path)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     if not os.path.exists(os.path.join(folder, "tokenizer.json")):
@@ -304,9 +307,9 @@ def materialize(source: modeling.ModelSource, folder):
 
 def write_ctranslate2(source_dir, destination, quantization):
     """CTranslate2 conversion (shared with ``--backend ctranslate2``) with the files faster-whisper reads."""
-    decoding.convert_to_ct2(source_dir, cache_dir=destination, quantization=quantization,
+    ctranslate2_backend.convert_to_ct2(source_dir, cache_dir=destination, quantization=quantization,
                             copy_files=CT2_COPY_FILES)
-    stamp = os.path.join(destination, decoding.CT2_STAMP_FILE)
+    stamp = os.path.join(destination, ctranslate2_backend.CT2_STAMP_FILE)
     if os.path.exists(stamp):  # the cache stamp names a temporary path; an export is not a cache
         os.remove(stamp)
     return destination
@@ -459,7 +462,7 @@ def write_ggml(model, processor, path, quantization):
                 f.write(struct.pack(f"<{values.ndim}i", *reversed(values.shape)))  # ggml: fastest dim first
                 f.write(encoded)
                 f.write(_encode(kind, values))
-        from .files import publish
+        from ..files import publish
 
         publish(tmp, path)
     except BaseException:
@@ -577,11 +580,11 @@ def reference_decode(model, dataset_specs, custom, output_dir, language, normali
 
     The one place that calls the evaluator, so a change of its interface is mended here.
     """
-    from .evaluation import EvalConfig, evaluate
+    from ..evaluate.evaluation import EvalConfig, evaluate
 
     common = dict(hf_model=model, output_dir=output_dir, language=language, normalizer=normalizer,
                   max_samples=max_samples, num_workers=0,
-                  decoding=decoding.DecodingOptions(batch_size=batch_size, num_beams=1))
+                  decoding=DecodingOptions(batch_size=batch_size, num_beams=1))
     if custom:
         return evaluate(EvalConfig(eval_datasets=tuple(s.name for s in dataset_specs), custom=True, **common))
     results = []
@@ -609,12 +612,12 @@ class _FasterWhisperRuntime:
         self.language = "en" if english_only else language
         # CTranslate2's Whisper generates at most half of max_length (like openai-whisper's sample_len), and
         # faster-whisper asks for max_length = prompt + max_new_tokens: so prompt + this = 2 x max_new_tokens,
-        # as decoding.CT2Decoder does, allows the evaluator's max_new_tokens
+        # as ctranslate2_backend.CT2Decoder does, allows the evaluator's max_new_tokens
         prompt = 2 if english_only else 4  # <|startoftranscript|>[<|lang|><|task|>]<|notimestamps|>
         self.max_new_tokens = 2 * max_new_tokens - prompt
 
     def transcribe(self, audios):
-        from .audio import SAMPLE_RATE
+        from ..audio import SAMPLE_RATE
 
         window = WINDOW_SECONDS * SAMPLE_RATE
         texts = []
@@ -672,7 +675,7 @@ class _OnnxRuntime:
         self.max_new_tokens = max_new_tokens
 
     def transcribe(self, audios):
-        from .audio import SAMPLE_RATE
+        from ..audio import SAMPLE_RATE
 
         texts = []
         kwargs = {"max_new_tokens": self.max_new_tokens, "num_beams": 1, "return_timestamps": False}
@@ -701,7 +704,7 @@ def _dataset_specs(options: ExportOptions):
         raise OptionError("verify_datasets", " ".join(options.verify_datasets), "give either data_prep folders or "
                           "Hub datasets, not both")
     for name, is_local in zip(options.verify_datasets, local):
-        if not is_local and (os.path.exists(name) or not modeling.looks_like_hub_id(name)):
+        if not is_local and (os.path.exists(name) or not loading.looks_like_hub_id(name)):
             raise OptionError("verify_datasets", name, "not a data_prep folder (make one with "
                               "custom_data/data_prep.py) and not a Hub dataset id")
     custom = all(local)
@@ -714,18 +717,18 @@ def _dataset_specs(options: ExportOptions):
 def verify(options: ExportOptions, source, targets, paths, verify_dir):
     """Decode each dataset with PyTorch and with every export's runtime; score all with the project's
     scoring; returns the table rows and the parity failures."""
-    from .audio import SAMPLE_RATE, decode_example_audio
-    from .text import get_normalizer
+    from ..audio import SAMPLE_RATE, decode_example_audio
+    from ..text import get_normalizer
 
     specs, custom = _dataset_specs(options)
     references = reference_decode(options.model, specs, custom, verify_dir, options.verify_language,
                                   options.normalizer, options.verify_batch_size, options.verify_max_samples)
     datasets = load_datasets(specs, custom=custom)
-    max_new_tokens = decoding.DecodingOptions().max_new_tokens
+    max_new_tokens = DecodingOptions().max_new_tokens
     same = get_normalizer("none")
     rows, failures, loaded = [], [], []
     # the weights only (an output folder also holds checkpoints and logs)
-    model_size = sum(os.path.getsize(os.path.join(options.model, f)) for f in modeling.WEIGHT_FILES
+    model_size = sum(os.path.getsize(os.path.join(options.model, f)) for f in loading.WEIGHT_FILES
                      if os.path.isfile(os.path.join(options.model, f))) if os.path.isdir(options.model) else 0
     for spec, dataset, ref in zip(specs, datasets, references):
         if options.verify_max_samples is not None:
@@ -737,7 +740,7 @@ def verify(options: ExportOptions, source, targets, paths, verify_dir):
         rows.append(VerifyRow(dataset=spec.label, export="pytorch", runtime="transformers", utterances=len(dataset),
                               wer=ref.wer, cer=ref.cer, identical=1.0, rtfx=ref.rtfx, size_bytes=model_size,
                               wer_delta=None, enforced=False, passed=None, results_path=ref.txt_path))
-    english_only = modeling.is_english_only(modeling.generation_config_of(source))
+    english_only = loading.is_english_only(loading.generation_config_of(source))
     language = references[0].language or "en"  # None: English-only model (no language token)
     for target in targets:
         runtime_name, runtime = _runtime_for(target, paths[target.name], language, english_only,
@@ -807,10 +810,10 @@ def _versions():
     return found
 
 
-def render_card(options: ExportOptions, source: modeling.ModelSource, targets, rows, only=None):
+def render_card(options: ExportOptions, source: loading.ModelSource, targets, rows, only=None):
     """The model card of an export folder: its source, how it was quantised, how to load it, the table."""
     shown = [t for t in targets if only is None or t.name == only]
-    base = modeling.adapter_base(source.model_path) if os.path.isdir(source.model_path) else None
+    base = loading.adapter_base(source.model_path) if os.path.isdir(source.model_path) else None
     lines = ["---", "library_name: whisper-finetune", "pipeline_tag: automatic-speech-recognition",
              "tags: [whisper, whisper-finetune, " + ", ".join(sorted({t.format for t in shown})) + "]", "---", "",
              f"# Export of `{source.model_path}`", "",
@@ -884,7 +887,7 @@ def export(options: ExportOptions) -> ExportResult:
         if options.verify_datasets:
             rows, failures = verify(options, source, targets, paths, os.path.join(build, "verify"))
         sizes = {t.name: size_of(paths[t.name]) for t in targets}
-        base = modeling.adapter_base(source.model_path) if os.path.isdir(source.model_path) else None
+        base = loading.adapter_base(source.model_path) if os.path.isdir(source.model_path) else None
         report = {"model": source.model_path, "processor": source.processor_path, "adapter_base": base,
                   "options": asdict(options), "exports": [{**asdict(t), "name": t.name, "enforced": t.enforced,
                                                            "size_bytes": sizes[t.name]} for t in targets],

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
-from . import modeling
+from ..model import loading
 
 # Softening of both distributions before they are compared, and the T^2 that keeps the gradient's
 # scale independent of it (Hinton et al., *Distilling the Knowledge in a Neural Network*, 2015). 2 is
@@ -35,7 +35,7 @@ def token_kl(student_logits, teacher_logits, mask, temperature=TEMPERATURE):
 def load_teacher(model_name, language, task, dynamic_audio_context, device):
     """The frozen base model, as the fine-tune starts: same language/task tokens and, with dynamic audio
     context, the same short-context encoder (the training batches are cut the same way for both)."""
-    teacher = modeling.load_for_training(model_name, language, task, dynamic_audio_context)
+    teacher = loading.load_for_training(model_name, language, task, dynamic_audio_context)
     teacher.config.apply_spec_augment = False  # the teacher answers for the clean input
     teacher.requires_grad_(False)
     return teacher.eval().to(device)

@@ -7,7 +7,7 @@ Every dataset our tools consume is brought to one schema by :func:`standardize`:
 * ``sentence``: the transcription;
 * ``id``: an utterance id (taken from the dataset, or ``<dataset>-<index>``).
 
-data_prep (:mod:`whisper_finetune.corpus`) writes exactly these columns plus ``duration`` (seconds),
+data_prep (:mod:`whisper_finetune.data.corpus`) writes exactly these columns plus ``duration`` (seconds),
 with the audio re-encoded as 16-bit WAV at the target rate *inside* the dataset, so it survives the
 source files being moved.
 """
@@ -23,8 +23,8 @@ import datasets
 from datasets import Audio, Value
 from datasets.packaged_modules.parquet.parquet import Parquet
 
-from .audio import CHUNK_SECONDS
-from .errors import UserError
+from ..audio import CHUNK_SECONDS
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 

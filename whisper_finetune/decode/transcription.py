@@ -17,7 +17,7 @@ Why not overlapping windows stitched on shared words: a window that starts insid
 Whisper stop after a word or two ("The"), and stitching on such a text loses whole sentences; cutting
 in pauses avoids both the broken start and the stitching.
 
-With ``vad`` non-speech is removed first (:mod:`whisper_finetune.vad`) and every time is mapped back.
+With ``vad`` non-speech is removed first (:mod:`whisper_finetune.decode.vad`) and every time is mapped back.
 """
 import json
 import logging
@@ -28,13 +28,14 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from . import modeling
-from .audio import CHUNK_SECONDS, N_SAMPLES, SAMPLE_RATE, load_audio
-from .decoding import DecodingOptions, make_decoder, validate_options
-from .errors import OptionError
-from .files import atomic_write_text
-from .modeling import ModelOptions
-from .options import option
+from ..model import loading
+from ..audio import CHUNK_SECONDS, N_SAMPLES, SAMPLE_RATE, load_audio
+from .options import DecodingOptions, validate_options
+from .backends import make_decoder
+from ..errors import OptionError
+from ..files import atomic_write_text
+from ..model.loading import ModelOptions
+from ..options import option
 from .vad import remove_non_speech
 
 logger = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ def _model_config(source):
     """The model's ``config.json`` (a LoRA adapter's base model's); ``None`` when there is none to read."""
     from transformers import WhisperConfig
 
-    for path in (source.model_path, os.path.isdir(source.model_path) and modeling.adapter_base(source.model_path)):
+    for path in (source.model_path, os.path.isdir(source.model_path) and loading.adapter_base(source.model_path)):
         if path:
             try:
                 return WhisperConfig.from_pretrained(path)
@@ -367,8 +368,8 @@ def transcribe(config: TranscribeConfig) -> Transcript:
         raise OptionError("path_to_audio", config.path_to_audio, "no such file")
     check_search_seconds(config.search_seconds)
     check_transcribe_options(config)
-    device = modeling.decoding_device(config.device, config.decoding.backend)
-    prepared = modeling.prepare_model(config, config.decoding)
+    device = loading.decoding_device(config.device, config.decoding.backend)
+    prepared = loading.prepare_model(config, config.decoding)
     segmentation, _ = plan_segmentation(config, prepared)
     audio = load_audio(config.path_to_audio)  # (samples,) mono float32, 16 kHz
     if len(audio) == 0:
@@ -395,7 +396,7 @@ def transcribe(config: TranscribeConfig) -> Transcript:
     tokenizer = prepared.processor.tokenizer
     # Decoding on timestamps starts without <|notimestamps|>: Whisper then predicts <|0.00|> first.
     prompt = prepared.prompt_text if segmentation == CUT_AT_SILENCE else "".join(tokenizer.convert_ids_to_tokens(
-        modeling.decoder_prompt_ids(tokenizer, options.language, options.task, no_timestamps=False,
+        loading.decoder_prompt_ids(tokenizer, options.language, options.task, no_timestamps=False,
                                     english_only=prepared.english_only)))
     metadata = {"audio": config.path_to_audio, "model": prepared.source.model_path, "language": options.language,
                 "task": options.task, "decoder_prompt": prompt, "decoding": asdict(options),
