@@ -23,7 +23,7 @@ from transformers.trainer_callback import TrainerState
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 from whisper_finetune import files  # noqa: E402
-from whisper_finetune.train import run  # noqa: E402
+from whisper_finetune.train import output, trainer  # noqa: E402
 
 
 def _arm(owner, name, moment, target):
@@ -42,13 +42,13 @@ def _arm(owner, name, moment, target):
 
 
 MOMENTS = {
-    "step": (run._WhisperTrainer, "training_step"),
-    "eval": (run._WhisperTrainer, "prediction_step"),
+    "step": (trainer.WhisperTrainer, "training_step"),
+    "eval": (trainer.WhisperTrainer, "prediction_step"),
     "weights": (transformers.modeling_utils, "safe_save_file"),
     "torch_save": (torch, "save"),
     "state": (TrainerState, "save_to_json"),
     "rename": (files, "publish_dir"),
-    "final": (run, "publish"),
+    "final": (output, "publish"),
 }
 
 if os.environ.get("KILL_AT"):

@@ -82,22 +82,22 @@ def test_a_training_step_pays_the_term_and_the_run_records_it(tiny_model_dir, ti
                                                              monkeypatch, caplog):
     # The loss each step returns is the model's cross entropy plus the weighted term: step 1 adds nothing
     # (the fine-tune is still the base model), later steps add exactly the Distiller's figure.
-    from whisper_finetune.train import run
+    from whisper_finetune.train.trainer import WhisperTrainer
 
     seen = []
-    original = run._WhisperTrainer.compute_loss
+    original = WhisperTrainer.compute_loss
 
     def spy(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = original(self, model, inputs, True, num_items_in_batch)
         if model.training:
             with torch.no_grad():
-                term = float(self.distiller.loss(outputs, inputs))
+                term = float(self.parts.distiller.loss(outputs, inputs))
             seen.append((float(loss.detach()), float(outputs.loss.detach()), term))
         return (loss, outputs) if return_outputs else loss
 
-    monkeypatch.setattr(run._WhisperTrainer, "compute_loss", spy)
+    monkeypatch.setattr(WhisperTrainer, "compute_loss", spy)
     out = tmp_path / "distilled"
-    with caplog.at_level(logging.INFO, logger="whisper_finetune.train.run"):
+    with caplog.at_level(logging.INFO, logger="whisper_finetune.train"):
         summary = train(quick_config(tiny_model_dir, tiny_dataset_dir, out, distill_weight=2.0, num_steps=3,
                                      eval_steps=3, learning_rate=1e-2))
     assert summary.global_step == 3 and len(seen) == 3
@@ -162,7 +162,7 @@ def test_replay_rows_alone_pay_the_term_in_a_run(tiny_model_dir, tiny_dataset_di
 
     monkeypatch.setattr(Distiller, "loss", spy)
     out = tmp_path / "out"
-    with caplog.at_level(logging.INFO, logger="whisper_finetune.train.run"):
+    with caplog.at_level(logging.INFO, logger="whisper_finetune.train"):
         train(quick_config(tiny_model_dir, tiny_dataset_dir, out, replay_datasets=(replay,), replay_language="en",
                            replay_ratio=0.5, train_batchsize=16, num_steps=2, eval_steps=2, distill_weight=1.0,
                            distill_rows="replay"))

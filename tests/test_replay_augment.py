@@ -13,12 +13,14 @@ from conftest import run_script, write_corpus
 from test_train import CUSTOM, quick_config
 from whisper_finetune.data import augment
 from whisper_finetune.model import loading
-from whisper_finetune.train import run
+from whisper_finetune.train import data as train_data
+from whisper_finetune.train import model_setup, run
 from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
 from whisper_finetune.data.loading import DatasetSpec, load_datasets
 from whisper_finetune.errors import DataValidationError, UserError
 from whisper_finetune.data.features import INDEX_COLUMN, SAMPLES_COLUMN, DataCollatorSpeechSeq2SeqWithPadding, featurize
 from whisper_finetune.train.config import check_config
+from whisper_finetune.train.config import dataset_specs as check_dataset_specs
 
 REPLAY_SENTENCES = ["good morning to you", "thank you very much", "where is the station", "see you tomorrow"]
 
@@ -37,7 +39,7 @@ def prepared(tmp_path, name, n=4, sentences=REPLAY_SENTENCES, languages=None, sk
 def tokenizer_for(model_dir, language):
     processor = loading.load_processor(model_dir)
     english_only = language is None
-    run._configure_tokenizer(processor.tokenizer, language, "transcribe", english_only)
+    model_setup.configure_tokenizer(processor.tokenizer, language, "transcribe", english_only)
     return processor
 
 
@@ -85,8 +87,8 @@ def test_replay_mixes_two_languages_into_one_batch_with_each_rows_language_token
     check_config(config)
     processor = tokenizer_for(tiny_model_dir, "hi")
     tokenizer = processor.tokenizer
-    train_set, _ = run._prepare_split(config, "train", [DatasetSpec(tiny_dataset_dir)], None, processor)
-    mixed, counts = run._mix_replay(config, train_set, processor)
+    train_set, _ = train_data.prepare_split(config, "train", [DatasetSpec(tiny_dataset_dir)], None, processor)
+    mixed, counts = train_data.mix_replay(config, train_set, processor)
     assert counts == {"kept": 4, "dropped_over_30s": 0, "dropped_labels_over_448_tokens": 0, "mixed_in": 8,
                       "repeated": True}
     assert len(mixed) == 16
@@ -143,7 +145,7 @@ def test_hf_language_column_names_and_replay_without_language(tiny_model_dir, ti
     config = quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path / "out", custom=False, replay_datasets=(named,))
     check_config(config)  # Hub datasets' languages are read when the data is loaded
     processor = tokenizer_for(tiny_model_dir, "hi")
-    replay, _ = run._prepare_split(config, "replay", [DatasetSpec(named)], 4, processor)
+    replay, _ = train_data.prepare_split(config, "replay", [DatasetSpec(named)], 4, processor)
     tokens = [processor.tokenizer.convert_ids_to_tokens(int(row["labels"][1])) for row in replay]
     assert sorted(tokens) == ["<|de|>", "<|de|>", "<|en|>", "<|en|>"]
 
@@ -152,7 +154,7 @@ def test_hf_language_column_names_and_replay_without_language(tiny_model_dir, ti
     label = f"replay data ({tiny_dataset_dir}/train)"
     with pytest.raises(UserError, match=re.escape(f"{label}: examples without a language column; give "
                                                   f"--replay_language, the language of the replay speech (e.g. en)")):
-        run._prepare_split(plain, "replay", run.dataset_specs(plain, "replay"), 4, processor, None)
+        train_data.prepare_split(plain, "replay", check_dataset_specs(plain, "replay"), 4, processor, None)
     assert not os.path.exists(tmp_path / "out2")
 
 
@@ -168,7 +170,7 @@ def test_english_only_model_refuses_other_languages_in_the_rows(tiny_en_model_di
     english, _ = prepared(tmp_path, "english", languages=["utt0000 en", "utt0001 English"])
     processor = tokenizer_for(tiny_en_model_dir, None)
     config = quick_config(tiny_en_model_dir, english, tmp_path / "out2", language=None)
-    rows, _ = run._prepare_split(config, "train", [DatasetSpec(english)], None, processor)
+    rows, _ = train_data.prepare_split(config, "train", [DatasetSpec(english)], None, processor)
     sentences = {s for s in datasets.load_from_disk(english)["sentence"]}
     for row in rows:  # English rows on an English-only model: no language token
         sentence = processor.tokenizer.decode(row["labels"], skip_special_tokens=True)
@@ -204,7 +206,7 @@ def test_timestamp_windows_carry_their_recordings_language(tiny_model_dir, tmp_p
 def test_spec_augment_masks_training_steps_only_and_is_off_in_saved_configs(tiny_model_dir, tiny_dataset_dir,
                                                                             tmp_path, monkeypatch):
     seen = []
-    build = run._build_model
+    build = run.build_model
 
     def build_and_watch(config, language):
         model = build(config, language)
@@ -217,7 +219,7 @@ def test_spec_augment_masks_training_steps_only_and_is_off_in_saved_configs(tiny
         model.model.encoder.register_forward_pre_hook(watch, with_kwargs=True)
         return model
 
-    monkeypatch.setattr(run, "_build_model", build_and_watch)
+    monkeypatch.setattr(run, "build_model", build_and_watch)
     out = tmp_path / "out"
     train_run(quick_config(tiny_model_dir, tiny_dataset_dir, out, spec_augment=True, mask_time_prob=0.1,
                            mask_time_length=20))
@@ -260,10 +262,10 @@ def test_augment_changes_each_examples_features_between_epochs(tiny_model_dir, t
     # Reproducible: the same epoch and row give the same features, with the run's RNG state left alone.
     config = quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path / "again", augment=True, max_train_samples=4)
     processor = tokenizer_for(tiny_model_dir, "hi")
-    rows, _ = run._prepare_split(config, "train", [DatasetSpec(tiny_dataset_dir)], 4, processor)
-    rows = run._numbered(rows)
+    rows, _ = train_data.prepare_split(config, "train", [DatasetSpec(tiny_dataset_dir)], 4, processor)
+    rows = train_data.numbered(rows)
     assert SAMPLES_COLUMN in rows.column_names and "input_features" not in rows.column_names
-    collator = DataCollatorSpeechSeq2SeqWithPadding(0, None, run._on_the_fly_features(config, processor))
+    collator = DataCollatorSpeechSeq2SeqWithPadding(0, None, train_data.on_the_fly_features(config, processor))
     state = np.random.get_state()[1].copy()
     for epoch in (0, 1):
         collator.set_epoch(epoch)

@@ -21,7 +21,8 @@ from whisper_finetune import scoring
 from whisper_finetune.errors import TrainingDiverged, UserError
 from whisper_finetune.train.summary import PLOT_FILE, SUMMARY_FILE, format_summary, plot_history
 from whisper_finetune.train.config import check_config
-from whisper_finetune.train.run import _retain_decode_kwargs, _retain_processor, train
+from whisper_finetune.train.model_setup import retain_decode_kwargs, retain_processor
+from whisper_finetune.train.run import train
 
 
 class Scripted:
@@ -105,7 +106,7 @@ def test_retain_language_defaults_to_the_base_models_behaviour(tiny_model_dir, t
 def test_retain_labels_and_decoding_carry_the_retain_language(tiny_model_dir, tiny_en_model_dir, tiny_dataset_dir,
                                                               tmp_path):
     def prefix(model, language, english_only):
-        tokenizer = _retain_processor(model, language, english_only).tokenizer
+        tokenizer = retain_processor(model, language, english_only).tokenizer
         return tokenizer.convert_ids_to_tokens(tokenizer("the cat").input_ids[:4])
 
     assert prefix(tiny_model_dir, "en", False) == ["<|startoftranscript|>", "<|en|>", "<|transcribe|>",
@@ -116,7 +117,7 @@ def test_retain_labels_and_decoding_carry_the_retain_language(tiny_model_dir, ti
     model = loading.load_model(tiny_model_dir)
     loading.set_language_and_task(model, "hi")
     config = quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path / "out")
-    detected = _retain_decode_kwargs(model.generation_config, None, False, config)["generation_config"]
+    detected = retain_decode_kwargs(model.generation_config, None, False, config)["generation_config"]
     assert (detected.language, detected.task) == (None, "transcribe")
     assert model.generation_config.language == "hi"  # the trained model's own config is left as it was
 

@@ -155,13 +155,14 @@ def test_streaming_bad_dataset_or_column_is_one_line(tiny_model_dir, parquet_set
 
 def _stream_labels(tiny_model_dir, folders, tmp_path, world_size, rank, **overrides):
     from whisper_finetune.data.loading import DatasetSpec
-    from whisper_finetune.train.run import _configure_tokenizer, _prepare_stream
+    from whisper_finetune.train.data import prepare_stream
+    from whisper_finetune.train.model_setup import configure_tokenizer
 
     processor = loading.load_processor(tiny_model_dir)
-    _configure_tokenizer(processor.tokenizer, "hi", "transcribe", False)
+    configure_tokenizer(processor.tokenizer, "hi", "transcribe", False)
     cfg = hf_config(tiny_model_dir, folders, tmp_path / "o", streaming=True, shuffle_buffer_size=4, **overrides)
     specs = [DatasetSpec(f, None, "train") for f in folders]
-    stream, _ = _prepare_stream(cfg, specs, processor, SimpleNamespace(world_size=world_size, process_index=rank))
+    stream, _ = prepare_stream(cfg, specs, processor, SimpleNamespace(world_size=world_size, process_index=rank))
     items = list(stream)
     assert all(item["input_features"].shape == (80, 3000) for item in items)
     return [processor.tokenizer.decode(item["labels"], skip_special_tokens=True) for item in items]

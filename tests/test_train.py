@@ -55,11 +55,11 @@ def weights(folder):
 def test_labels_start_with_the_prefix_and_collator_masks_padding(tiny_model_dir, tiny_en_model_dir, tiny_dataset_dir,
                                                                  multilingual):
     from whisper_finetune.data.loading import DatasetSpec, load_datasets
-    from whisper_finetune.train.run import _configure_tokenizer
+    from whisper_finetune.train.model_setup import configure_tokenizer
 
     model_dir = tiny_model_dir if multilingual else tiny_en_model_dir
     processor = loading.load_processor(model_dir)
-    _configure_tokenizer(processor.tokenizer, "hi" if multilingual else None, "transcribe", not multilingual)
+    configure_tokenizer(processor.tokenizer, "hi" if multilingual else None, "transcribe", not multilingual)
     dataset = load_datasets([DatasetSpec(tiny_dataset_dir)], custom=True)[0].select(range(3))
     features = featurize(dataset, processor, 16000)
     tok = processor.tokenizer
@@ -256,18 +256,18 @@ def test_precision_left_in_the_environment_does_not_override_fp32(tiny_model_dir
                                                                  monkeypatch, caplog, leftover):
     # accelerate launch, or an earlier TrainingArguments(bf16=True) in the same process, leaves this
     # variable set; the Trainer's Accelerator reads it whenever bf16/fp16 are off.
-    from whisper_finetune.train.run import _WhisperTrainer
+    from whisper_finetune.train.trainer import WhisperTrainer
 
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", leftover)
     seen = []
-    original = _WhisperTrainer.training_step
+    original = WhisperTrainer.training_step
 
     def spy(self, *args, **kwargs):
         seen.append(self.accelerator.mixed_precision)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(_WhisperTrainer, "training_step", spy)
-    with caplog.at_level("WARNING", logger="whisper_finetune.train.run"):
+    monkeypatch.setattr(WhisperTrainer, "training_step", spy)
+    with caplog.at_level("WARNING", logger="whisper_finetune.train.trainer"):
         summary = train(quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path / "fp32", mixed_precision="fp32",
                                      num_steps=2, eval_steps=2))
     assert summary.precision == "fp32" and seen == ["no", "no"]

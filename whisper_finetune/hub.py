@@ -1,7 +1,7 @@
 """Publishing a fine-tuned model folder on the Hugging Face Hub with ``huggingface_hub``.
 
 :func:`check_push` runs before training (so a missing ``--hub_model_id`` or login fails at once);
-:func:`push_folder` runs after training on rank 0 and uploads the final model, processor,
+:func:`create_repo` and :func:`upload_folder` run after training on rank 0 and upload the final model, processor,
 generation config and model card, leaving out checkpoints and caches.
 """
 import logging
@@ -26,14 +26,21 @@ def check_push(hub_model_id):
         raise UserError("--push_to_hub True: no Hugging Face token found; run `huggingface-cli login` or set HF_TOKEN")
 
 
-def push_folder(folder, hub_model_id, private=False, api=None):
-    """Create (or reuse) the model repository and upload ``folder``; returns the repository URL."""
+def _api(api):
     if api is None:
         from huggingface_hub import HfApi
 
         api = HfApi()
-    url = api.create_repo(hub_model_id, private=private, repo_type="model", exist_ok=True)
-    api.upload_folder(folder_path=folder, repo_id=hub_model_id, repo_type="model",
-                      ignore_patterns=list(IGNORE_PATTERNS), commit_message="Upload fine-tuned Whisper model")
-    logger.info("pushed %s to %s", folder, url)
-    return str(url)
+    return api
+
+
+def create_repo(hub_model_id, private=False, api=None):
+    """Create (or reuse) the model repository; returns its URL (recorded in the summary before the upload)."""
+    return str(_api(api).create_repo(hub_model_id, private=private, repo_type="model", exist_ok=True))
+
+
+def upload_folder(folder, hub_model_id, api=None):
+    """Upload ``folder`` to the repository made by :func:`create_repo`, leaving out checkpoints and caches."""
+    _api(api).upload_folder(folder_path=folder, repo_id=hub_model_id, repo_type="model",
+                            ignore_patterns=list(IGNORE_PATTERNS), commit_message="Upload fine-tuned Whisper model")
+    logger.info("pushed %s to %s", folder, hub_model_id)

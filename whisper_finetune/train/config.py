@@ -385,19 +385,9 @@ def _check_values(config: TrainConfig):
         raise OptionError("deepspeed", config.deepspeed, "needs the deepspeed package: pip install deepspeed")
 
 
-def merge_ratio(config: TrainConfig) -> Optional[float]:
-    """--merge_ratio as a number, or None for auto."""
-    return None if config.merge_ratio == merging.AUTO else float(config.merge_ratio)
-
-
-def merges(config: TrainConfig) -> bool:
-    """Whether the final model is interpolated with the base model (a ratio below 1 anywhere)."""
-    return merge_ratio(config) != 1 or config.merge_encoder_ratio not in (None, 1)
-
-
 def _check_merge(config: TrainConfig):
     try:
-        ratio = merge_ratio(config)
+        ratio = merging.requested_ratio(config.merge_ratio)
     except ValueError:
         ratio = math.nan  # not a number: refused below, as an out-of-range one is
     if ratio is not None and not 0 < ratio <= 1:
@@ -405,7 +395,7 @@ def _check_merge(config: TrainConfig):
     encoder = config.merge_encoder_ratio
     if encoder is not None and not 0 < encoder <= 1:
         raise OptionError("merge_encoder_ratio", encoder, "give a number above 0 and at most 1")
-    if not merges(config):
+    if not merging.merges(config.merge_ratio, config.merge_encoder_ratio):
         return
     if encoder is not None and config.freeze_encoder:
         raise UserError(f"--merge_encoder_ratio {encoder} with --freeze_encoder True: a frozen encoder is the base "

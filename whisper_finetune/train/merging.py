@@ -12,10 +12,12 @@ the encoder's move is what costs the base model's own languages most.
 """
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
+from transformers import WhisperForConditionalGeneration
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +26,19 @@ ENCODER_PREFIX = "model.encoder."  # WhisperForConditionalGeneration's encoder p
 # Ratios tried by --merge_ratio auto, lowest (closest to the base model) first; tenths, because one
 # evaluation pass per ratio is the cost, and neighbouring tenths differ by less than a small eval set's noise.
 MERGE_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# Metric keys of the final model after --merge_ratio (merged_wer, merged_retain_wer...); "merged" -> "eval"
+# gives the keys of an ordinary evaluation.
+MERGED_PREFIX = "merged"
+
+
+def requested_ratio(value) -> Optional[float]:
+    """--merge_ratio as a number, or None for auto."""
+    return None if value == AUTO else float(value)
+
+
+def merges(value, encoder_ratio) -> bool:
+    """Whether the final model is interpolated with the base model (a ratio below 1 anywhere)."""
+    return requested_ratio(value) != 1 or encoder_ratio not in (None, 1)
 
 
 @dataclass(frozen=True)
@@ -97,3 +112,61 @@ def choose_ratio(model, pairs, evaluate: Callable[[float], float], fine_tune_met
     logger.info("merge ratio auto: no ratio below 1 is within %.4f of the fine-tune: the fine-tune%s is kept",
                 tolerance, "" if encoder_ratio is None else f"'s decoder (the encoder at {encoder_ratio:g})")
     return MergeChoice(1.0, AUTO, tolerance, fine_tune_metric, tuple(trials), encoder_ratio)
+
+
+def merge_with_base(trainer, config, main_eval, retain, metric):
+    """--merge_ratio: set the trained weights to base + ratio x (fine-tune - base) (``merging``).
+
+    Returns {} without it (ratio 1), else the final model's metrics (``merged_wer``, ``merged_cer`` and,
+    with retain sets, ``merged_retain_wer``...) with the :class:`MergeChoice` under ``"choice"``.
+    """
+    if not merges(config.merge_ratio, config.merge_encoder_ratio):
+        return {}
+    ratio, encoder_ratio = requested_ratio(config.merge_ratio), config.merge_encoder_ratio
+    started = time.perf_counter()
+    model = trainer.model
+    base = WhisperForConditionalGeneration.from_pretrained(config.model_name)  # float32, as saved
+    pairs = trainable_deltas(model, base.state_dict())
+    del base
+    measured = {}  # {ratio: figures} of the model as each evaluation left it
+
+    def decode():
+        return trainer.evaluate_set(dataclasses.replace(main_eval, prefix=MERGED_PREFIX))
+
+    def evaluate(at_ratio):
+        measured[at_ratio] = decode()
+        return measured[at_ratio][f"{MERGED_PREFIX}_{metric}"]
+
+    # The best checkpoint's own figures, from its evaluation during training (the same sets and decoding),
+    # else (a run resumed after its last evaluation) decoded again.
+    best = next((entry for entry in trainer.state.log_history if entry.get("step") == trainer.state.best_global_step
+                 and f"eval_{metric}" in entry), None)
+    checkpoint = decode() if best is None else \
+        {f"{MERGED_PREFIX}_{name}": best[f"eval_{name}"] for name in ("wer", "cer")}
+    fine_tune = checkpoint[f"{MERGED_PREFIX}_{metric}"]
+    if ratio is None:
+        choice = choose_ratio(model, pairs, evaluate, fine_tune, config.merge_tolerance, encoder_ratio)
+    else:
+        set_ratio(model, pairs, ratio, encoder_ratio)
+        evaluate(ratio)
+        choice = MergeChoice(ratio, config.merge_ratio, config.merge_tolerance, round(fine_tune, 6),
+                                     encoder_ratio=encoder_ratio)
+    if choice.ratio not in measured:
+        # auto found no ratio below 1: the checkpoint itself, unless the encoder has a ratio of its own (then
+        # this model, decoder whole and encoder interpolated, was never decoded)
+        measured[choice.ratio] = checkpoint if encoder_ratio in (None, 1) else decode()
+    final = dict(measured[choice.ratio])
+    if retain is not None:
+        final.update(trainer.evaluate_set(dataclasses.replace(retain, prefix=f"{MERGED_PREFIX}_retain")))
+    logger.info("final model: base + %.2f x (fine-tune - base)%s; eval %s %.4f (fine-tune %.4f)", choice.ratio,
+                "" if encoder_ratio is None else f" (encoder: {encoder_ratio:g})", metric,
+                final[f"{MERGED_PREFIX}_{metric}"], fine_tune)
+    return {**final, "choice": choice, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def merge_summary(merge):
+    """The summary's ``merge`` entry: the ratio, how it was chosen, and the final model's eval figures."""
+    if not merge:
+        return None
+    return {**merge["choice"].to_dict(), "eval_wer": merge[f"{MERGED_PREFIX}_wer"],
+            "eval_cer": merge[f"{MERGED_PREFIX}_cer"], "seconds": merge["seconds"]}

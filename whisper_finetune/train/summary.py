@@ -17,9 +17,10 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "training_summary.json"
 PLOT_FILE = "training_curve.png"
+RETAIN_PREFIX = "eval_retain"  # metric keys of the retain sets: eval_retain_wer, eval_retain_cer, eval_retain_loss
 
 
-@dataclass
+@dataclass(frozen=True)
 class DatasetScore:
     """The final (best) model on one evaluation dataset on its own."""
 
@@ -29,9 +30,9 @@ class DatasetScore:
     cer: float
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainSummary:
-    """Options and results of one training run (``training_summary.json`` holds the same fields)."""
+    """Options and results of one training run (``training_summary.json`` holds the same fields), built once."""
 
     output_dir: str
     global_step: int
@@ -63,7 +64,7 @@ class TrainSummary:
     config: dict  # every option of the run
     eval_per_dataset: list = field(default_factory=list)  # DatasetScore per dataset when several
     is_main_process: bool = True
-    hub_url: Optional[str] = None
+    hub_url: Optional[str] = None  # the model repository, with --push_to_hub
     # What chose best_checkpoint (--metric_for_best_model): wer (the primary metric), retain_wer or combined.
     best_model_metric: str = "wer"
     early_stopped_at: Optional[int] = None  # the step --early_stopping_patience stopped the run at
@@ -104,7 +105,7 @@ def plot_history(log_history, path, metric="wer"):
 
     train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
     scored = [(f"eval_{metric}", f"eval {metric.upper()}", "tab:red"),
-              ("eval_retain_wer", "retain WER", "tab:green")]  # training.RETAIN_PREFIX
+              (f"{RETAIN_PREFIX}_wer", "retain WER", "tab:green")]
     fig, loss_axis = plt.subplots(figsize=(6, 3.5), dpi=100)
     lines = []
     if train:
@@ -178,3 +179,29 @@ def _figure(value):
 def _change(value):
     """A before/after difference with its sign (+ is worse: a higher error rate)."""
     return "change unknown" if value is None else f"{value:+.4f}"
+
+
+def retain_summary(retain, retain_hours, before, after, language, normalizer, per_dataset):
+    """The summary fields of the retain sets: step 0 (the base model), the final model, and the change."""
+    if retain is None:
+        return {}
+    fields = {"retain_samples": len(retain.dataset), "retain_hours": retain_hours,
+              "retain_language": language, "retain_normalizer": normalizer,
+              "retain_per_dataset": per_dataset}
+    for measure in ("wer", "cer"):
+        key = f"{RETAIN_PREFIX}_{measure}"
+        first, last = before.get(key), after.get(key)
+        fields[f"retain_{measure}_before"], fields[f"retain_{measure}_after"] = first, last
+        fields[f"retain_{measure}_change"] = None if first is None or last is None else round(last - first, 6)
+        fields[f"eval_{measure}_before"] = before.get(f"eval_{measure}")
+    return fields
+
+
+def mean_logged_loss(history):
+    """Mean training loss over the whole run, from the logged losses (each the mean of the steps since the
+    previous log), so a resumed run reports the same figure as one never interrupted."""
+    logged = [(e["step"], e["loss"]) for e in history if "loss" in e]
+    if not logged:
+        return None
+    previous = [0] + [step for step, _ in logged[:-1]]
+    return sum((step - prev) * loss for prev, (step, loss) in zip(previous, logged)) / logged[-1][0]
