@@ -519,3 +519,39 @@ def test_ambiguous_folder_and_options_of_another_format_are_one_line_errors(in_t
     with open(os.path.join(in_tmp, "out", PREP_INFO_FILE), encoding="utf-8") as f:
         assert json.load(f) == {"source_format": "common_voice", "source_data_dir": folder}
 
+
+# ---------------------------------------------------------------------------------------------
+# The whole job on a Common Voice release
+# ---------------------------------------------------------------------------------------------
+def test_common_voice_release_through_fine_tuning_and_evaluation(tiny_model_dir, in_tmp):
+    """data_prep -> 2 training steps -> evaluation, as a user runs the scripts; the model card and the result
+    files name the source format."""
+    folder, _, _, _ = build(in_tmp, "common_voice")
+    data, model, results = (str(in_tmp / name) for name in ("data", "model", "results"))
+    prepared = run_script(SCRIPT, "--source_data_dir", folder, "--output_data_dir", data, "--split", "train")
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    assert "detected format: common_voice (train.tsv, clips/)" in prepared.stderr
+    trained = run_script("train/fine-tune_on_custom_dataset.py", "--model_name", tiny_model_dir, "--language", "hi",
+                         "--train_datasets", data, "--eval_datasets", data, "--train_strategy", "steps",
+                         "--num_steps", 2, "--eval_steps", 2, "--train_batchsize", 2, "--eval_batchsize", 4,
+                         "--generation_max_new_tokens", 4, "--logging_steps", 1, "--report_to", "none",
+                         "--output_dir", model)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    with open(os.path.join(model, "training_summary.json"), encoding="utf-8") as f:
+        summary = json.load(f)
+    assert summary["global_step"] == 2 and summary["source_formats"] == {data: "common_voice"}
+    with open(os.path.join(model, "README.md"), encoding="utf-8") as f:
+        card = f.read()
+    assert "| role | dataset | source format | config | split |" in card
+    assert f"| train | `{data}` | common_voice | - | - |" in card and f"| eval | `{data}` | common_voice |" in card
+    evaluated = run_script("evaluate/evaluate_on_custom_dataset.py", "--hf_model", model, "--language", "hi",
+                           "--eval_datasets", data, "--device", "-1", "--max_new_tokens", 4, "--num_workers", 0,
+                           "--output_dir", results)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    [json_path] = [os.path.join(results, f) for f in os.listdir(results) if f.endswith(".json")]
+    with open(json_path, encoding="utf-8") as f:
+        result = json.load(f)
+    assert result["source_format"] == "common_voice" and result["utterances"] == 4
+    with open(json_path[:-5] + ".txt", encoding="utf-8") as f:
+        text = f.read()
+    assert "# source_format: common_voice\n" in text and "RAW_REF: मैं दिल्ली में रहता हूँ।" in text

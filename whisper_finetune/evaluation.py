@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from . import modeling, scoring
 from .audio import SAMPLE_RATE, decode_example_audio
-from .data import AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, TEXT_COLUMN, DatasetSpec, load_datasets
+from .data import AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, TEXT_COLUMN, DatasetSpec, load_datasets, source_format
 from .decoding import DecodingOptions, make_decoder, validate_options
 from .errors import OptionError, UserError
 from .modeling import ModelOptions
@@ -105,6 +105,7 @@ class EvalResult:
     reference_words: int
     txt_path: str
     json_path: str
+    source_format: Optional[str] = None  # the corpus format of a data_prep folder (kaldi, common_voice...)
 
     def to_dict(self):
         return asdict(self)
@@ -235,8 +236,10 @@ def evaluate(config: EvalConfig) -> list:
             spec.label, options.context_frames)
         references = list(dataset[TEXT_COLUMN])
         scores = scoring.score(references, hypotheses, normalizer, metric)
+        origin = source_format(spec.name)  # the corpus format of a data_prep folder; None for other datasets
         metadata = {
             "model": prepared.source.model_path, "processor": prepared.source.processor_path, "dataset": spec.label,
+            **({"source_format": origin} if origin else {}),
             "language": options.language, "task": options.task,
             "decoder_prompt": prepared.prompt_text,
             "decoding": asdict(options), "device": str(device),

@@ -30,7 +30,7 @@ from transformers.trainer_callback import (EarlyStoppingCallback, ExportableStat
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, speed_metrics
 
 from . import checkpoints, distillation, hub, merging, modeling, scoring
-from .data import LANGUAGE_COLUMN, load_datasets
+from .data import LANGUAGE_COLUMN, load_datasets, source_format
 from .errors import TrainingDiverged, UserError
 from .features import (CONTEXT_FRAMES, FEATURE_COLUMN, INDEX_COLUMN, LENGTH_COLUMN, REPLAY_COLUMN,
                        DataCollatorSpeechSeq2SeqWithPadding, LanguageLabels, drop_too_long, featurize, featurize_stream,
@@ -852,7 +852,9 @@ def train(config: TrainConfig) -> TrainSummary:
         resumed_from=resume, config=dataclasses.asdict(config), eval_per_dataset=per_dataset,
         is_main_process=trainer.is_world_process_zero(), best_model_metric=config.metric_for_best_model,
         early_stopped_at=early_stopping.stopped_at if early_stopping else None,
-        merge=_merge_summary(merge), **retain_fields)
+        merge=_merge_summary(merge), **retain_fields,
+        source_formats={name: origin for role in ("train", "eval", "retain", "replay")
+                        for name in getattr(config, f"{role}_datasets") or () if (origin := source_format(name))})
     if summary.is_main_process:
         trainer.save_state()
         write_reports(summary, state.log_history, config.hub_model_id)
