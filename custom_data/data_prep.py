@@ -1,5 +1,6 @@
-"""Turn a Kaldi-style folder (`text` + `audio_paths`, or `wav.scp` + `segments`) into a dataset for
-training and evaluation.
+"""Turn a corpus folder into a dataset for training and evaluation: a Kaldi-style folder (`text` +
+`audio_paths`, or `wav.scp` + `segments`), a Common Voice release, a Hugging Face audiofolder, or NeMo or
+Lhotse manifests (--format; detected from the folder's files when not given).
 
 Reads SRC/text (`<id> <transcription>`) and SRC/audio_paths (`<id> <path>`, absolute or relative
 to SRC), checks every entry, decodes the audio (wav/flac/ogg/mp3, any rate, stereo down-mixed),
@@ -18,8 +19,17 @@ start, end past the recording) are each reported with the id and line number; th
 exit status 2 and writes nothing, unless --skip_invalid drops them. Overlapping segments are kept,
 with a warning. OUT appears only when complete (never half-written).
 
-example:
+Other formats get the same checks and give the same dataset (the README maps their fields to columns):
+  common_voice  SRC/<split>.tsv (--split train dev ...) and SRC/clips/: path, sentence, client_id, locale
+  audiofolder   SRC/metadata.csv or SRC/metadata.jsonl: file_name, the text (--text_column), speaker_id, language
+  nemo          JSON-lines manifests (--manifest): audio_filepath, text, duration, optional offset and lang
+  lhotse        a CutSet manifest, or a RecordingSet and a SupervisionSet manifest (--manifest), read by lhotse
+The format is logged, printed in the summary and recorded in OUT/data_prep.json (model cards and
+evaluation results name it).
+
+examples:
   python3 custom_data/data_prep.py --source_data_dir sample_data --output_data_dir data/sample
+  python3 custom_data/data_prep.py --source_data_dir cv-corpus-20.0/hi --split train dev --output_data_dir data/cv_hi
 """
 import os
 import sys

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
                               "--our_args", "--eval_samples", "--systems", "--precision", "--out"]),
     ("bench/streaming_memory.py", ["--clips", "--steps", "--batch_size", "--shuffle_buffer_size", "--repeats",
                                    "--model", "--map_style", "--out"]),
-    ("bench/data_prep_speed.py", ["--sizes", "--seconds", "--rate", "--num_proc", "--out"]),
+    ("bench/data_prep_speed.py", ["--format", "--sizes", "--seconds", "--rate", "--num_proc", "--out"]),
     ("bench/random_model.py", ["--like", "--shape", "--out", "--seed"]),
     ("bench/encoder_time.py", ["--model", "--data", "--batch_size", "--dtype"]),
     ("bench/longform_set.py", ["--source", "--output", "--seed", "--copies", "--min_seconds", "--max_seconds",

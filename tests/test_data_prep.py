@@ -364,6 +364,7 @@ def test_piped_wav_scp_is_refused_by_the_script_naming_the_line(tmp_path):
     result = run_script(SCRIPT, "--source_data_dir", source, "--output_data_dir", tmp_path / "out")
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
+        "detected format: kaldi (text, wav.scp, segments)",
         f"error: {os.path.join(source, 'wav.scp')}, line 2: recording recB: 'sox audio/recB.wav -t wav - |' is a "
         f"piped command; data_prep reads only audio file paths: write the audio to files first and list those"]
     assert not os.path.exists(tmp_path / "out")

@@ -1,6 +1,10 @@
 """data_prep: a Kaldi-style folder (``text`` + ``audio_paths``, optional ``utt2spk`` and ``languages``) -> a
 validated dataset.
 
+Other corpus formats (Common Voice, audiofolder, NeMo, Lhotse) are read by :mod:`whisper_finetune.data.formats`
+into entries that :func:`check_entries` checks with the same checks as the Kaldi reader's; every format is
+then written by the same :func:`prepare_dataset`, which records the source format beside the dataset.
+
 Instead of ``audio_paths`` (one file per utterance) the folder may be a Kaldi data directory, whose
 ``segments`` cut each utterance from a recording listed in ``wav.scp``.
 
@@ -12,6 +16,7 @@ for segments ``recording_id``, ``start`` and ``end`` (seconds in the recording).
 file (``<id> <code>``) adds a ``language`` column: each listed utterance's Whisper language code, which
 training puts into its labels (rows without one take the run's ``--language``).
 """
+import json
 import logging
 import math
 import os
@@ -21,17 +26,18 @@ import statistics
 import tempfile
 from unittest import mock
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Optional, Tuple
 
 import datasets
 from datasets import Audio, Dataset, Features, Value
 
 from ..audio import SAMPLE_RATE, audio_info, encode_wav, load_audio, load_audio_spans
-from .loading import (AUDIO_COLUMN, DURATION_COLUMN, END_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, MAX_SECONDS,
-                      RECORDING_COLUMN, SPEAKER_COLUMN, START_COLUMN, TEXT_COLUMN)
 from ..errors import DataValidationError, OptionError, UserError
 from ..options import option
 from ..text import language_code
+from .formats import FORMATS, check_format_options, detect_format, read_entries, read_lines
+from .loading import (AUDIO_COLUMN, DURATION_COLUMN, END_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, MAX_SECONDS,
+                      PREP_INFO_FILE, RECORDING_COLUMN, SPEAKER_COLUMN, START_COLUMN, TEXT_COLUMN)
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +56,8 @@ _ARCHIVE_OFFSET = re.compile(r":[0-9]+$")
 class DataPrepConfig:
     """Options of :func:`prepare_dataset` (one per data_prep.py flag)."""
 
-    source_data_dir: str = option(help="folder holding `text` and `audio_paths` (or Kaldi's `wav.scp` + `segments`)")
+    source_data_dir: str = option(help="folder holding the corpus: `text` and `audio_paths` (or Kaldi's `wav.scp` + "
+                                       "`segments`), or a Common Voice release, audiofolder, NeMo or Lhotse corpus")
     output_data_dir: str = option(help="folder to write the dataset to (must not exist unless --overwrite True)")
     sampling_rate: int = option(SAMPLE_RATE, "resample all audio to this rate (Hz)")
     num_proc: int = option(1, "processes decoding audio in parallel")
@@ -59,6 +66,15 @@ class DataPrepConfig:
     num_shards: Optional[int] = option(None, "write the dataset in this many Arrow shards (large corpora; training "
                                        "reads them memory-mapped)")
     max_shard_size: Optional[str] = option(None, "or: maximum size of one shard, e.g. 500MB")
+    format: Optional[str] = option(None, "how the source folder is laid out", choices=FORMATS,
+                                   default_text="detected from the folder's files")
+    split: Optional[Tuple[str, ...]] = option(None, "common_voice: the release's .tsv file(s) to read, e.g. train dev",
+                                              default_text="train")
+    manifest: Optional[Tuple[str, ...]] = option(None, "nemo: the JSON-lines manifest(s); lhotse: a cuts manifest, or "
+                                                 "a recordings and a supervisions manifest (absolute, or relative to "
+                                                 "--source_data_dir)", default_text="the only one(s) in the folder")
+    text_column: Optional[str] = option(None, "audiofolder: the metadata column holding the transcription",
+                                        default_text="the one of transcription, sentence, text")
     max_duration: float = option(MAX_SECONDS, "longest clip kept, seconds (Whisper's window)", cli=False)
 
 
@@ -83,10 +99,10 @@ class Utterance:
 
 @dataclass(frozen=True)
 class Recording:
-    """One checked ``wav.scp`` entry: absolute path and duration, or the problem all its segments share."""
+    """One checked recording (a ``wav.scp`` entry, or any file segments are cut from): absolute path and
+    duration, or the problem all its segments share."""
 
     rid: str
-    line: int
     path: Optional[str] = None
     duration: float = 0.0
     reason: Optional[str] = None  # set when the recording cannot be used
@@ -101,9 +117,10 @@ class PrepSummary:
     kept: int
     durations: list = field(default_factory=list, repr=False)
     dropped: dict = field(default_factory=dict)  # reason -> list of messages
+    source_format: str = "kaldi"  # one of formats.FORMATS
 
     def __str__(self):
-        lines = [f"wrote {self.output_dir}", f"utterances kept: {self.kept}"]
+        lines = [f"wrote {self.output_dir}", f"source format: {self.source_format}", f"utterances kept: {self.kept}"]
         n_dropped = sum(len(v) for v in self.dropped.values())
         lines.append(f"utterances dropped: {n_dropped}")
         for reason, messages in sorted(self.dropped.items()):
@@ -117,7 +134,7 @@ class PrepSummary:
 
 
 def read_kaldi_file(path, needed="the source folder needs 'text' and 'audio_paths', or 'text', 'wav.scp' and "
-                                  "'segments'"):
+                                  "'segments'; name another corpus format with --format"):
     """Read a ``<id> <value>`` file; returns ``[(line_number, id, value)]`` (blank lines skipped).
 
     Raises :class:`UserError` for a missing file (saying what is ``needed``) or invalid UTF-8, naming the line.
@@ -125,18 +142,11 @@ def read_kaldi_file(path, needed="the source folder needs 'text' and 'audio_path
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file ({needed})")
     entries = []
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise UserError(f"{path}, line {number}: not valid UTF-8 ({exc.reason} at byte {exc.start}); "
-                                f"save the file as UTF-8") from exc
-            line = line.rstrip("\r\n").lstrip("\ufeff")
-            if not line.strip():
-                continue
-            parts = line.strip().split(maxsplit=1)
-            entries.append((number, parts[0], parts[1].strip() if len(parts) > 1 else ""))
+    for number, line in read_lines(path):
+        if not line.strip():
+            continue
+        parts = line.strip().split(maxsplit=1)
+        entries.append((number, parts[0], parts[1].strip() if len(parts) > 1 else ""))
     return entries
 
 
@@ -212,33 +222,18 @@ def validate_corpus(source_dir, max_duration=MAX_SECONDS):
         speaker = speakers.get(uid) if speakers is not None else None
         language = languages.get(uid)
         if recordings is not None:
-            problem, utterance = _check_segment(source_dir, recordings, uid, value, where, max_duration)
+            problem, utterance = _kaldi_segment(source_dir, recordings, uid, value, where, max_duration)
             if problem:
                 problems.append((problem[0], uid, problem[1]))
             else:
                 utterances.append(replace(utterance, text=text_by_id[uid], speaker=speaker, language=language))
             continue
-        if not value:
-            problems.append(("missing audio", uid, f"{where}: no audio path given"))
-            continue
-        path = os.path.expanduser(value)
-        path = path if os.path.isabs(path) else os.path.join(source_dir, path)
-        if not os.path.isfile(path):
-            problems.append(("missing audio", uid, f"{where}: audio file {value} not found"))
-            continue
-        try:
-            duration, _, _ = audio_info(path)
-        except UserError:
-            problems.append(("unreadable audio", uid, f"{where}: audio file {value} is not readable audio"))
-            continue
-        if duration <= 0:
-            problems.append(("empty audio", uid, f"{where}: audio file {value} holds no samples"))
-        elif duration > max_duration:
-            problems.append(("longer than 30 s", uid, f"{where}: {duration:.1f} s is longer than Whisper's "
-                             f"{max_duration:g} s window"))
+        path, duration, problem = check_audio_file(value, source_dir)
+        problem = problem or check_clip(duration, value, max_duration)
+        if problem:
+            problems.append((problem[0], uid, f"{where}: {problem[1]}"))
         else:
-            utterances.append(Utterance(uid, text_by_id[uid], os.path.abspath(path), duration, speaker,
-                                        language=language))
+            utterances.append(Utterance(uid, text_by_id[uid], path, duration, speaker, language=language))
     if recordings is not None:
         _warn_overlaps(utterances)
     return utterances, problems
@@ -285,34 +280,18 @@ def _recording(source_dir, recordings, rid):
     if rid not in recordings.checked:
         number, value = recordings.entries[rid]
         where = f"recording {rid} (wav.scp line {number})"
-
-        def unusable(reason, message):
-            return Recording(rid, number, reason=reason, problem=f"{where}: {message}")
-
-        path = os.path.expanduser(value)
-        path = os.path.abspath(path if os.path.isabs(path) else os.path.join(source_dir, path))
         if rid in recordings.repeats:
             lines = ", ".join(map(str, recordings.repeats[rid]))
-            recording = unusable("duplicate recording id", f"id {rid} repeats on wav.scp line(s) {lines}")
-        elif not value:
-            recording = unusable("missing audio", "no audio path given")
-        elif not os.path.isfile(path):
-            recording = unusable("missing audio", f"audio file {value} not found")
+            recording = Recording(rid, reason="duplicate recording id",
+                                  problem=f"{where}: id {rid} repeats on wav.scp line(s) {lines}")
         else:
-            try:
-                recording = Recording(rid, number, path, audio_info(path)[0])
-            except UserError:
-                recording = unusable("unreadable audio", f"audio file {value} is not readable audio")
+            recording = check_recording(rid, value, source_dir, where)
         recordings.checked[rid] = recording
     return recordings.checked[rid]
 
 
-def _check_segment(source_dir, recordings, uid, value, where, max_duration):
-    """Check one ``segments`` entry (``value``: ``<recording-id> <start> <end>``).
-
-    Returns ``((reason, message), None)`` for a problem, else ``(None, utterance)`` (text and speaker
-    left for the caller). A segment may end at most :data:`END_TOLERANCE` seconds past its recording.
-    """
+def _kaldi_segment(source_dir, recordings, uid, value, where, max_duration):
+    """Check one ``segments`` entry (``value``: ``<recording-id> <start> <end>``) with :func:`check_segment`."""
     fields = value.split()
     try:
         times = [float(f) for f in fields[1:]]
@@ -324,6 +303,56 @@ def _check_segment(source_dir, recordings, uid, value, where, max_duration):
     recording = _recording(source_dir, recordings, rid)
     if recording is None:
         return ("unknown recording", f"{where}: recording {rid} has no entry in wav.scp"), None
+    return check_segment(recording, uid, start, end, where, max_duration)
+
+
+# ---------------------------------------------------------------------------------------------
+# The checks every reader shares (Kaldi's above, formats.py's through check_entries)
+# ---------------------------------------------------------------------------------------------
+def check_audio_file(value, source_dir):
+    """Check an audio file as a corpus lists it (``value``: absolute, or relative to ``source_dir``).
+
+    Returns ``(absolute path, duration from the header, None)``, or ``(None, 0.0, (reason, message))``
+    when no path is given, the file is missing or it is not readable audio (the message names ``value``).
+    """
+    if not value:
+        return None, 0.0, ("missing audio", "no audio path given")
+    path = os.path.expanduser(value)
+    path = os.path.abspath(path if os.path.isabs(path) else os.path.join(source_dir, path))
+    if not os.path.isfile(path):
+        return None, 0.0, ("missing audio", f"audio file {value} not found")
+    try:
+        return path, audio_info(path)[0], None
+    except UserError:
+        return None, 0.0, ("unreadable audio", f"audio file {value} is not readable audio")
+
+
+def check_clip(duration, value, max_duration=MAX_SECONDS):
+    """``(reason, message)`` for a whole-file clip (``value`` as listed) that is empty or longer than
+    ``max_duration``, else ``None``."""
+    if duration <= 0:
+        return "empty audio", f"audio file {value} holds no samples"
+    if duration > max_duration:
+        return "longer than 30 s", f"{duration:.1f} s is longer than Whisper's {max_duration:g} s window"
+    return None
+
+
+def check_recording(rid, value, source_dir, where=None):
+    """The :class:`Recording` ``rid`` whose file ``value`` lists (see :func:`check_audio_file`); a problem's
+    message starts with ``where`` when given (e.g. the wav.scp line)."""
+    path, duration, problem = check_audio_file(value, source_dir)
+    if problem:
+        return Recording(rid, reason=problem[0], problem=f"{where}: {problem[1]}" if where else problem[1])
+    return Recording(rid, path, duration)
+
+
+def check_segment(recording, uid, start, end, where, max_duration=MAX_SECONDS):
+    """Check the segment ``start``-``end`` (seconds) of a checked ``recording``.
+
+    Returns ``((reason, message), None)`` for a problem, else ``(None, utterance)`` (text and speaker
+    left for the caller). A segment may end at most :data:`END_TOLERANCE` seconds past its recording.
+    """
+    rid = recording.rid
     if recording.problem:
         return (recording.reason, f"{where}: {recording.problem}"), None
     if start < 0:
@@ -416,13 +445,81 @@ def _read_languages(source_dir, text_lines, problems, bad):
             problems.append(("no language", uid, f"languages line {number}: id {uid} has no language code"))
             bad.add(uid)
         else:
-            try:
-                languages[uid] = language_code(value)
-            except UserError:
-                problems.append(("unknown language", uid, f"languages line {number}: id {uid}: unknown language "
-                                 f"{value!r}; use a Whisper language code or name (en, hi, Hindi...)"))
+            code, problem = check_language(value)
+            if problem:
+                problems.append((problem[0], uid, f"languages line {number}: id {uid}: {problem[1]}"))
                 bad.add(uid)
+            else:
+                languages[uid] = code
     return languages
+
+
+def check_language(value):
+    """``(Whisper code, None)`` for a language code or name Whisper knows, else ``(None, (reason, message))``."""
+    try:
+        return language_code(value), None
+    except UserError:
+        return None, ("unknown language", f"unknown language {value!r}; use a Whisper language code or name "
+                                          f"(en, hi, Hindi...)")
+
+
+def check_entries(entries, problems=(), max_duration=MAX_SECONDS):
+    """Check the :class:`~whisper_finetune.data.formats.Entry` list a reader of another format found, with
+    the Kaldi reader's checks; returns ``(utterances, problems)`` like :func:`validate_corpus`.
+
+    ``problems`` (what the reader itself found, e.g. malformed lines) come first. An id listed twice is a
+    problem of both entries; then, per entry, an empty transcription, a missing speaker (where the corpus
+    has speakers), an unknown language, and the audio: a whole file (:func:`check_audio_file`,
+    :func:`check_clip`) or a segment of a recording (:func:`check_segment`; each file's header read once).
+    Each message starts ``id <uid> (<where the entry is written>)``.
+    """
+    problems = list(problems)
+    first, bad = {}, set()
+    for entry in entries:
+        if entry.uid in first:
+            problems.append(("duplicate id", entry.uid, f"{entry.where}: id {entry.uid} repeats {first[entry.uid]}"))
+            bad.add(entry.uid)
+        else:
+            first[entry.uid] = entry.where
+    recordings = {}  # (folder, file as listed) -> Recording: each file's header is read once
+    utterances = []
+    for entry in entries:
+        if entry.uid in bad:
+            continue
+        problem, utterance = _check_entry(entry, recordings, max_duration)
+        if problem:
+            problems.append((problem[0], entry.uid, problem[1]))
+        else:
+            utterances.append(utterance)
+    if utterances and utterances[0].recording_id is not None:
+        _warn_overlaps(utterances)
+    return utterances, problems
+
+
+def _check_entry(entry, recordings, max_duration):
+    """``((reason, message), None)`` for the first problem of one entry, else ``(None, utterance)``."""
+    where = f"id {entry.uid} ({entry.where})"
+    if not entry.text:
+        return ("empty transcription", f"{where}: empty transcription"), None
+    if entry.speaker == "":
+        return ("no speaker", f"{where}: no speaker"), None
+    language, problem = check_language(entry.language) if entry.language else (None, None)
+    if problem:
+        return (problem[0], f"{where}: {problem[1]}"), None
+    if entry.start is None:
+        path, duration, problem = check_audio_file(entry.audio, entry.base_dir)
+        problem = problem or check_clip(duration, entry.audio, max_duration)
+        if problem:
+            return (problem[0], f"{where}: {problem[1]}"), None
+        utterance = Utterance(entry.uid, "", path, duration)
+    else:
+        key = (entry.base_dir, entry.audio)
+        if key not in recordings:
+            recordings[key] = check_recording(entry.recording_id or entry.audio, entry.audio, entry.base_dir)
+        problem, utterance = check_segment(recordings[key], entry.uid, entry.start, entry.end, where, max_duration)
+        if problem:
+            return problem, None
+    return None, replace(utterance, text=entry.text, speaker=entry.speaker, language=language)
 
 
 def _prep_features(sampling_rate, with_speaker=False, with_segments=False, with_language=False):
@@ -468,7 +565,9 @@ def _generate_segment_rows(shards, sampling_rate, with_speaker=False, with_langu
 
 
 def prepare_dataset(config: DataPrepConfig) -> PrepSummary:
-    """Validate a Kaldi-style folder and write it as a dataset that ``load_from_disk`` opens.
+    """Validate a corpus folder (Kaldi, or a format of :mod:`~whisper_finetune.data.formats`: ``config.format``,
+    else detected) and write it as a dataset that ``load_from_disk`` opens, with :data:`PREP_INFO_FILE` beside
+    it naming the source format.
 
     Invalid utterances raise :class:`DataValidationError` (all problems listed), or are dropped with
     ``skip_invalid``. Segments are written grouped by recording (in the order ``segments`` first names
@@ -484,7 +583,14 @@ def prepare_dataset(config: DataPrepConfig) -> PrepSummary:
     if config.sampling_rate <= 0:
         raise OptionError("sampling_rate", config.sampling_rate, "must be a positive number of Hz")
 
-    utterances, problems = validate_corpus(config.source_data_dir, config.max_duration)
+    source_format = config.format or detect_format(config.source_data_dir, config.manifest)
+    check_format_options(source_format, split=config.split, manifest=config.manifest, text_column=config.text_column)
+    if source_format == "kaldi":
+        utterances, problems = validate_corpus(config.source_data_dir, config.max_duration)
+    else:
+        entries, problems = read_entries(config.source_data_dir, source_format, config.split, config.manifest,
+                                         config.text_column)
+        utterances, problems = check_entries(entries, problems, config.max_duration)
     if problems and not config.skip_invalid:
         raise DataValidationError([message for _, _, message in problems])
     if not utterances:
@@ -519,6 +625,9 @@ def prepare_dataset(config: DataPrepConfig) -> PrepSummary:
         # whole clip per row that is up to ~1 GB; copy in small batches so memory stays flat.
         with mock.patch.object(datasets.config, "DEFAULT_MAX_BATCH_SIZE", WRITER_BATCH_SIZE):
             dataset.save_to_disk(staged, num_shards=config.num_shards, max_shard_size=config.max_shard_size)
+        with open(os.path.join(staged, PREP_INFO_FILE), "w", encoding="utf-8") as f:
+            json.dump({"source_format": source_format, "source_data_dir": os.path.abspath(config.source_data_dir)},
+                      f, indent=2, ensure_ascii=False)
         durations = list(dataset[DURATION_COLUMN])
         del dataset
         if os.path.exists(out):  # only reached with --overwrite
@@ -530,4 +639,4 @@ def prepare_dataset(config: DataPrepConfig) -> PrepSummary:
             os.replace(staged, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return PrepSummary(out, len(durations), durations, dropped)
+    return PrepSummary(out, len(durations), durations, dropped, source_format)

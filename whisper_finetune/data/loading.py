@@ -13,6 +13,7 @@ source files being moved.
 """
 import functools
 import itertools
+import json
 import logging
 import os
 import sys
@@ -47,6 +48,8 @@ TEXT_COLUMN_CANDIDATES = ("sentence", "text", "transcription", "transcript", "ra
                           "normalized_text", "raw_text")
 ID_COLUMN_CANDIDATES = ("id", "utt_id", "utterance_id", "audio_id", "segment_id", "path", "file")
 MAX_SECONDS = CHUNK_SECONDS  # longer clips do not fit Whisper's window
+# data_prep writes this beside the dataset: {"source_format": "kaldi" | "common_voice" | ..., "source_data_dir": ...}
+PREP_INFO_FILE = "data_prep.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,6 +76,16 @@ def is_saved_dataset(path):
     """True when ``path`` is a ``save_to_disk`` folder (data_prep output)."""
     return os.path.isdir(path) and (os.path.exists(os.path.join(path, "dataset_info.json"))
                                     or os.path.exists(os.path.join(path, "dataset_dict.json")))
+
+
+def source_format(path):
+    """The corpus format a data_prep folder was made from (``common_voice``...), or ``None`` for any other
+    dataset (a Hub id, a folder data_prep did not write, or one written before data_prep recorded it)."""
+    try:
+        with open(os.path.join(path, PREP_INFO_FILE), encoding="utf-8") as f:
+            return json.load(f).get("source_format")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def load_custom_dataset(path):

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from ..model import loading
 from .. import scoring
 from ..audio import SAMPLE_RATE, decode_example_audio
-from ..data.loading import AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, TEXT_COLUMN, DatasetSpec, load_datasets
+from ..data.loading import (AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, TEXT_COLUMN, DatasetSpec, load_datasets,
+                            source_format)
 from ..decode.options import DecodingOptions, validate_options
 from ..decode.backends import make_decoder
 from ..errors import OptionError, UserError
@@ -107,6 +108,7 @@ class EvalResult:
     reference_words: int
     txt_path: str
     json_path: str
+    source_format: Optional[str] = None  # the corpus format of a data_prep folder (kaldi, common_voice...)
 
     def to_dict(self):
         return asdict(self)
@@ -237,8 +239,10 @@ def evaluate(config: EvalConfig) -> list:
             spec.label, options.context_frames)
         references = list(dataset[TEXT_COLUMN])
         scores = scoring.score(references, hypotheses, normalizer, metric)
+        origin = source_format(spec.name)  # the corpus format of a data_prep folder; None for other datasets
         metadata = {
             "model": prepared.source.model_path, "processor": prepared.source.processor_path, "dataset": spec.label,
+            **({"source_format": origin} if origin else {}),
             "language": options.language, "task": options.task,
             "decoder_prompt": prepared.prompt_text,
             "decoding": asdict(options), "device": str(device),

@@ -1,8 +1,9 @@
 """The model card (``README.md``) written into every final model folder by :func:`training.train`.
 
 It is built only from the training summary (the options and results of the run), so the card
-always describes the model beside it: base model, language, datasets, hours, training arguments,
-the eval WER/CER with the normaliser used, the training curve, and how to use the model.
+always describes the model beside it: base model, language, datasets (with the corpus format a data_prep
+folder was made from), hours, training arguments, the eval WER/CER with the normaliser used, the training
+curve, and how to use the model.
 """
 import os
 
@@ -18,12 +19,15 @@ SHOWN_ARGUMENTS = ("train_strategy", "num_steps", "num_epochs", "learning_rate",
                    "short_context_updates", "metric_for_best_model", "early_stopping_patience")
 
 
-def _dataset_rows(config, role):
+def _dataset_rows(summary, role):
+    config = summary["config"]
     names = config[f"{role}_datasets"]
     n = len(names)
     configs = config.get(f"{role}_dataset_configs") or [None] * n
     splits = config.get(f"{role}_dataset_splits") or [None] * n
-    return [f"| {role} | `{name}` | {cfg or '-'} | {split or '-'} |" for name, cfg, split in zip(names, configs, splits)]
+    formats = summary.get("source_formats") or {}  # data_prep folders: the corpus format they were made from
+    return [f"| {role} | `{name}` | {formats.get(name, '-')} | {cfg or '-'} | {split or '-'} |"
+            for name, cfg, split in zip(names, configs, splits)]
 
 
 def _hours(value):
@@ -42,10 +46,10 @@ def render_model_card(summary, hub_model_id=None):
     lines += ["---", "", f"# {os.path.basename(summary['output_dir'].rstrip('/'))}", "",
               f"Fine-tuned from `{config['model_name']}` for {config['task']} "
               f"(language: {language or 'English (English-only model)'}) with whisper_finetune.", "",
-              "## Data", "", "| role | dataset | config | split |", "| --- | --- | --- | --- |",
-              *_dataset_rows(config, "train"), *_dataset_rows(config, "eval"),
-              *(_dataset_rows(config, "retain") if config.get("retain_datasets") else []),
-              *(_dataset_rows(config, "replay") if config.get("replay_datasets") else []), "",
+              "## Data", "", "| role | dataset | source format | config | split |", "| --- | --- | --- | --- | --- |",
+              *_dataset_rows(summary, "train"), *_dataset_rows(summary, "eval"),
+              *(_dataset_rows(summary, "retain") if config.get("retain_datasets") else []),
+              *(_dataset_rows(summary, "replay") if config.get("replay_datasets") else []), "",
               f"Training audio: {_hours(summary.get('train_hours'))} h; evaluation audio: "
               f"{_hours(summary.get('eval_hours'))} h (after dropping clips over 30 s and labels over 448 tokens).",
               "", "## Evaluation", ""]

@@ -19,6 +19,7 @@ from transformers.trainer_callback import TrainerState
 
 from .. import files, hub
 from ..data.features import DataCollatorSpeechSeq2SeqWithPadding
+from ..data.loading import source_format
 from ..model import loading
 from ..text import choose_metric, choose_normalizer
 from . import checkpoints
@@ -230,7 +231,9 @@ def summarise(config, plan, data, trainer, retain, merge, per_dataset, retain_pe
         is_main_process=trainer.is_world_process_zero(),
         best_model_metric=config.metric_for_best_model,
         early_stopped_at=early_stopping.stopped_at if early_stopping else None,
-        merge=merge_summary(merge), **retain_fields)
+        merge=merge_summary(merge), **retain_fields,
+        source_formats={name: origin for role in ("train", "eval", "retain", "replay")
+                        for name in getattr(config, f"{role}_datasets") or () if (origin := source_format(name))})
 
 
 def start_step(resume):

@@ -87,6 +87,8 @@ class TrainSummary:
     merge: Optional[dict] = None
     eval_wer_before: Optional[float] = None  # the base model on the eval sets (step 0, runs with retain sets)
     eval_cer_before: Optional[float] = None
+    # data_prep folder -> the corpus format it was made from (kaldi, common_voice...; data.source_format)
+    source_formats: dict = field(default_factory=dict)
 
     def to_dict(self):
         return asdict(self)
