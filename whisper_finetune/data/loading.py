@@ -11,18 +11,15 @@ data_prep (:mod:`whisper_finetune.data.corpus`) writes exactly these columns plu
 with the audio re-encoded as 16-bit WAV at the target rate *inside* the dataset, so it survives the
 source files being moved.
 """
-import functools
-import itertools
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from typing import Optional
 
 import datasets
+import fsspec
 from datasets import Audio, Value
-from datasets.packaged_modules.parquet.parquet import Parquet
 
 from ..audio import CHUNK_SECONDS
 from ..errors import UserError
@@ -128,50 +125,38 @@ def load_hf_dataset(spec: DatasetSpec, streaming=False, num_proc=None):
 
 
 def _load_stream(spec: DatasetSpec):
-    """``load_dataset(..., streaming=True)``, except that parquet files are read without threads.
+    """``load_dataset(..., streaming=True)``, except that parquet is read one row group at a time, without threads.
 
-    datasets 3.6 reads parquet with ``ParquetFileFragment.to_batches`` (pyarrow's threaded scanner):
-    despite ``batch_readahead=0`` it decodes the rest of the file in the background whenever the
-    consumer is slower than the disk (training always is), up to pyarrow's backpressure limit, so
-    a stream's memory grew with the size of its parquet files. Read without threads, one record
-    batch (a row group) is read when it is asked for.
+    ``datasets`` reads streamed parquet through pyarrow's threaded scanner, which decodes the rest of
+    the file in the background whenever the consumer is slower than the disk (training always is), so
+    a stream's memory grew with the size of its parquet files. A parquet dataset (a Hub repository or
+    a local folder of parquet files) is streamed here from its data files with
+    ``ParquetFile.iter_batches(use_threads=False)``: one record batch (a row group) is read when it is
+    asked for. One stream shard per file, so ranks and workers split by file.
     """
-    builder = datasets.load_dataset_builder(spec.name, spec.config, _require_default_config_name=spec.config is None)
-    # The replacement copies datasets 3.x's reader; later versions have scan options of their own.
-    if isinstance(builder, Parquet) and datasets.__version__.startswith("3."):
-        builder._generate_tables = functools.partial(_unthreaded_parquet_tables, builder)
-    return builder.as_streaming_dataset(split=spec.split)
-
-
-def _unthreaded_parquet_tables(builder, files):
-    """datasets 3.6's ``Parquet._generate_tables`` without threads (see :func:`_load_stream`): the same
-    tables, read with ``ParquetFile.iter_batches`` (or, with ``filters``, the fragment scan unthreaded)."""
-    import pyarrow as pa
-    import pyarrow.dataset as ds
+    builder = datasets.load_dataset_builder(spec.name, spec.config)
+    files = (builder.config.data_files or {}).get(spec.split) if builder.name == "parquet" else None
+    if not files:
+        return datasets.load_dataset(spec.name, spec.config, split=spec.split, streaming=True)
     import pyarrow.parquet as pq
 
-    config = builder.config
-    # When streaming, datasets replaces ``open`` in the builder's module by one that also opens remote files.
-    open_file = getattr(sys.modules[type(builder).__module__], "open", open)
-    filters = pq.filters_to_expression(config.filters) if isinstance(config.filters, list) else config.filters
-    for file_idx, file in enumerate(itertools.chain.from_iterable(files)):
-        with open_file(file, "rb") as f:
-            if filters is None:  # ParquetFile holds less than even an unthreaded fragment scan
-                parquet_file = pq.ParquetFile(f)
-                if not parquet_file.metadata.num_row_groups:
-                    continue
-                batches = parquet_file.iter_batches(
-                    batch_size=config.batch_size or parquet_file.metadata.row_group(0).num_rows,
-                    columns=config.columns, use_threads=False)
-            else:
-                fragment = ds.ParquetFileFormat().make_fragment(f)
-                if not fragment.row_groups:
-                    continue
-                batches = fragment.to_batches(batch_size=config.batch_size or fragment.row_groups[0].num_rows,
-                                              columns=config.columns, filter=filters, batch_readahead=0,
-                                              fragment_readahead=0, use_threads=False)
-            for batch_idx, record_batch in enumerate(batches):
-                yield f"{file_idx}_{batch_idx}", builder._cast_table(pa.Table.from_batches([record_batch]))
+    with fsspec.open(files[0], "rb") as f:
+        features = builder.info.features or datasets.Features.from_arrow_schema(pq.read_schema(f))
+    return datasets.IterableDataset.from_generator(parquet_rows, features=features, gen_kwargs={"files": list(files)})
+
+
+def parquet_rows(files):
+    """The rows of ``files`` (local paths or fsspec URLs such as ``hf://``), one row group in memory at a time."""
+    import pyarrow.parquet as pq
+
+    for file in files:
+        with fsspec.open(file, "rb") as f:
+            parquet_file = pq.ParquetFile(f)
+            if not parquet_file.metadata.num_row_groups:
+                continue
+            for batch in parquet_file.iter_batches(batch_size=parquet_file.metadata.row_group(0).num_rows,
+                                                   use_threads=False):
+                yield from batch.to_pylist()
 
 
 def detect_text_column(columns, requested=None, dataset_label="dataset"):
