@@ -107,8 +107,7 @@ def verify(source, targets, paths, verify_dir, *, model, specs, custom, language
     english_only = loading.is_english_only(loading.generation_config_of(source))
     language = references[0].language or "en"  # None: English-only model (no language token)
     for target in targets:
-        runtime_name, runtime = open_runtime(target, paths[target.name], language, english_only, batch_size,
-                                             max_new_tokens)
+        runtime = open_runtime(target, paths[target.name], language, english_only, batch_size, max_new_tokens)
         for spec, dataset, ref, ref_hyps, audios, seconds in loaded:
             start = time.perf_counter()
             hyps = runtime.transcribe(audios)
@@ -119,13 +118,13 @@ def verify(source, targets, paths, verify_dir, *, model, specs, custom, language
             delta = scores["wer"] - ref.wer
             checked = target.enforced and scores["scored_utterances"] >= PARITY_MIN_UTTERANCES
             passed = (abs(delta) <= PARITY_MAX_WER_DELTA) if checked else None
-            metadata = {"model": model, "export": target.name, "runtime": runtime_name,
+            metadata = {"model": model, "export": target.name, "runtime": runtime.name,
                         "dataset": spec.label, "language": language, "wall_seconds": round(wall, 3),
                         "rtfx": round(seconds / wall, 3), "pytorch_wer": ref.wer}
             stem = scoring.result_stem(source.name, os.path.basename(os.path.normpath(spec.name)), target.name)
             txt_path, _ = scoring.write_results(verify_dir, stem, list(dataset[ID_COLUMN]), texts, hyps, scores,
                                                 metadata)
-            row = VerifyRow(dataset=spec.label, export=target.name, runtime=runtime_name, utterances=len(dataset),
+            row = VerifyRow(dataset=spec.label, export=target.name, runtime=runtime.name, utterances=len(dataset),
                             wer=scores["wer"], cer=scores["cer"], identical=identical, rtfx=round(seconds / wall, 3),
                             size_bytes=size_of(paths[target.name]), wer_delta=delta, enforced=target.enforced,
                             passed=passed, results_path=txt_path)

@@ -35,7 +35,7 @@ from ..text import NORMALIZERS
 from . import ctranslate2, ggml, onnx, parity
 from .card import CARD_FILE, render_card, tool_versions
 from .parity import PARITY_MAX_WER_DELTA, PARITY_MIN_UTTERANCES, VerifyRow
-from .runtimes import RUNTIME_PACKAGES
+from .runtimes import RUNTIMES
 from .targets import FORMATS, plan_targets, size_of
 
 logger = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def check_options(options: ExportOptions):
             require_package(module, package, f"--format {fmt}")
     if options.verify_datasets:
         for target in targets:
-            module, package = RUNTIME_PACKAGES[target.format]
+            module, package = RUNTIMES[target.format].requires
             require_package(module, package, f"--verify_datasets for --format {target.format}")
         _verify_specs(options)  # a missing dataset folder fails here, before the export is built
     return targets, source

@@ -1,16 +1,38 @@
-"""The runtimes that decode each export in the parity check: faster-whisper, whisper.cpp, onnxruntime."""
+"""The runtimes that decode each export in the parity check, behind one interface, :class:`Runtime`.
+
+A runtime takes whole clips (16 kHz mono float32 waveforms, at most 30 s) and gives one text per clip.
+It is not :class:`whisper_finetune.decode.options.Decoder`, which takes log-mel windows: faster-whisper
+and whisper.cpp take only waveforms and compute their own log-mels, and that feature code is part of
+what the parity check holds to PyTorch. :func:`open_runtime` picks the runtime of an export's format.
+"""
 import logging
+from typing import Dict, List, Protocol, Sequence, Tuple, Type
 
 import numpy as np
 
+from ..audio import SAMPLE_RATE
+
 logger = logging.getLogger(__name__)
 
-RUNTIME_PACKAGES = {"ctranslate2": ("faster_whisper", "faster-whisper"), "ggml": ("pywhispercpp", "pywhispercpp"),
-                    "onnx": ("optimum.onnxruntime", "optimum-onnx onnxruntime")}
 WINDOW_SECONDS = 30  # Whisper's input window
 
 
-class FasterWhisperRuntime:
+class Runtime(Protocol):
+    """An export loaded in its own runtime: greedy decoding, no timestamps, no temperature fallback.
+
+    Each one is built as ``cls(path, language, english_only, batch_size, max_new_tokens)``: the export at
+    ``path``, decoded in ``language`` (English for English-only models), in batches of ``batch_size`` where
+    the runtime takes batches, at most ``max_new_tokens`` tokens per clip.
+    """
+
+    name: str  # how the parity table names it
+    requires: Tuple[str, str]  # (module to import, what to pip install)
+
+    def transcribe(self, audios: Sequence[np.ndarray]) -> List[str]:
+        """One plain text (stripped) per clip."""
+
+
+class FasterWhisperRuntime(Runtime):
     """faster-whisper on the CTranslate2 export: greedy, no timestamps, no temperature fallback, no VAD.
 
     Each clip is padded with silence to Whisper's 30 s window first, as transformers and openai-whisper
@@ -18,14 +40,17 @@ class FasterWhisperRuntime:
     a different input for the last frames that changes some transcripts of short clips.
     """
 
-    def __init__(self, folder, language, english_only, max_new_tokens):
+    name = "faster-whisper"
+    requires = ("faster_whisper", "faster-whisper")
+
+    def __init__(self, path, language, english_only, batch_size, max_new_tokens):
         import torch
         from faster_whisper import WhisperModel
 
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # it logs every clip's duration at INFO
         # "default": the stored type where the CPU computes it (float32, int8), else the nearest it does
         # (float16 -> float32, int8_float16 -> int8_float32), as CTranslate2 recommends
-        self.model = WhisperModel(folder, device="cpu", compute_type="default", cpu_threads=torch.get_num_threads())
+        self.model = WhisperModel(path, device="cpu", compute_type="default", cpu_threads=torch.get_num_threads())
         self.language = "en" if english_only else language
         # CTranslate2's Whisper generates at most half of max_length (like openai-whisper's sample_len), and
         # faster-whisper asks for max_length = prompt + max_new_tokens: so prompt + this = 2 x max_new_tokens,
@@ -34,8 +59,6 @@ class FasterWhisperRuntime:
         self.max_new_tokens = 2 * max_new_tokens - prompt
 
     def transcribe(self, audios):
-        from ..audio import SAMPLE_RATE
-
         window = WINDOW_SECONDS * SAMPLE_RATE
         texts = []
         for audio in audios:
@@ -49,11 +72,14 @@ class FasterWhisperRuntime:
         return texts
 
 
-class WhisperCppRuntime:
+class WhisperCppRuntime(Runtime):
     """whisper.cpp (pywhispercpp) on the ggml file: greedy (best_of 1), no timestamps, no temperature
-    fallback, no context carried between clips, the language given."""
+    fallback, no context carried between clips, the language given; one clip at a time."""
 
-    def __init__(self, path, language, english_only, max_new_tokens):
+    name = "whisper.cpp"
+    requires = ("pywhispercpp", "pywhispercpp")
+
+    def __init__(self, path, language, english_only, batch_size, max_new_tokens):
         import torch
         from pywhispercpp.model import Model
 
@@ -68,19 +94,22 @@ class WhisperCppRuntime:
         return ["".join(s.text for s in self.model.transcribe(audio)).strip() for audio in audios]
 
 
-class OnnxRuntime:
+class OnnxRuntime(Runtime):
     """onnxruntime through Optimum's ``ORTModelForSpeechSeq2Seq.generate``, batched like the reference."""
 
-    def __init__(self, folder, language, english_only, batch_size, max_new_tokens):
+    name = "onnxruntime"
+    requires = ("optimum.onnxruntime", "optimum-onnx onnxruntime")
+
+    def __init__(self, path, language, english_only, batch_size, max_new_tokens):
         from optimum.onnxruntime import ORTModelForSpeechSeq2Seq
         from transformers import WhisperProcessor
 
-        self.processor = WhisperProcessor.from_pretrained(folder)
+        self.processor = WhisperProcessor.from_pretrained(path)
         optimum_logger = logging.getLogger("optimum")
         level = optimum_logger.level
         optimum_logger.setLevel(logging.ERROR)  # int8 exports have no merged decoder: optimum says so, then loads
         try:                                     # the two plain decoders, which is what we want
-            self.model = ORTModelForSpeechSeq2Seq.from_pretrained(folder)
+            self.model = ORTModelForSpeechSeq2Seq.from_pretrained(path)
         finally:
             optimum_logger.setLevel(level)
         self.english_only = english_only
@@ -92,8 +121,6 @@ class OnnxRuntime:
         self.max_new_tokens = max_new_tokens
 
     def transcribe(self, audios):
-        from ..audio import SAMPLE_RATE
-
         texts = []
         kwargs = {"max_new_tokens": self.max_new_tokens, "num_beams": 1, "return_timestamps": False}
         if not self.english_only:
@@ -107,10 +134,10 @@ class OnnxRuntime:
         return texts
 
 
-def open_runtime(target, path, language, english_only, batch_size, max_new_tokens):
-    """``(runtime name, runtime)`` that decodes the export of ``target`` at ``path``."""
-    if target.format == "ctranslate2":
-        return "faster-whisper", FasterWhisperRuntime(path, language, english_only, max_new_tokens)
-    if target.format == "ggml":
-        return "whisper.cpp", WhisperCppRuntime(path, language, english_only, max_new_tokens)
-    return "onnxruntime", OnnxRuntime(path, language, english_only, batch_size, max_new_tokens)
+RUNTIMES: Dict[str, Type[Runtime]] = {"ctranslate2": FasterWhisperRuntime, "ggml": WhisperCppRuntime,
+                                      "onnx": OnnxRuntime}
+
+
+def open_runtime(target, path, language, english_only, batch_size, max_new_tokens) -> Runtime:
+    """The runtime of ``target``'s format with the export at ``path`` loaded (arguments as :class:`Runtime`)."""
+    return RUNTIMES[target.format](path, language, english_only, batch_size, max_new_tokens)
