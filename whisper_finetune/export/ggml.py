@@ -1,15 +1,14 @@
 """ggml export: our writer of whisper.cpp's legacy ggml layout (header, mel filters, vocabulary, tensors),
 and :func:`read_ggml` to read a file back."""
 import logging
-import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 import numpy as np
 
 from ..errors import UserError
+from ..files import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +177,7 @@ def _vocabulary(processor):
 
 
 def write_ggml(model, processor, path, quantization):
-    """Write ``model`` as a whisper.cpp ggml file at ``path`` (through a temporary file beside it)."""
+    """Write ``model`` as a whisper.cpp ggml file at ``path`` (it appears complete or not at all)."""
     config = model.config
     if config.encoder_ffn_dim != 4 * config.d_model or config.decoder_ffn_dim != 4 * config.d_model:
         logger.warning("ffn width %d is not 4 x d_model %d: whisper.cpp will not load this file",
@@ -193,41 +192,31 @@ def write_ggml(model, processor, path, quantization):
         raise UserError(f"mel filters of shape {filters.shape}: expected ({config.num_mel_bins}, {N_FFT_BINS})")
     tokens = _vocabulary(processor)
     state = model.state_dict()
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".bin")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<I", GGML_MAGIC))
-            f.write(struct.pack(f"<{len(hparams)}i", *hparams))
-            f.write(struct.pack("<ii", *filters.shape))
-            f.write(filters.astype("<f4").tobytes())
-            f.write(struct.pack("<i", len(tokens)))
-            for token in tokens:
-                f.write(struct.pack("<I", len(token)))
-                f.write(token)
-            for hf_name, tensor in state.items():
-                if hf_name == "proj_out.weight":  # tied to the token embedding; whisper.cpp has no such tensor
-                    continue
-                name = ggml_name(hf_name)
-                values = tensor.detach().to("cpu").float().numpy()
-                if name in ("encoder.conv1.bias", "encoder.conv2.bias"):
-                    values = values.reshape(-1, 1)  # whisper.cpp shapes conv biases as (1, n_state)
-                kind = ggml_tensor_type(name, values.ndim, quantization)
-                if kind in ("q8_0", "q5_0") and values.shape[-1] % GGML_BLOCK:
-                    raise UserError(f"--quantization {quantization}: tensor {name} has rows of {values.shape[-1]} "
-                                    f"values, not a multiple of {GGML_BLOCK}; use f16 or f32")
-                encoded = name.encode()
-                f.write(struct.pack("<iii", values.ndim, len(encoded), GGML_TYPE[kind]))
-                f.write(struct.pack(f"<{values.ndim}i", *reversed(values.shape)))  # ggml: fastest dim first
-                f.write(encoded)
-                f.write(_encode(kind, values))
-        from ..files import publish
-
-        publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(path) as f:
+        f.write(struct.pack("<I", GGML_MAGIC))
+        f.write(struct.pack(f"<{len(hparams)}i", *hparams))
+        f.write(struct.pack("<ii", *filters.shape))
+        f.write(filters.astype("<f4").tobytes())
+        f.write(struct.pack("<i", len(tokens)))
+        for token in tokens:
+            f.write(struct.pack("<I", len(token)))
+            f.write(token)
+        for hf_name, tensor in state.items():
+            if hf_name == "proj_out.weight":  # tied to the token embedding; whisper.cpp has no such tensor
+                continue
+            name = ggml_name(hf_name)
+            values = tensor.detach().to("cpu").float().numpy()
+            if name in ("encoder.conv1.bias", "encoder.conv2.bias"):
+                values = values.reshape(-1, 1)  # whisper.cpp shapes conv biases as (1, n_state)
+            kind = ggml_tensor_type(name, values.ndim, quantization)
+            if kind in ("q8_0", "q5_0") and values.shape[-1] % GGML_BLOCK:
+                raise UserError(f"--quantization {quantization}: tensor {name} has rows of {values.shape[-1]} "
+                                f"values, not a multiple of {GGML_BLOCK}; use f16 or f32")
+            encoded = name.encode()
+            f.write(struct.pack("<iii", values.ndim, len(encoded), GGML_TYPE[kind]))
+            f.write(struct.pack(f"<{values.ndim}i", *reversed(values.shape)))  # ggml: fastest dim first
+            f.write(encoded)
+            f.write(_encode(kind, values))
     return path
 
 

@@ -21,14 +21,13 @@ the end. This module checks the request and runs the steps; :mod:`.targets` says
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, Optional, Tuple
 
 from ..errors import OptionError, UserError
-from ..files import atomic_write_text
+from ..files import atomic_dir, atomic_write_text
 from ..model import loading
 from ..options import option
 from ..text import NORMALIZERS
@@ -170,10 +169,8 @@ def export(options: ExportOptions) -> ExportResult:
     out = os.path.abspath(options.output_dir)
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=".export-tmp-", dir=parent)
-    try:
-        build = os.path.join(work, "export")
-        os.makedirs(build)
+    # the source weights in a scratch folder beside it; the output folder built in place of a .partial one
+    with tempfile.TemporaryDirectory(prefix=".export-tmp-", dir=parent) as work, atomic_dir(out) as build:
         source_dir = os.path.join(work, "source")
         start = time.perf_counter()
         model, processor = materialize(source, source_dir)
@@ -217,9 +214,6 @@ def export(options: ExportOptions) -> ExportResult:
             if os.path.isdir(paths[target.name]):
                 atomic_write_text(os.path.join(paths[target.name], CARD_FILE),
                                   render_card(source, targets, final_rows, only=target.name))
-        _publish_folder(build, out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return ExportResult(output_dir=out, exports={t.name: os.path.join(out, t.name) for t in targets}, sizes=sizes,
                         rows=final_rows, report_path=os.path.join(out, REPORT_FILE), parity_ok=not failures,
                         failures=tuple(failures))
@@ -230,14 +224,3 @@ def _relocate(row, build, out):
     if row.results_path and row.results_path.startswith(build):
         return replace(row, results_path=out + row.results_path[len(build):])
     return row
-
-
-def _publish_folder(build, out):
-    """Move the finished folder into place; an existing one (``--overwrite``) is removed only afterwards."""
-    old = None
-    if os.path.exists(out):
-        old = tempfile.mkdtemp(prefix=".export-old-", dir=os.path.dirname(out))
-        os.replace(out, os.path.join(old, "previous"))
-    os.replace(build, out)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
