@@ -174,15 +174,32 @@ def test_lora_adapter_folder_is_merged_before_export(tiny_model_dir, tmp_path):
         assert f"a LoRA adapter merged into `{tiny_model_dir}` first" in f.read()
 
 
+# ggml's block structs (ggml-common.h), spelled out here to read the quantiser's output independently of it:
+# block_q8_0 {ggml_half d; int8_t qs[32]}; block_q5_0 {ggml_half d; uint8_t qh[4]; uint8_t qs[16]}
+Q8_0_BLOCK = np.dtype([("d", "<f2"), ("qs", "i1", (32,))])
+Q5_0_BLOCK = np.dtype([("d", "<f2"), ("qh", "<u4"), ("qs", "u1", (16,))])
+
+
 def test_quantizers_match_ggml_reference_on_known_blocks():
-    block = np.linspace(-1.0, 0.5, ggml.GGML_BLOCK, dtype=np.float32)
-    q8 = np.frombuffer(ggml.quantize_q8_0(block), dtype=ggml.Q8_0_DTYPE)
-    assert q8["d"][0] == np.float16(1.0 / 127)
+    assert ggml.GGML_BLOCK == 32 and Q8_0_BLOCK.itemsize == 34 and Q5_0_BLOCK.itemsize == 22
+    block = np.linspace(-1.0, 0.5, 32, dtype=np.float32)
+    q8 = np.frombuffer(ggml.encode("q8_0", block), dtype=Q8_0_BLOCK)
+    assert len(q8) == 1 and q8["d"][0] == np.float16(1.0 / 127)
     assert q8["qs"][0][0] == -127 and q8["qs"][0][-1] == round(0.5 * 127)
-    q5 = np.frombuffer(ggml.quantize_q5_0(block), dtype=ggml.Q5_0_DTYPE)
-    assert q5["d"][0] == np.float16(1.0 / 16)  # the largest magnitude is -1.0: scale = -1.0 / -16
-    decoded = ggml.dequantize("q5_0", q5.tobytes(), ggml.GGML_BLOCK)
+    q5 = np.frombuffer(ggml.encode("q5_0", block), dtype=Q5_0_BLOCK)
+    assert len(q5) == 1 and q5["d"][0] == np.float16(1.0 / 16)  # the largest magnitude is -1.0: d = -1.0 / -16
+    # codes are trunc(x / d + 16.5): -1.0 -> 0 (first low nibble), 0.5 -> 24 = 0b11000 (low nibble 8 in the high
+    # half of the last byte, fifth bit as bit 31 of qh)
+    assert q5["qs"][0][0] & 0xF == 0 and q5["qs"][0][15] >> 4 == 8 and q5["qh"][0] >> 31 == 1
+    decoded = ggml.decode("q5_0", q5.tobytes(), 32)
     assert decoded[0] == -1.0 and decoded[-1] == 0.5  # -1 and 0.5 are exact multiples of 1/16
+    np.testing.assert_array_equal(ggml.decode("q8_0", q8.tobytes(), 32), q8["qs"][0] * np.float32(q8["d"][0]))
+    # ggml rounds with C's roundf: x / d = 0.49999997 gives 0; floor(x / d + 0.5), which the hand-written
+    # quantiser this project had used, gives 1 (the float32 sum rounds up to 1.0)
+    edge = np.zeros(32, np.float32)
+    edge[0], edge[1], edge[2] = 127.0, np.nextafter(np.float32(0.5), np.float32(0)), -np.nextafter(np.float32(0.5),
+                                                                                                   np.float32(0))
+    assert list(np.frombuffer(ggml.encode("q8_0", edge), dtype=Q8_0_BLOCK)["qs"][0][:3]) == [127, 0, 0]
 
 
 # --- CTranslate2 and ONNX on the tiny model ---------------------------------------------------------------

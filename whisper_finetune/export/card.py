@@ -13,7 +13,7 @@ def tool_versions():
 
     found = {}
     for package in ("transformers", "ctranslate2", "optimum", "optimum-onnx", "onnxruntime", "faster-whisper",
-                    "pywhispercpp"):
+                    "pywhispercpp", "gguf"):
         try:
             found[package] = version(package)
         except PackageNotFoundError:
@@ -39,7 +39,8 @@ def render_card(source: loading.ModelSource, targets, rows, only=None):
     lines += ["", "How each was made: CTranslate2 with its own `TransformersConverter` (weights stored as the "
               "quantisation says; tokenizer.json, preprocessor_config.json and generation_config.json copied); "
               "ggml with whisper_finetune's writer (1-D tensors, positional embeddings and conv biases float32, "
-              "conv weights float16, every other matrix in the quantisation); ONNX with Optimum's exporter "
+              "conv weights float16, every other matrix in the quantisation, q8_0/q5_0 blocks by gguf's "
+              "quantisers); ONNX with Optimum's exporter "
               "(fp32: encoder and the merged decoder with past key values; int8: encoder, decoder and decoder "
               "with past, weights quantised by onnxruntime's dynamic quantiser).", "",
               "Tool versions: " + ", ".join(f"{k} {v}" for k, v in tool_versions().items()), ""]

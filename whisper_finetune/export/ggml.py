@@ -1,11 +1,13 @@
 """ggml export: our writer of whisper.cpp's legacy ggml layout (header, mel filters, vocabulary, tensors),
-and :func:`read_ggml` to read a file back."""
+and :func:`read_ggml` to read a file back. The q8_0 / q5_0 blocks are quantised (and read back) by the gguf
+package, llama.cpp's own Python port of ggml's reference quantisers."""
 import logging
 import struct
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 
 from ..errors import UserError
 from ..files import atomic_file
@@ -18,12 +20,13 @@ GGML_QNT_VERSION = 2  # quantisation format version; whisper.cpp reads ftype // 
 GGML_QNT_VERSION_FACTOR = 1000
 # File-level ftype (enum ggml_ftype) and per-tensor type (enum ggml_type) for each quantisation.
 GGML_FTYPE = {"f16": 1, "q8_0": 7, "q5_0": 8}
-GGML_TYPE = {"f32": 0, "f16": 1, "q5_0": 6, "q8_0": 8}
+# The tensor types, as the gguf package (llama.cpp's, the same ggml block layouts) names them; their values
+# are enum ggml_type's (f32 0, f16 1, q5_0 6, q8_0 8).
+GGML_QUANT_TYPES = {"f32": GGMLQuantizationType.F32, "f16": GGMLQuantizationType.F16,
+                    "q5_0": GGMLQuantizationType.Q5_0, "q8_0": GGMLQuantizationType.Q8_0}
+GGML_TYPE = {name: int(qtype) for name, qtype in GGML_QUANT_TYPES.items()}
 GGML_TYPE_NAMES = {v: k for k, v in GGML_TYPE.items()}
-GGML_BLOCK = 32  # values per q8_0 / q5_0 block (QK8_0 = QK5_0 = 32 in ggml)
-# Byte layouts of one block: fp16 scale + 32 int8; fp16 scale + 32 high bits + 16 bytes of low nibbles.
-Q8_0_DTYPE = np.dtype([("d", "<f2"), ("qs", "i1", (GGML_BLOCK,))])
-Q5_0_DTYPE = np.dtype([("d", "<f2"), ("qh", "<u4"), ("qs", "u1", (GGML_BLOCK // 2,))])
+GGML_BLOCK = GGML_QUANT_SIZES[GGMLQuantizationType.Q8_0][0]  # values per q8_0 / q5_0 block (QK8_0 = QK5_0 = 32)
 # whisper.cpp allocates these as F32 whatever the file type (besides every 1-D tensor).
 GGML_F32_TENSORS = ("encoder.positional_embedding", "decoder.positional_embedding", "encoder.conv1.bias",
                     "encoder.conv2.bias")
@@ -83,71 +86,31 @@ def ggml_name(hf_name):
     return name
 
 
-def _round_half_away(values):
-    """C's roundf (halves away from zero); numpy's round goes to even."""
-    return np.sign(values) * np.floor(np.abs(values) + 0.5)
+def encode(kind, values):
+    """``values`` stored as ggml type ``kind``, as bytes (little-endian). q8_0 and q5_0 are the gguf package's
+    quantisers, byte for byte ggml's reference ones (``quantize_row_q8_0_ref``, ``quantize_row_q5_0_ref``);
+    their rows must be a multiple of :data:`GGML_BLOCK` values."""
+    if kind == "f32":
+        return values.astype("<f4").tobytes()
+    if kind == "f16":
+        return values.astype("<f2").tobytes()
+    return quants.quantize(np.asarray(values, dtype=np.float32), GGML_QUANT_TYPES[kind]).tobytes()
 
 
-def quantize_q8_0(values):
-    """ggml's reference q8_0: per block of 32, scale = max|x| / 127, values rounded to int8."""
-    blocks = values.astype(np.float32).reshape(-1, GGML_BLOCK)
-    scale = np.abs(blocks).max(axis=1) / 127.0
-    inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
-    out = np.empty(len(blocks), dtype=Q8_0_DTYPE)
-    out["d"] = scale.astype(np.float16)
-    out["qs"] = _round_half_away(blocks * inverse[:, None]).astype(np.int8)
-    return out.tobytes()
-
-
-def quantize_q5_0(values):
-    """ggml's reference q5_0: per block of 32, scale = (value of largest magnitude) / -16, 5-bit codes
-    0..31 stored as 16 bytes of low nibbles (x[j] | x[j+16] << 4) and one uint32 of fifth bits."""
-    blocks = values.astype(np.float32).reshape(-1, GGML_BLOCK)
-    extreme = blocks[np.arange(len(blocks)), np.abs(blocks).argmax(axis=1)]
-    scale = extreme / -16.0
-    inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
-    codes = np.minimum(31, np.trunc(blocks * inverse[:, None] + 16.5)).astype(np.uint32)  # (n, 32), 0..31
-    half = GGML_BLOCK // 2
-    out = np.empty(len(blocks), dtype=Q5_0_DTYPE)
-    out["d"] = scale.astype(np.float16)
-    out["qs"] = ((codes[:, :half] & 0xF) | ((codes[:, half:] & 0xF) << 4)).astype(np.uint8)
-    high = (codes >> 4) & 1
-    out["qh"] = (high << np.arange(GGML_BLOCK, dtype=np.uint32)).sum(axis=1, dtype=np.uint64).astype(np.uint32)
-    return out.tobytes()
-
-
-def dequantize(kind, data, count):
+def decode(kind, data, count):
     """float32 values of ``count`` elements stored as ggml type ``kind`` in ``data`` (bytes)."""
     if kind == "f32":
         return np.frombuffer(data, dtype="<f4", count=count).copy()
     if kind == "f16":
         return np.frombuffer(data, dtype="<f2", count=count).astype(np.float32)
-    if kind == "q8_0":
-        blocks = np.frombuffer(data, dtype=Q8_0_DTYPE)
-        return (blocks["qs"].astype(np.float32) * blocks["d"].astype(np.float32)[:, None]).reshape(-1)
-    if kind == "q5_0":
-        blocks = np.frombuffer(data, dtype=Q5_0_DTYPE)
-        half = GGML_BLOCK // 2
-        low = np.concatenate([blocks["qs"] & 0xF, blocks["qs"] >> 4], axis=1).astype(np.int32)
-        high = ((blocks["qh"][:, None] >> np.arange(GGML_BLOCK, dtype=np.uint32)) & 1).astype(np.int32)
-        codes = low | (high << 4)
-        assert codes.shape[1] == 2 * half
-        return ((codes - 16).astype(np.float32) * blocks["d"].astype(np.float32)[:, None]).reshape(-1)
-    raise ValueError(f"unknown ggml type {kind!r}")
+    raw = np.frombuffer(data, dtype=np.uint8, count=nbytes(kind, count))
+    return quants.dequantize(raw, GGML_QUANT_TYPES[kind])
 
 
-def _encode(kind, values):
-    if kind == "f32":
-        return values.astype("<f4").tobytes()
-    if kind == "f16":
-        return values.astype("<f2").tobytes()
-    return (quantize_q8_0 if kind == "q8_0" else quantize_q5_0)(values.reshape(-1))
-
-
-def _nbytes(kind, count):
-    if kind in ("f32", "f16"):
-        return count * (4 if kind == "f32" else 2)
-    return count // GGML_BLOCK * (Q8_0_DTYPE if kind == "q8_0" else Q5_0_DTYPE).itemsize
+def nbytes(kind, count):
+    """Bytes that ``count`` values take as ggml type ``kind``."""
+    block, size = GGML_QUANT_SIZES[GGML_QUANT_TYPES[kind]]
+    return count // block * size
 
 
 def ggml_tensor_type(name, n_dims, quantization):
@@ -216,7 +179,7 @@ def write_ggml(model, processor, path, quantization):
             f.write(struct.pack("<iii", values.ndim, len(encoded), GGML_TYPE[kind]))
             f.write(struct.pack(f"<{values.ndim}i", *reversed(values.shape)))  # ggml: fastest dim first
             f.write(encoded)
-            f.write(_encode(kind, values))
+            f.write(encode(kind, values))
     return path
 
 
@@ -253,8 +216,8 @@ def read_ggml(path):
         offset += name_length
         kind = GGML_TYPE_NAMES[type_id]
         count = int(np.prod(dims))
-        size = _nbytes(kind, count)
-        values = dequantize(kind, data[offset:offset + size], count)
+        size = nbytes(kind, count)
+        values = decode(kind, data[offset:offset + size], count)
         offset += size
         shape = tuple(reversed(dims))
         tensors[name] = GgmlTensor(name, kind, shape, values.reshape(shape))
