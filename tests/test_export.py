@@ -104,16 +104,25 @@ def _check_ggml_round_trip(model_dir, path, quantization):
     read_back = ggml.read_ggml(path)
     config = model.config
     assert read_back.hparams == {"n_vocab": config.vocab_size, "n_audio_ctx": config.max_source_positions,
-                            "n_audio_state": config.d_model, "n_audio_head": config.encoder_attention_heads,
-                            "n_audio_layer": config.encoder_layers, "n_text_ctx": config.max_target_positions,
-                            "n_text_state": config.d_model, "n_text_head": config.decoder_attention_heads,
-                            "n_text_layer": config.decoder_layers, "n_mels": config.num_mel_bins,
-                            "ftype": ggml.GGML_FTYPE[quantization] + (0 if quantization == "f16" else 2000)}
+                                 "n_audio_state": config.d_model, "n_audio_head": config.encoder_attention_heads,
+                                 "n_audio_layer": config.encoder_layers, "n_text_ctx": config.max_target_positions,
+                                 "n_text_state": config.d_model, "n_text_head": config.decoder_attention_heads,
+                                 "n_text_layer": config.decoder_layers, "n_mels": config.num_mel_bins,
+                                 "ftype": ggml.GGML_FTYPE[quantization] + (0 if quantization == "f16" else 2000)}
     np.testing.assert_array_equal(read_back.mel_filters,
                                   np.asarray(processor.feature_extractor.mel_filters, np.float32).T)
     vocab = processor.tokenizer.get_vocab()
-    assert read_back.tokens[vocab["<|endoftext|>"]] == b"<|endoftext|>"
-    assert read_back.tokens[vocab["\u0120the"]] == b" the" if "\u0120the" in vocab else True
+    eot = vocab["<|endoftext|>"]
+    # the byte-level vocabulary up to <|endoftext|> as raw bytes ("\u0120" is the space byte, "\u010a" newline;
+    # whisper.cpp names the special tokens past it itself)
+    assert len(read_back.tokens) == eot + 1 and read_back.tokens[eot] == b"<|endoftext|>"
+    assert read_back.tokens[vocab["\u0120"]] == b" " and read_back.tokens[vocab["\u010a"]] == b"\n"
+    # any text, encoded by the tokenizer, is its UTF-8 bytes again when its tokens' bytes are joined (the tiny
+    # tokenizer has one token per byte, so this checks the non-ASCII bytes one by one; tiny.en merges many)
+    text = " the quick brown fox, naïve café — 東京 ☃\n"
+    ids = processor.tokenizer.encode(text, add_special_tokens=False)
+    assert len(ids) > 1 and max(ids) < eot
+    assert b"".join(read_back.tokens[i] for i in ids) == text.encode("utf-8")
     state = {k: v for k, v in model.state_dict().items() if k != "proj_out.weight"}
     assert len(read_back.tensors) == len(state) == _expected_ggml_tensor_count(config)
     for hf_name, tensor in state.items():
@@ -147,6 +156,94 @@ def _check_ggml_round_trip(model_dir, path, quantization):
 @pytest.mark.parametrize("quantization", ["f16", "q8_0", "q5_0"])
 def test_ggml_file_reads_back_every_tensor_of_the_tiny_model(tiny_model_dir, tmp_path, quantization):
     _check_ggml_round_trip(tiny_model_dir, str(tmp_path / f"ggml-{quantization}.bin"), quantization)
+
+
+def test_failed_ggml_write_leaves_no_file(tmp_path):
+    from whisper_finetune.model import loading
+    from whisper_finetune.testing import build_tiny_whisper
+
+    folder = build_tiny_whisper(str(tmp_path / "d48"), d_model=48)  # rows of 48 values: no whole q8_0 blocks
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(UserError, match="has rows of 48 values, not a multiple of 32"):
+        ggml.write_ggml(loading.load_model(folder), loading.load_processor(folder), str(out / "m.bin"), "q8_0")
+    assert os.listdir(out) == []  # the header was written already: the partial file is removed
+
+
+# whisper.cpp derives its special-token ids from n_vocab (<|startoftranscript|> 50258, <|en|> 50259, ...: a
+# multilingual vocabulary is 51865 tokens), and sizes its MLP as 4 x d_model.
+WHISPER_CPP_VOCAB = 51865
+
+
+@pytest.fixture(scope="module")
+def whisper_cpp_tiny_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny random model in the shape whisper.cpp assumes of every Whisper: MLP width 4 x d_model and the
+    multilingual vocabulary size (the tokenizer keeps its 1865 tokens; whisper.cpp names the rest itself)."""
+    import shutil
+
+    from transformers import WhisperForConditionalGeneration
+
+    from whisper_finetune.model import loading
+
+    folder = str(tmp_path_factory.mktemp("tiny-whisper-cpp"))
+    shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
+    tiny = loading.load_model(folder)
+    config = tiny.config
+    config.encoder_ffn_dim = config.decoder_ffn_dim = 4 * config.d_model
+    config.vocab_size = WHISPER_CPP_VOCAB
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = tiny.generation_config
+    model.save_pretrained(folder)
+    return folder
+
+
+def _load_in_whisper_cpp(path, read_back, capfd, **params):
+    """whisper.cpp's own loader (pywhispercpp) on a written file, greedy, no timestamps. It must accept every
+    tensor and report the file's hyperparameters and tensor bytes. pywhispercpp raises nothing when whisper.cpp
+    refuses a file (and transcribing with it would crash), so whisper.cpp's log (its stderr, read through
+    ``capfd``) is read: a missing tensor ("not all tensors loaded from model file - expected 89, got 88"), an
+    unknown one or one of the wrong size is an ERROR line there."""
+    from pywhispercpp.model import Model
+
+    capfd.readouterr()
+    model = Model(path, redirect_whispercpp_logs_to=False, language="en", no_timestamps=True, single_segment=True,
+                  print_progress=False, no_context=True, temperature=0.0, temperature_inc=0.0,
+                  greedy={"best_of": 1}, **params)
+    log = capfd.readouterr().err
+    assert "ERROR" not in log and "failed to load" not in log, log[-2000:]
+    reported = {key: int(value) for key, value in re.findall(r"whisper_model_load: (\w+)\s*= (-?\d+)", log)}
+    ftype = read_back.hparams["ftype"]
+    expected = {**read_back.hparams, "ftype": ftype % 1000, "qntvr": ftype // 1000}
+    assert {key: reported.get(key) for key in expected} == expected
+    tensor_bytes = sum(ggml.nbytes(t.type, t.values.size) for t in read_back.tensors.values())
+    reported_mb = float(re.search(r"model size\s*=\s*([\d.]+) MB", log).group(1))  # printed to 0.01 MB
+    assert abs(reported_mb - tensor_bytes / 1e6) <= 0.006
+    return model
+
+
+def test_ggml_exports_load_and_run_in_whisper_cpp(whisper_cpp_tiny_dir, tmp_path, capfd):
+    from whisper_finetune.export import runtimes
+    from whisper_finetune.testing import synthetic_speech
+
+    result = run.export(_options(whisper_cpp_tiny_dir, tmp_path / "out", formats=("ggml",),
+                                 quantizations=("f16", "q8_0", "q5_0")))
+    clip = synthetic_speech(1.0)
+    for name, path in result.exports.items():
+        read_back = ggml.read_ggml(path)
+        assert read_back.hparams["n_vocab"] == WHISPER_CPP_VOCAB
+        cpp = _load_in_whisper_cpp(path, read_back, capfd, max_tokens=8)
+        segments = cpp.transcribe(clip)
+        del cpp
+        # random weights: text made of tokens past the tiny vocabulary, "[_extra_token_N]" in whisper.cpp
+        assert len(segments) == 1 and segments[0].text.strip(), name
+    # the parity check's own runtime, on the q8_0 file: one text per clip, the same for the same clip
+    runtime = runtimes.open_runtime(targets.ExportTarget("ggml", "q8_0"), result.exports["ggml-model-q8_0.bin"],
+                                    "en", False, 1, 8)
+    assert runtime.name == "whisper.cpp"
+    texts = runtime.transcribe([clip, clip])
+    del runtime
+    assert len(texts) == 2 and texts[0] and texts[0] == texts[1]
 
 
 def test_lora_adapter_folder_is_merged_before_export(tiny_model_dir, tmp_path):
@@ -254,9 +351,25 @@ def test_overwrite_replaces_only_when_the_new_export_is_complete(tiny_model_dir,
 
 @pytest.mark.slow
 @pytest.mark.real_model
-def test_ggml_round_trip_on_real_tiny_en(real_model_dir, tmp_path):
-    read_back = _check_ggml_round_trip(real_model_dir, str(tmp_path / "ggml-model-f16.bin"), "f16")
+def test_ggml_round_trip_on_real_tiny_en(real_model_dir, tmp_path, capfd):
+    from whisper_finetune.audio import load_audio
+    from whisper_finetune.model import loading
+
+    path = str(tmp_path / "ggml-model-f16.bin")
+    read_back = _check_ggml_round_trip(real_model_dir, path, "f16")
     assert len(read_back.tokens) == 50257 and read_back.tokens[50256] == b"<|endoftext|>"  # gpt2 vocabulary + eot
+    # whisper.cpp itself: it loads the file, and its transcripts of the sample clips are PyTorch's greedy ones
+    # (measured: all 8 identical with f16; 7 with q8_0, 5 with q5_0)
+    clips = [load_audio(os.path.join(REPO_ROOT, "sample_data", "audio", f"sample_000{i}.flac")) for i in range(8)]
+    processor = loading.load_processor(real_model_dir)
+    features = processor.feature_extractor(clips, sampling_rate=16000, return_tensors="pt").input_features
+    with torch.inference_mode():
+        tokens = loading.load_model(real_model_dir).generate(features, max_new_tokens=128)
+    expected = [t.strip() for t in processor.batch_decode(tokens, skip_special_tokens=True)]
+    cpp = _load_in_whisper_cpp(path, read_back, capfd, n_threads=torch.get_num_threads())
+    texts = ["".join(s.text for s in cpp.transcribe(clip)).strip() for clip in clips]
+    del cpp
+    assert texts == expected
 
 
 # Four AdamW steps at 1e-4 on the 8 sample clips (one batch) make tiny.en write them word for word (measured:
