@@ -31,7 +31,8 @@ from whisper_finetune import cli, options  # noqa: E402
 
 
 def main(argv=None):
-    from whisper_finetune.export.export import ExportOptions, export, format_table
+    from whisper_finetune.export.parity import format_table
+    from whisper_finetune.export.run import ExportOptions, export
 
     config, script = options.parse(ExportOptions, __doc__, argv)
     cli.setup_logging(script.verbose)

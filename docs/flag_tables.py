@@ -12,7 +12,7 @@ from whisper_finetune.data.corpus import DataPrepConfig  # noqa: E402
 from whisper_finetune.demo import DemoConfig  # noqa: E402
 from whisper_finetune.embeddings import EmbeddingConfig  # noqa: E402
 from whisper_finetune.evaluate.evaluation import EvalConfig  # noqa: E402
-from whisper_finetune.export.export import ExportOptions  # noqa: E402
+from whisper_finetune.export.run import ExportOptions  # noqa: E402
 from whisper_finetune.options import markdown_table  # noqa: E402
 from whisper_finetune.evaluate.report import ReportConfig  # noqa: E402
 from whisper_finetune.train.config import HF_ONLY, TrainConfig  # noqa: E402

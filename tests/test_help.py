@@ -12,7 +12,7 @@ from whisper_finetune.data.corpus import DataPrepConfig
 from whisper_finetune.demo import DemoConfig
 from whisper_finetune.embeddings import EmbeddingConfig
 from whisper_finetune.evaluate.evaluation import EvalConfig
-from whisper_finetune.export.export import ExportOptions
+from whisper_finetune.export.run import ExportOptions
 from whisper_finetune.options import flags_of
 from whisper_finetune.evaluate.report import ReportConfig
 from whisper_finetune.train.config import HF_ONLY, TrainConfig

@@ -30,11 +30,19 @@ def atomic_write_text(path, text):
 
 def atomic_write_bytes(path, data):
     """Write ``data`` to ``path`` through a temporary file in the same folder (never half-written)."""
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_file(path):
+    """``with atomic_file(path) as f:`` write bytes to ``f`` piece by piece (a file too large to build in
+    memory first); ``path`` appears, complete, only if the block completes, else the partial file is removed."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
         publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,226 @@
+"""Export a Whisper model to CTranslate2 (faster-whisper), ggml (whisper.cpp) and ONNX, and check parity.
+
+One call of :func:`export` turns a model (our output folder, a ``checkpoint-N``, a LoRA adapter folder
+or a Hub id) into one or more runtime formats inside ``output_dir``:
+
+* ``ctranslate2-<quantization>/`` (:mod:`.ctranslate2`): CTranslate2's own converter (shared with
+  ``--backend ctranslate2`` through :func:`whisper_finetune.decode.ctranslate2_backend.convert_to_ct2`)
+  plus ``tokenizer.json`` and ``preprocessor_config.json``, so ``faster_whisper.WhisperModel(folder)``
+  loads it offline as is;
+* ``ggml-model-<quantization>.bin`` (:mod:`.ggml`): our own writer of whisper.cpp's legacy ggml layout
+  (header, mel filters, vocabulary, tensors), with :func:`.ggml.read_ggml` to read it back;
+* ``onnx-<quantization>/`` (:mod:`.onnx`): encoder and decoder (with past key values) through Optimum's
+  exporter, plus the processor files, loadable with ``optimum.onnxruntime.ORTModelForSpeechSeq2Seq``.
+
+With verification datasets (:mod:`.parity`), every export is decoded by its own runtime (:mod:`.runtimes`:
+faster-whisper, pywhispercpp, onnxruntime) beside our PyTorch evaluator, scored with the project's
+scoring, and the table is written to ``export_report.json`` and the model cards (:mod:`.card`). The
+whole output folder is built in a temporary folder beside the destination and renamed into place at
+the end. This module checks the request and runs the steps; :mod:`.targets` says what each export is.
+"""
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Dict, Optional, Tuple
+
+from ..errors import OptionError, UserError
+from ..files import atomic_dir, atomic_write_text
+from ..model import loading
+from ..options import option
+from ..text import NORMALIZERS
+from . import ctranslate2, ggml, onnx, parity
+from .card import CARD_FILE, render_card, tool_versions
+from .parity import PARITY_MAX_WER_DELTA, PARITY_MIN_UTTERANCES, VerifyRow
+from .runtimes import RUNTIMES
+from .targets import FORMATS, plan_targets, size_of
+
+logger = logging.getLogger(__name__)
+
+EXPORT_PACKAGES = {"onnx": ("optimum.exporters.onnx", "optimum-onnx")}
+REPORT_FILE = "export_report.json"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What :func:`export` does (one field per ``export_model.py`` flag)."""
+
+    model: str = option(help="model to export: our output folder, a checkpoint-N, a LoRA adapter folder (merged into "
+                        "its base model first) or a Hub id")
+    output_dir: str = option(help="folder to create with the exports, the model card and export_report.json (built "
+                             "in a temporary folder beside it, renamed into place at the end)")
+    formats: Tuple[str, ...] = option(("ctranslate2",), f"one or more of {', '.join(FORMATS)}", flag="format",
+                                      metavar="FORMAT")
+    quantizations: Tuple[str, ...] = option(
+        (), "how weights are stored; each value applies to every chosen format that accepts it (accepted values "
+        "are listed below)",
+        flag="quantization", metavar="Q", default_text="each format's unquantised default")
+    overwrite: bool = option(False, "replace --output_dir when it exists (the old one is removed only once the new "
+                             "one is complete)")
+    verify_datasets: Tuple[str, ...] = option(
+        (), "data_prep folders (custom_data/data_prep.py) or Hub dataset ids, decoded by every export's runtime and "
+        "by PyTorch", metavar="DATASET", group="parity check", default_text="none: no check")
+    verify_split: str = option("test", "split of Hub datasets in --verify_datasets", group="parity check")
+    verify_config: Optional[str] = option(None, "configuration of Hub datasets in --verify_datasets",
+                                          group="parity check")
+    verify_language: Optional[str] = option(None, "language name or code to decode with", group="parity check",
+                                            default_text="the model's saved language; English for .en models")
+    verify_max_samples: Optional[int] = option(None, "check only the first N utterances of each dataset (quick "
+                                               f"runs; parity is enforced on sets of at least "
+                                               f"{PARITY_MIN_UTTERANCES})", group="parity check", default_text="all")
+    verify_batch_size: int = option(16, "utterances decoded together by PyTorch and onnxruntime (faster-whisper and "
+                                    "whisper.cpp take one clip at a time)", group="parity check")
+    normalizer: Optional[str] = option(None, "text normaliser for WER/CER (indic: the former name of unicode)",
+                                       choices=NORMALIZERS, group="parity check",
+                                       default_text="english for English and .en models, unicode otherwise")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export` wrote and measured."""
+
+    output_dir: str
+    exports: Dict[str, str]  # ExportTarget name -> final path
+    sizes: Dict[str, int]
+    rows: Tuple[VerifyRow, ...] = ()
+    report_path: Optional[str] = None
+    parity_ok: bool = True
+    failures: Tuple[str, ...] = field(default_factory=tuple)
+
+
+def require_package(module, package, purpose):
+    """Import ``module`` or raise a one-line error naming the package to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise UserError(f"{purpose} needs the optional package {package}: pip install {package} "
+                        f"({str(exc).splitlines()[0]})") from exc
+
+
+def resolve_source(model):
+    """Check ``--model`` before any long work: modeling's resolution, and a folder must hold a Whisper."""
+    if os.path.isdir(model):
+        base = loading.adapter_base(model)
+        config_path = os.path.join(base if base and os.path.isdir(base) else model, "config.json")
+        if os.path.exists(config_path):
+            with open(config_path, encoding="utf-8") as f:
+                model_type = json.load(f).get("model_type")
+            if model_type != "whisper":
+                raise OptionError("model", model, f"not a Whisper model: its config.json says model_type "
+                                  f"{model_type!r}, expected 'whisper'")
+    return loading.resolve_model(model, "model")
+
+
+def check_options(options: ExportOptions):
+    """Validate every option and the destination before anything is loaded or written."""
+    targets = plan_targets(options.formats, options.quantizations)
+    source = resolve_source(options.model)
+    out = os.path.abspath(options.output_dir)
+    if os.path.exists(out) and not options.overwrite:
+        raise OptionError("output_dir", options.output_dir, "already exists: pass --overwrite to replace it, or "
+                          "choose another folder")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise OptionError("output_dir", options.output_dir, "is a file, not a folder")
+    model = os.path.abspath(options.model)
+    if model == out or model.startswith(out + os.sep):
+        raise OptionError("output_dir", options.output_dir, "would replace the model being exported")
+    if options.verify_max_samples is not None and options.verify_max_samples < 1:
+        raise OptionError("verify_max_samples", options.verify_max_samples, "must be at least 1")
+    if options.verify_batch_size < 1:
+        raise OptionError("verify_batch_size", options.verify_batch_size, "must be at least 1")
+    for fmt, (module, package) in EXPORT_PACKAGES.items():
+        if fmt in options.formats:
+            require_package(module, package, f"--format {fmt}")
+    if options.verify_datasets:
+        for target in targets:
+            module, package = RUNTIMES[target.format].requires
+            require_package(module, package, f"--verify_datasets for --format {target.format}")
+        _verify_specs(options)  # a missing dataset folder fails here, before the export is built
+    return targets, source
+
+
+def _verify_specs(options: ExportOptions):
+    return parity.dataset_specs(options.verify_datasets, options.verify_split, options.verify_config)
+
+
+# --- the source weights in one plain folder -------------------------------------------------------------
+
+def materialize(source: loading.ModelSource, folder):
+    """Write the model (LoRA merged) and its processor as one plain transformers folder (float32)."""
+    model = loading.load_model(source.model_path)
+    processor = loading.load_processor(source.processor_path)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    if not os.path.exists(os.path.join(folder, "tokenizer.json")):
+        raise UserError(f"--model {source.model_path}: its tokenizer has no fast version (tokenizer.json), which "
+                        f"faster-whisper needs")
+    return model, processor
+
+
+# --- the whole export ------------------------------------------------------------------------------------
+
+def export(options: ExportOptions) -> ExportResult:
+    """Write every requested export into ``options.output_dir`` (atomically), verify them when asked."""
+    targets, source = check_options(options)
+    out = os.path.abspath(options.output_dir)
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    # the source weights in a scratch folder beside it; the output folder built in place of a .partial one
+    with tempfile.TemporaryDirectory(prefix=".export-tmp-", dir=parent) as work, atomic_dir(out) as build:
+        source_dir = os.path.join(work, "source")
+        start = time.perf_counter()
+        model, processor = materialize(source, source_dir)
+        logger.info("loaded %s in %.1f s", source.model_path, time.perf_counter() - start)
+        paths = {}
+        for target in targets:
+            start = time.perf_counter()
+            path = os.path.join(build, target.name)
+            try:
+                if target.format == "ctranslate2":
+                    ctranslate2.write_ctranslate2(source_dir, path, target.quantization)
+                elif target.format == "ggml":
+                    ggml.write_ggml(model, processor, path, target.quantization)
+                else:
+                    onnx.write_onnx(source_dir, path, target.quantization)
+            except (OSError, ValueError, RuntimeError) as exc:  # converters' own errors, as one line
+                raise UserError(f"cannot export {source.model_path} to {target.name}: "
+                                f"{str(exc).splitlines()[0]}") from exc
+            paths[target.name] = path
+            logger.info("wrote %s (%.1f MB) in %.1f s", target.name, size_of(path) / 1e6, time.perf_counter() - start)
+        del model
+        rows, failures = (), ()
+        if options.verify_datasets:
+            specs, custom = _verify_specs(options)
+            rows, failures = parity.verify(
+                source, targets, paths, os.path.join(build, "verify"), model=options.model, specs=specs,
+                custom=custom, language=options.verify_language, normalizer=options.normalizer,
+                batch_size=options.verify_batch_size, max_samples=options.verify_max_samples)
+        sizes = {t.name: size_of(paths[t.name]) for t in targets}
+        base = loading.adapter_base(source.model_path) if os.path.isdir(source.model_path) else None
+        report = {"model": source.model_path, "processor": source.processor_path, "adapter_base": base,
+                  "options": asdict(options), "exports": [{**asdict(t), "name": t.name, "enforced": t.enforced,
+                                                           "size_bytes": sizes[t.name]} for t in targets],
+                  "parity_rule": {"max_wer_delta": PARITY_MAX_WER_DELTA, "min_utterances": PARITY_MIN_UTTERANCES},
+                  "failures": list(failures), "versions": tool_versions()}
+        final_rows = tuple(_relocate(r, build, out) for r in rows)
+        report["rows"] = [asdict(r) for r in final_rows]
+        atomic_write_text(os.path.join(build, REPORT_FILE), json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(os.path.join(build, CARD_FILE), render_card(source, targets, final_rows))
+        for target in targets:
+            if os.path.isdir(paths[target.name]):
+                atomic_write_text(os.path.join(paths[target.name], CARD_FILE),
+                                  render_card(source, targets, final_rows, only=target.name))
+    return ExportResult(output_dir=out, exports={t.name: os.path.join(out, t.name) for t in targets}, sizes=sizes,
+                        rows=final_rows, report_path=os.path.join(out, REPORT_FILE), parity_ok=not failures,
+                        failures=tuple(failures))
+
+
+def _relocate(row, build, out):
+    """A row whose result path points into the final folder instead of the temporary one."""
+    if row.results_path and row.results_path.startswith(build):
+        return replace(row, results_path=out + row.results_path[len(build):])
+    return row

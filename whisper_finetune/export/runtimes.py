@@ -1,0 +1,143 @@
+"""The runtimes that decode each export in the parity check, behind one interface, :class:`Runtime`.
+
+A runtime takes whole clips (16 kHz mono float32 waveforms, at most 30 s) and gives one text per clip.
+It is not :class:`whisper_finetune.decode.options.Decoder`, which takes log-mel windows: faster-whisper
+and whisper.cpp take only waveforms and compute their own log-mels, and that feature code is part of
+what the parity check holds to PyTorch. :func:`open_runtime` picks the runtime of an export's format.
+"""
+import logging
+from typing import Dict, List, Protocol, Sequence, Tuple, Type
+
+import numpy as np
+
+from ..audio import SAMPLE_RATE
+
+logger = logging.getLogger(__name__)
+
+WINDOW_SECONDS = 30  # Whisper's input window
+
+
+class Runtime(Protocol):
+    """An export loaded in its own runtime: greedy decoding, no timestamps, no temperature fallback.
+
+    Each one is built as ``cls(path, language, english_only, batch_size, max_new_tokens)``: the export at
+    ``path``, decoded in ``language`` (English for English-only models), in batches of ``batch_size`` where
+    the runtime takes batches, at most ``max_new_tokens`` tokens per clip.
+    """
+
+    name: str  # how the parity table names it
+    requires: Tuple[str, str]  # (module to import, what to pip install)
+
+    def transcribe(self, audios: Sequence[np.ndarray]) -> List[str]:
+        """One plain text (stripped) per clip."""
+
+
+class FasterWhisperRuntime(Runtime):
+    """faster-whisper on the CTranslate2 export: greedy, no timestamps, no temperature fallback, no VAD.
+
+    Each clip is padded with silence to Whisper's 30 s window first, as transformers and openai-whisper
+    do before computing log-mels; faster-whisper on its own pads the log-mel frames with zeros instead,
+    a different input for the last frames that changes some transcripts of short clips.
+    """
+
+    name = "faster-whisper"
+    requires = ("faster_whisper", "faster-whisper")
+
+    def __init__(self, path, language, english_only, batch_size, max_new_tokens):
+        import torch
+        from faster_whisper import WhisperModel
+
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # it logs every clip's duration at INFO
+        # "default": the stored type where the CPU computes it (float32, int8), else the nearest it does
+        # (float16 -> float32, int8_float16 -> int8_float32), as CTranslate2 recommends
+        self.model = WhisperModel(path, device="cpu", compute_type="default", cpu_threads=torch.get_num_threads())
+        self.language = "en" if english_only else language
+        # CTranslate2's Whisper generates at most half of max_length (like openai-whisper's sample_len), and
+        # faster-whisper asks for max_length = prompt + max_new_tokens: so prompt + this = 2 x max_new_tokens,
+        # as ctranslate2_backend.CT2Decoder does, allows the evaluator's max_new_tokens
+        prompt = 2 if english_only else 4  # <|startoftranscript|>[<|lang|><|task|>]<|notimestamps|>
+        self.max_new_tokens = 2 * max_new_tokens - prompt
+
+    def transcribe(self, audios):
+        window = WINDOW_SECONDS * SAMPLE_RATE
+        texts = []
+        for audio in audios:
+            padded = np.pad(audio, (0, max(0, window - len(audio)))) if len(audio) < window else audio
+            segments, _ = self.model.transcribe(
+                padded, language=self.language, beam_size=1, best_of=1, temperature=0.0, without_timestamps=True,
+                condition_on_previous_text=False, vad_filter=False, max_new_tokens=self.max_new_tokens,
+                # no heuristics that drop or re-decode a window (the evaluator has none)
+                no_speech_threshold=None, log_prob_threshold=None, compression_ratio_threshold=None)
+            texts.append("".join(s.text for s in segments).strip())
+        return texts
+
+
+class WhisperCppRuntime(Runtime):
+    """whisper.cpp (pywhispercpp) on the ggml file: greedy (best_of 1), no timestamps, no temperature
+    fallback, no context carried between clips, the language given; one clip at a time."""
+
+    name = "whisper.cpp"
+    requires = ("pywhispercpp", "pywhispercpp")
+
+    def __init__(self, path, language, english_only, batch_size, max_new_tokens):
+        import torch
+        from pywhispercpp.model import Model
+
+        # pywhispercpp logs every clip ("Transcribing ...", "Inference time") at INFO
+        logging.getLogger("pywhispercpp").setLevel(logging.WARNING)
+        self.model = Model(path, redirect_whispercpp_logs_to=None, n_threads=torch.get_num_threads(),
+                           language="en" if english_only else language, no_timestamps=True, single_segment=True,
+                           print_progress=False, print_realtime=False, no_context=True, temperature=0.0,
+                           temperature_inc=0.0, greedy={"best_of": 1}, translate=False, max_tokens=max_new_tokens)
+
+    def transcribe(self, audios):
+        return ["".join(s.text for s in self.model.transcribe(audio)).strip() for audio in audios]
+
+
+class OnnxRuntime(Runtime):
+    """onnxruntime through Optimum's ``ORTModelForSpeechSeq2Seq.generate``, batched like the reference."""
+
+    name = "onnxruntime"
+    requires = ("optimum.onnxruntime", "optimum-onnx onnxruntime")
+
+    def __init__(self, path, language, english_only, batch_size, max_new_tokens):
+        from optimum.onnxruntime import ORTModelForSpeechSeq2Seq
+        from transformers import WhisperProcessor
+
+        self.processor = WhisperProcessor.from_pretrained(path)
+        optimum_logger = logging.getLogger("optimum")
+        level = optimum_logger.level
+        optimum_logger.setLevel(logging.ERROR)  # int8 exports have no merged decoder: optimum says so, then loads
+        try:                                     # the two plain decoders, which is what we want
+            self.model = ORTModelForSpeechSeq2Seq.from_pretrained(path)
+        finally:
+            optimum_logger.setLevel(level)
+        self.english_only = english_only
+        if english_only and hasattr(self.model.generation_config, "lang_to_id"):
+            # transformers runs language detection whenever this attribute exists (as TorchDecoder notes)
+            del self.model.generation_config.lang_to_id
+        self.language = language
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+
+    def transcribe(self, audios):
+        texts = []
+        kwargs = {"max_new_tokens": self.max_new_tokens, "num_beams": 1, "return_timestamps": False}
+        if not self.english_only:
+            kwargs.update(language=self.language, task="transcribe")
+        for start in range(0, len(audios), self.batch_size):
+            batch = audios[start:start + self.batch_size]
+            features = self.processor.feature_extractor(batch, sampling_rate=SAMPLE_RATE,
+                                                        return_tensors="pt").input_features
+            tokens = self.model.generate(input_features=features, **kwargs)
+            texts += [t.strip() for t in self.processor.batch_decode(tokens, skip_special_tokens=True)]
+        return texts
+
+
+RUNTIMES: Dict[str, Type[Runtime]] = {"ctranslate2": FasterWhisperRuntime, "ggml": WhisperCppRuntime,
+                                      "onnx": OnnxRuntime}
+
+
+def open_runtime(target, path, language, english_only, batch_size, max_new_tokens) -> Runtime:
+    """The runtime of ``target``'s format with the export at ``path`` loaded (arguments as :class:`Runtime`)."""
+    return RUNTIMES[target.format](path, language, english_only, batch_size, max_new_tokens)
