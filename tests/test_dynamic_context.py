@@ -32,7 +32,7 @@ def test_full_length_path_is_transformers_own_bit_for_bit(sharp_model_dir):
         loading.enable_dynamic_audio_context(model)
         ours = model.model.encoder(features).last_hidden_state
         short = model.model.encoder(features[:, :, :400]).last_hidden_state
-    assert type(model.model.encoder) is loading.DynamicContextEncoder
+    assert type(model.model.encoder).__name__ == "WhisperEncoder"  # hooks, not a class of our own
     assert torch.equal(ours, theirs)  # (2, 1500, d_model), same bits
     assert short.shape == (2, 200, theirs.shape[-1])
     # Attention sees the whole input, so a shorter context changes every frame: it is not a crop of the 30 s run.

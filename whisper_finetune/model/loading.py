@@ -14,7 +14,6 @@ from typing import Optional, Union
 import torch
 from torch import nn
 from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
-from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from ..errors import OptionError, UserError
 from ..options import option
@@ -232,31 +231,33 @@ def load_model(path, device="cpu", dtype=torch.float32, attn_implementation="sdp
     return model.to(device).eval()
 
 
-class DynamicContextEncoder(WhisperEncoder):
-    """transformers' ``WhisperEncoder`` that also runs on fewer than 3000 log-mel frames (a dynamic audio context).
+def narrow_positions_for_short_inputs(encoder):
+    """Let transformers' ``WhisperEncoder`` run on fewer than 3000 log-mel frames (a dynamic audio context).
 
     transformers refuses any other length and adds all 1500 positional embeddings. For a shorter input
-    the first ``frames / 2`` positions are used, as whisper.cpp's ``audio_ctx`` does; the 30 s path is
-    transformers' own, untouched. The class is swapped onto a loaded encoder (no new weights), so the
-    saved model stays a plain Whisper checkpoint.
+    the first ``frames / 2`` positions are used, as whisper.cpp's ``audio_ctx`` does: a forward pre-hook
+    narrows ``embed_positions`` (a view of the same frozen sinusoids) and ``config.max_source_positions``
+    for the call, and a forward hook restores both, also when the call fails. The 30 s path is
+    transformers' own, untouched, and the saved model stays a plain Whisper checkpoint.
     """
+    stride = encoder.conv1.stride[0] * encoder.conv2.stride[0]
+    full, full_positions = encoder.embed_positions, encoder.config.max_source_positions
 
-    def forward(self, input_features, *args, **kwargs):
-        stride = self.conv1.stride[0] * self.conv2.stride[0]
-        positions = input_features.shape[-1] // stride  # input: (batch, n_mels, frames)
-        if positions == self.embed_positions.num_embeddings or input_features.shape[-1] % stride:
-            return super().forward(input_features, *args, **kwargs)  # 30 s (or a length it reports as wrong)
-        # transformers' forward checks the length against config.max_source_positions and adds every row
-        # of embed_positions: both are narrowed for this call (the positions are frozen sinusoids, and
-        # the slice is a view of the same weights).
-        full, full_positions = self.embed_positions, self.config.max_source_positions
-        self.embed_positions = nn.Embedding(positions, full.embedding_dim, _weight=full.weight[:positions],
-                                            _freeze=True)
-        self.config.max_source_positions = positions
-        try:
-            return super().forward(input_features, *args, **kwargs)
-        finally:
-            self.embed_positions, self.config.max_source_positions = full, full_positions
+    def narrow(module, args, kwargs):
+        features = args[0] if args else kwargs["input_features"]  # (batch, n_mels, frames)
+        positions = features.shape[-1] // stride
+        if positions == full.num_embeddings or features.shape[-1] % stride:
+            return None  # 30 s (or a length transformers reports as wrong)
+        module.embed_positions = nn.Embedding.from_pretrained(full.weight[:positions], freeze=True)
+        module.config.max_source_positions = positions
+        return None
+
+    def restore(module, args, kwargs, output):
+        module.embed_positions, module.config.max_source_positions = full, full_positions
+        return None
+
+    encoder.register_forward_pre_hook(narrow, with_kwargs=True)
+    encoder.register_forward_hook(restore, with_kwargs=True, always_call=True)
 
 
 def enable_dynamic_audio_context(model):
@@ -266,7 +267,7 @@ def enable_dynamic_audio_context(model):
     silence), so on this model instance inputs shorter than that are encoded first and handed to
     ``generate`` as ``encoder_outputs``; the Trainer's evaluation and our decoders both go through it.
     """
-    model.model.encoder.__class__ = DynamicContextEncoder
+    narrow_positions_for_short_inputs(model.model.encoder)
     generate = model.generate
     full_frames = model.config.max_source_positions * model.model.encoder.conv1.stride[0] * \
         model.model.encoder.conv2.stride[0]
