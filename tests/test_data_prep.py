@@ -267,7 +267,7 @@ def test_kaldi_segments_are_cut_from_their_recordings(tmp_path, monkeypatch, cap
     opened = []
     real = data_mod.load_audio_spans
     monkeypatch.setattr(data_mod, "load_audio_spans", lambda path, *a: opened.append(path) or real(path, *a))
-    with caplog.at_level(logging.WARNING, logger="whisper_finetune.data.corpus"):
+    with caplog.at_level(logging.WARNING, logger="whisper_finetune.data"):
         summary = prep(source, tmp_path / "out", skip_invalid=True)
     ds = datasets.load_from_disk(str(tmp_path / "out"))
     assert ds.num_rows == summary.kept == 5

@@ -117,7 +117,7 @@ def test_ct2_cache_in_home_when_parent_not_writable(monkeypatch, tmp_path):
 @pytest.mark.real_model
 def test_whisper_base_decodes_hindi_with_hi_token(real_multilingual_model_dir, shared_data_dir):
     from whisper_finetune.audio import load_audio
-    from whisper_finetune.data.corpus import read_kaldi_file
+    from whisper_finetune.data.kaldi import read_kaldi_file
 
     processor = loading.load_processor(real_multilingual_model_dir)
     source = os.path.join(shared_data_dir, "espeak_hi", "eval")

@@ -172,7 +172,7 @@ def test_retain_sets_are_scored_at_step_0_and_every_evaluation(tiny_model_dir, t
     assert "### Keeping what the model knew" in card
     assert (f"| `{tiny_dataset_dir}`, `{second_dataset_dir}` (combined, 4 utterances) | 0.3000 | 0.3200 | +0.0200 | "
             f"0.2000 | 0.2500 | +0.0500 |") in card
-    assert f"| retain | `{second_dataset_dir}` | - | - |" in card
+    assert f"| retain | `{second_dataset_dir}` | kaldi | - | - |" in card
 
     assert os.path.getsize(out / PLOT_FILE) > 1000
     assert plot_history(history(out), str(tmp_path / "curve.png")) == ["training loss", "eval WER", "retain WER"]

@@ -1,5 +1,5 @@
 """Corpus formats besides Kaldi's: each reader turns a folder into :class:`Entry` objects (one per utterance,
-unchecked) plus the problems of its own lines, and :func:`whisper_finetune.corpus.check_entries` checks them
+unchecked) plus the problems of its own lines, and :func:`whisper_finetune.data.checks.check_entries` checks them
 with the Kaldi reader's checks, so every format reports every problem the same way and is written by the
 same code.
 
@@ -189,7 +189,7 @@ def check_format_options(source_format, **options):
 
 def read_entries(source_dir, source_format, split=None, manifest=None, text_column=None):
     """The :class:`Entry` list and the problems of the lines themselves, ``[(reason, uid, message)]``, of a
-    corpus of ``source_format`` (any of :data:`FORMATS` but ``kaldi``, which :mod:`~whisper_finetune.corpus`
+    corpus of ``source_format`` (any of :data:`FORMATS` but ``kaldi``, which :mod:`~whisper_finetune.data.kaldi`
     reads)."""
     if source_format == "common_voice":
         entries, problems = read_common_voice(source_dir, split or ("train",))

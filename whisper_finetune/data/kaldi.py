@@ -161,7 +161,7 @@ def read_wav_scp(source_dir):
     return table
 
 
-def recording(source_dir, recordings, rid):
+def find_recording(source_dir, recordings, rid):
     """The checked :class:`Recording` ``rid`` of ``recordings`` (its header read once), or ``None`` if unknown."""
     if rid not in recordings.entries:
         return None
@@ -188,7 +188,7 @@ def kaldi_segment(source_dir, recordings, uid, value, where, max_duration):
     if len(fields) != 3 or len(times) != 2 or not all(map(math.isfinite, times)):
         return ("malformed segment", f"{where}: expected '{SEGMENT_FORMAT}', got '{uid} {value}'"), None
     rid, (start, end) = fields[0], times
-    recording = recording(source_dir, recordings, rid)
+    recording = find_recording(source_dir, recordings, rid)
     if recording is None:
         return ("unknown recording", f"{where}: recording {rid} has no entry in wav.scp"), None
     return check_segment(recording, uid, start, end, where, max_duration)

@@ -73,8 +73,8 @@ def render_model_card(summary, hub_model_id=None):
         lines += [f"Trained with a dynamic audio context: the encoder ran on each batch's own length rounded up "
                   f"to {bucket:g} s, with {config['full_context_ratio']:.0%} of optimizer steps at the full 30 s window"
                   + STEP_UPDATES[config.get("short_context_updates", "encoder")] + ". "
-                  f"It is a plain Whisper checkpoint: every tool loads it and pads to 30 s; with "
-                  f"whisper_finetune, `--audio_context dynamic` decodes short clips faster.", ""]
+                  "It is a plain Whisper checkpoint: every tool loads it and pads to 30 s; with "
+                  "whisper_finetune, `--audio_context dynamic` decodes short clips faster.", ""]
     metric = summary.get("primary_metric", "wer").upper()
     lines += [f"![training loss and eval {metric}](training_curve.png)", "", "## Training arguments", "",
               "| argument | value |", "| --- | --- |"]
