@@ -1,12 +1,10 @@
-"""data_prep: a Kaldi-style folder (``text`` + ``audio_paths``, optional ``utt2spk`` and ``languages``) -> a
-validated dataset.
+"""data_prep: a corpus folder -> a validated dataset, written atomically.
 
-Other corpus formats (Common Voice, audiofolder, NeMo, Lhotse) are read by :mod:`whisper_finetune.data.formats`
-into entries that :func:`check_entries` checks with the same checks as the Kaldi reader's; every format is
-then written by the same :func:`prepare_dataset`, which records the source format beside the dataset.
-
-Instead of ``audio_paths`` (one file per utterance) the folder may be a Kaldi data directory, whose
-``segments`` cut each utterance from a recording listed in ``wav.scp``.
+A Kaldi-style folder (``text`` + ``audio_paths``, or Kaldi's ``wav.scp`` + ``segments``; optional
+``utt2spk`` and ``languages``) is read by :mod:`whisper_finetune.data.kaldi`; Common Voice, audiofolder,
+NeMo and Lhotse corpora by :mod:`whisper_finetune.data.formats`, into entries that
+:func:`~whisper_finetune.data.checks.check_entries` checks with the Kaldi reader's own checks. Every format
+is then written by the same :func:`prepare_dataset`, which records the source format beside the dataset.
 
 Every entry is checked first and each problem reported with its utterance id and line; the audio is
 decoded, resampled and re-encoded as 16-bit WAV *inside* the dataset (so it survives the source files

@@ -1,4 +1,4 @@
-"""The model card (``README.md``) written into every final model folder by :func:`training.train`.
+"""The model card (``README.md``) written into every final model folder by :func:`whisper_finetune.train.run.train`.
 
 It is built only from the training summary (the options and results of the run), so the card
 always describes the model beside it: base model, language, datasets (with the corpus format a data_prep
