@@ -46,6 +46,8 @@ class RunPlan:
     learning_rate: float
     precision: tuple  # (name, bf16, fp16)
     metric: str  # the eval sets' primary metric (wer, or cer for languages without spaces)
+    normalizer: str  # the eval sets' text normaliser
+    retain_normalizer: Optional[str]  # the retain sets' (None without them)
     selection: str  # the Trainer's metric_for_best_model
     args: object  # Seq2SeqTrainingArguments
     resume: Optional[str]  # the checkpoint resumed from
@@ -120,8 +122,11 @@ def plan_run(config: TrainConfig) -> RunPlan:
     configure_tokenizer(processor.tokenizer, language, config.task, english_only)
     retain_labels = retain_processor(config.model_name, checked.retain_language, english_only) \
         if config.retain_datasets else None
-    return RunPlan(language, english_only, checked.retain_language, learning_rate, run_precision, metric, selection,
-                   args, checked.resume, checked.model_config, processor, retain_labels)
+    normalizer = choose_normalizer(language, english_only_model=english_only)
+    retain_normalizer = choose_normalizer(checked.retain_language, english_only_model=english_only) \
+        if config.retain_datasets else None
+    return RunPlan(language, english_only, checked.retain_language, learning_rate, run_precision, metric, normalizer,
+                   retain_normalizer, selection, args, checked.resume, checked.model_config, processor, retain_labels)
 
 
 def prepare_data(config: TrainConfig, plan: RunPlan) -> RunData:
@@ -156,10 +161,9 @@ def make_trainer(config: TrainConfig, plan: RunPlan, data: RunData, model, gener
         decode_kwargs.update(language=plan.language, task=config.task)
     retain = None
     if data.retain is not None:
-        retain_normalizer = choose_normalizer(plan.retain_language, english_only_model=plan.english_only)
         retain = EvalSet(RETAIN_PREFIX, data.retain,
                          retain_decode_kwargs(generation_config, plan.retain_language, plan.english_only, config),
-                         metrics_function(processor.tokenizer, retain_normalizer, "wer"))
+                         metrics_function(processor.tokenizer, plan.retain_normalizer, "wer"))
     early_stopping = EarlyStopping(config.early_stopping_patience) if config.early_stopping_patience else None
     short_context_frozen, full_context_frozen = context_frozen(model, config)
     parts = TrainerParts(
@@ -167,13 +171,12 @@ def make_trainer(config: TrainConfig, plan: RunPlan, data: RunData, model, gener
         full_context_ratio=config.full_context_ratio, short_context_frozen=tuple(short_context_frozen),
         full_context_frozen=tuple(full_context_frozen), retain=retain, primary_metric=plan.metric,
         spec_augment=config.spec_augment, distiller=make_distiller(config, plan.language, plan.args.device))
-    normalizer = choose_normalizer(plan.language, english_only_model=plan.english_only)
     trainer = WhisperTrainer(
         model=model, args=plan.args, train_dataset=data.train, eval_dataset=data.eval, processing_class=processor,
         data_collator=DataCollatorSpeechSeq2SeqWithPadding(
             plan.model_config.decoder_start_token_id, config.audio_context if config.dynamic_audio_context else None,
             on_the_fly_features(config, processor)),
-        compute_metrics=metrics_function(processor.tokenizer, normalizer, plan.metric),
+        compute_metrics=metrics_function(processor.tokenizer, plan.normalizer, plan.metric),
         callbacks=[early_stopping] if early_stopping else None, parts=parts, output_dir=config.output_dir)
     return trainer, retain, early_stopping
 
@@ -210,7 +213,7 @@ def summarise(config, plan, data, trainer, retain, merge, per_dataset, retain_pe
     final = {key.replace(MERGED_PREFIX, "eval"): value for key, value in merge.items()} if merge else best_eval
     retain_fields = retain_summary(
         retain, hours(retain.dataset) if retain else None, before, final, plan.retain_language,
-        choose_normalizer(plan.retain_language, english_only_model=plan.english_only) if retain else None,
+        plan.retain_normalizer,
         retain_per_dataset)
     return TrainSummary(
         output_dir=os.path.abspath(config.output_dir), global_step=state.global_step, epochs=state.epoch,
@@ -223,7 +226,7 @@ def summarise(config, plan, data, trainer, retain, merge, per_dataset, retain_pe
         train_loss=mean_logged_loss(state.log_history), best_wer=best_eval.get("eval_wer"),
         best_cer=best_eval.get("eval_cer"), best_step=best_eval.get("step"),
         best_checkpoint=state.best_model_checkpoint,
-        normalizer=choose_normalizer(plan.language, english_only_model=plan.english_only),
+        normalizer=plan.normalizer,
         primary_metric=plan.metric, language=plan.language, precision=plan.precision[0],
         learning_rate=plan.learning_rate, world_size=world,
         peak_gpu_gb=round(torch.cuda.max_memory_allocated() / 1e9, 3) if torch.cuda.is_available() else None,
