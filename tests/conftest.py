@@ -174,3 +174,19 @@ def prepared_shared(shared_data_dir, tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def decoded_rows(dataset):
+    """The rows of a data_prep dataset with ``audio`` as ``{"array", "sampling_rate"}``, decoded by our own
+    soundfile code: ``datasets`` 4+ decodes audio only through torchcodec and FFmpeg, which the project
+    does not need."""
+    import datasets
+
+    from whisper_finetune.audio import decode_example_audio
+
+    rate = dataset.features["audio"].sampling_rate
+    rows = []
+    for row in dataset.cast_column("audio", datasets.Audio(decode=False)):
+        row["audio"] = {"array": decode_example_audio(row["audio"], rate), "sampling_rate": rate}
+        rows.append(row)
+    return rows

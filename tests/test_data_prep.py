@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import run_script, write_corpus
+from conftest import decoded_rows, run_script, write_corpus
 from whisper_finetune.data import corpus as data_mod
 from whisper_finetune.audio import decode_example_audio, resample
 from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
@@ -36,7 +36,7 @@ def test_good_corpus_rows_rate_durations_ids_text(tmp_path):
     assert ds.column_names == ["id", "audio", "sentence", "duration"]  # no segment columns without segments
     assert ds["id"] == [f"utt{i:04d}" for i in range(5)]
     assert ds["sentence"][1] == "a dog ran in the park"
-    row = ds[3]
+    row = decoded_rows(ds)[3]
     assert row["audio"]["sampling_rate"] == 16000
     assert row["audio"]["array"].shape == (int(1.3 * 16000),)
     assert row["duration"] == pytest.approx(1.3, abs=1e-3)
@@ -59,7 +59,7 @@ def test_formats_rates_and_stereo_are_resampled_to_mono(tmp_path, rate, channels
     source = write_corpus(str(tmp_path / "src"), n=2, sampling_rate=rate, channels=channels, fmt=fmt)
     prep(source, tmp_path / "out", sampling_rate=16000)
     ds = datasets.load_from_disk(str(tmp_path / "out"))
-    for i, row in enumerate(ds):
+    for i, row in enumerate(decoded_rows(ds)):
         assert row["audio"]["array"].ndim == 1
         assert row["duration"] == pytest.approx(1.0 + 0.1 * i, abs=0.06)  # mp3 adds codec padding
 
@@ -67,7 +67,7 @@ def test_formats_rates_and_stereo_are_resampled_to_mono(tmp_path, rate, channels
 def test_other_sampling_rate(tmp_path):
     source = write_corpus(str(tmp_path / "src"), n=2)
     prep(source, tmp_path / "out", sampling_rate=8000)
-    row = datasets.load_from_disk(str(tmp_path / "out"))[0]
+    row = decoded_rows(datasets.load_from_disk(str(tmp_path / "out")))[0]
     assert row["audio"]["sampling_rate"] == 8000 and row["audio"]["array"].shape == (8000,)
 
 
@@ -216,7 +216,7 @@ def test_script_on_sample_data(tmp_path):
 def test_shared_formats_and_train_set(shared_data_dir, tmp_path):
     prep(os.path.join(shared_data_dir, "formats"), tmp_path / "formats")
     formats = datasets.load_from_disk(str(tmp_path / "formats"))
-    assert formats.num_rows == 5 and all(r["audio"]["sampling_rate"] == 16000 for r in formats)
+    assert formats.num_rows == 5 and all(r["audio"]["sampling_rate"] == 16000 for r in decoded_rows(formats))
     prep(os.path.join(shared_data_dir, "espeak_en", "train"), tmp_path / "train", num_proc=2)
     train = datasets.load_from_disk(str(tmp_path / "train"))
     assert train.num_rows == 240 and train.features["audio"].sampling_rate == 16000
@@ -278,13 +278,14 @@ def test_kaldi_segments_are_cut_from_their_recordings(tmp_path, monkeypatch, cap
     assert ds["end"] == [1.5, 2.8, 6.005, 2.0, 7.99]
     assert sorted(opened) == [os.path.join(source, "audio", "recA.wav"), os.path.join(source, "audio", "recB.wav")]
     sentences = {uid: f"sentence number {i}" for i, (uid, _, _, _) in enumerate(SEGMENTS)}
-    for row in ds:
+    rows = decoded_rows(ds)
+    for row in rows:
         expected = audio[row["recording_id"]][round(row["start"] * 16000):round(row["end"] * 16000)]
         assert row["audio"]["sampling_rate"] == 16000 and row["audio"]["array"].shape == expected.shape
         assert np.abs(row["audio"]["array"] - expected).max() < 1e-3  # 16-bit PCM round trip
         assert row["duration"] == pytest.approx(len(expected) / 16000)
         assert row["sentence"] == sentences[row["id"]]
-    assert ds[2]["audio"]["array"].shape == (3 * 16000,)  # recA-0300 stops at the end of the recording
+    assert rows[2]["audio"]["array"].shape == (3 * 16000,)  # recA-0300 stops at the end of the recording
     text = str(summary)
     assert "utterances dropped: 3" in text
     for message in BAD_SEGMENT_MESSAGES:
@@ -308,7 +309,7 @@ def test_segments_are_resampled_and_downmixed_like_whole_files(tmp_path):
     prep(source, tmp_path / "out", sampling_rate=16000)
     ds = datasets.load_from_disk(str(tmp_path / "out"))
     assert ds["id"] == GOOD_IDS
-    for row in ds:
+    for row in decoded_rows(ds):
         recording = resample(audio[row["recording_id"]][:, 0], 22050, 16000)  # the two channels are equal
         first, last = round(row["start"] * 16000), min(round(row["end"] * 16000), len(recording))
         clip = row["audio"]["array"]

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration,
                           WhisperProcessor, WhisperTokenizer)
-from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
 from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
 from .audio import SAMPLE_RATE
+from .text import byte_level_alphabet
 
 TIMESTAMP_STEPS = 1501  # <|0.00|> .. <|30.00|> in 20 ms steps
 
@@ -36,7 +36,7 @@ def build_tiny_whisper(folder, multilingual=True, d_model=64, layers=2, heads=2,
     ``lang_to_id``/``task_to_id``), so decoding, training and scoring code runs unchanged on it.
     """
     os.makedirs(folder, exist_ok=True)
-    byte_vocab = {char: i for i, char in enumerate(bytes_to_unicode().values())}
+    byte_vocab = {char: i for i, char in enumerate(byte_level_alphabet().values())}
     with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
         json.dump(byte_vocab, f, ensure_ascii=False)
     with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
@@ -45,12 +45,13 @@ def build_tiny_whisper(folder, multilingual=True, d_model=64, layers=2, heads=2,
     tokenizer = WhisperTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"),
                                  bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
                                  pad_token="<|endoftext|>", model_max_length=448)
-    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]}, replace_additional_special_tokens=False)
+    tokenizer.add_special_tokens({"extra_special_tokens": specials[1:]}, replace_extra_special_tokens=False)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in specials}
     eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
     feature_extractor = WhisperFeatureExtractor(feature_size=80, sampling_rate=SAMPLE_RATE)
     processor = WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
     processor.save_pretrained(folder)
+    feature_extractor.save_pretrained(folder)  # preprocessor_config.json, as model.loading.save_processor writes
 
     config = WhisperConfig(vocab_size=len(tokenizer), num_mel_bins=80, d_model=d_model,
                            encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=heads,

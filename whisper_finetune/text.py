@@ -26,6 +26,23 @@ from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGU
 
 from .errors import UserError
 
+
+
+def byte_level_alphabet():
+    """GPT-2's byte-level BPE table ``{byte: character}``, which Whisper's vocabulary is written in.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 (controls, space, soft hyphen) are
+    moved, in byte order, to code points 256 and up, so every token is a visible string. The table is
+    fixed by the tokenizer format (the ggml writer inverts it); transformers keeps its copy in a
+    tokenizer-conversion module, not a public API.
+    """
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in kept}
+    moved = [b for b in range(256) if b not in table]
+    table.update({b: chr(256 + i) for i, b in enumerate(moved)})
+    return dict(sorted(table.items()))
+
+
 NORMALIZERS = ("english", "unicode", "indic", "basic", "none")
 NORMALIZER_ALIASES = {"indic": "unicode"}  # the name it had before it was named for what it does
 METRICS = ("wer", "cer")

@@ -93,8 +93,14 @@ class PrepSummary:
         return "\n".join(lines)
 
 
+# Rows are generated with the audio column as a plain ``{bytes, path}`` struct and cast to ``Audio``
+# afterwards: the cast only relabels the Arrow storage, while writing ``Audio`` rows would import
+# torchcodec (and FFmpeg) to "encode" bytes that are already a WAV file.
+RAW_AUDIO = {"bytes": Value("binary"), "path": Value("string")}
+
+
 def _prep_features(sampling_rate, with_speaker=False, with_segments=False, with_language=False):
-    columns = {ID_COLUMN: Value("string"), AUDIO_COLUMN: Audio(sampling_rate=sampling_rate),
+    columns = {ID_COLUMN: Value("string"), AUDIO_COLUMN: RAW_AUDIO,
                TEXT_COLUMN: Value("string"), DURATION_COLUMN: Value("float32")}
     if with_speaker:
         columns[SPEAKER_COLUMN] = Value("string")
@@ -204,6 +210,7 @@ def prepare_dataset(config: DataPrepConfig) -> PrepSummary:
                         "with_language": with_language},
             num_proc=num_proc if num_proc > 1 else None, cache_dir=os.path.join(work, "cache"),
             split="train", writer_batch_size=WRITER_BATCH_SIZE)
+        dataset = dataset.cast_column(AUDIO_COLUMN, Audio(sampling_rate=config.sampling_rate))
         staged = os.path.join(work, "dataset")
         with small_write_batches():
             dataset.save_to_disk(staged, num_shards=config.num_shards, max_shard_size=config.max_shard_size)

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from datasets import Array2D, Features, Sequence, Value
+from datasets import Array2D, Audio, Features, Sequence, Value
 
 from ..audio import (CHUNK_SECONDS, DECODER_POSITIONS, ENCODER_STRIDE, MEL_FRAMES_PER_SECOND, N_FRAMES,
                      decode_example_audio)
@@ -232,8 +232,10 @@ def featurize_windows(dataset, processor, sampling_rate, ratio, lowercase=False,
     languages = _languages_of(dataset, processor, languages)
     window_languages = _window_languages(dataset, plans, languages) if languages is not None else None
 
+    stored = dataset.cast_column(AUDIO_COLUMN, Audio(decode=False))  # decoded below, by soundfile
+
     def read(row):
-        return decode_example_audio(dataset[row][AUDIO_COLUMN], sampling_rate)
+        return decode_example_audio(stored[row][AUDIO_COLUMN], sampling_rate)
 
     def window_audio(plan, seconds):
         audio = np.zeros(int(round(seconds * sampling_rate)), np.float32)  # (samples,) silence between segments

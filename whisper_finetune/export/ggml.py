@@ -11,6 +11,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 
 from ..errors import UserError
 from ..files import atomic_file
+from ..text import byte_level_alphabet
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +126,7 @@ def ggml_tensor_type(name, n_dims, quantization):
 
 def _vocabulary(processor):
     """Tokens 0..N-1 as bytes, from the byte-level BPE vocabulary (specials past it are named by whisper.cpp)."""
-    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
-
-    byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+    byte_of = {char: byte for byte, char in byte_level_alphabet().items()}
     vocab = processor.tokenizer.get_vocab()
     added = set(processor.tokenizer.get_added_vocab())
     base = sorted((i, t) for t, i in vocab.items() if t not in added or t == "<|endoftext|>")

@@ -154,7 +154,7 @@ def materialize(source: loading.ModelSource, folder):
     model = loading.load_model(source.model_path)
     processor = loading.load_processor(source.processor_path)
     model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    loading.save_processor(processor, folder)
     if not os.path.exists(os.path.join(folder, "tokenizer.json")):
         raise UserError(f"--model {source.model_path}: its tokenizer has no fast version (tokenizer.json), which "
                         f"faster-whisper needs")

@@ -22,6 +22,9 @@ from ..text import language_code
 logger = logging.getLogger(__name__)
 
 PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer_config.json")
+# transformers 5 saves the feature extractor inside processor_config.json; a folder with that file
+# instead of preprocessor_config.json holds a processor too.
+PROCESSOR_CONFIG_FILE = "processor_config.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
 
@@ -54,7 +57,21 @@ def looks_like_hub_id(name):
 
 
 def _has_processor(folder):
-    return all(os.path.exists(os.path.join(folder, f)) for f in PROCESSOR_FILES)
+    def has(name):
+        return os.path.exists(os.path.join(folder, name))
+
+    return has("tokenizer_config.json") and (has("preprocessor_config.json") or has(PROCESSOR_CONFIG_FILE))
+
+
+def save_processor(processor, folder):
+    """``processor.save_pretrained(folder)`` plus the feature extractor's own ``preprocessor_config.json``.
+
+    transformers 5 writes the feature extractor only inside ``processor_config.json``; CTranslate2's
+    converter, faster-whisper (the mel count of 128-mel models) and transformers 4 read it from
+    ``preprocessor_config.json``, so every folder we write carries both.
+    """
+    processor.save_pretrained(folder)
+    processor.feature_extractor.save_pretrained(folder)
 
 
 def _has_weights(folder):

@@ -54,7 +54,7 @@ def save_final(trainer, processor, config, generation_config):
     else:
         trainer.save_model(staged)
     if main:
-        processor.save_pretrained(staged)
+        loading.save_processor(processor, staged)
         loading.single_eos(generation_config).save_pretrained(staged)
         for name in sorted(os.listdir(staged), key=lambda n: n.endswith((".safetensors", ".bin"))):
             publish(os.path.join(staged, name), os.path.join(out, name))  # weights last

@@ -167,7 +167,9 @@ def make_trainer(config: TrainConfig, plan: RunPlan, data: RunData, model, gener
     early_stopping = EarlyStopping(config.early_stopping_patience) if config.early_stopping_patience else None
     short_context_frozen, full_context_frozen = context_frozen(model, config)
     parts = TrainerParts(
-        decode_kwargs=decode_kwargs, streaming=config.streaming, companions=(processor, generation_config),
+        decode_kwargs=decode_kwargs, streaming=config.streaming,
+        # the feature extractor on its own writes preprocessor_config.json (see loading.save_processor)
+        companions=(processor, processor.feature_extractor, generation_config),
         full_context_ratio=config.full_context_ratio, short_context_frozen=tuple(short_context_frozen),
         full_context_frozen=tuple(full_context_frozen), retain=retain, primary_metric=plan.metric,
         spec_augment=config.spec_augment, distiller=make_distiller(config, plan.language, plan.args.device))

@@ -6,6 +6,10 @@ cannot silently change it: checkpoints are written by the Trainer into a staging
 (``on_pre_optimizer_step``, before the broken update is applied); the retain sets are scored with
 ``predict``. The one private name of transformers the package uses is ``Trainer._load_best_model``
 (:func:`load_best_model`; ``tests/test_trainer_api.py`` fails if its signature changes).
+
+One Trainer log line is filtered (:class:`TiedOutputNotice`): transformers 5 reports Whisper's output
+projection as missing whenever it reloads a checkpoint, although that weight is the token embedding
+(tied, so never saved on its own) and is loaded with it.
 """
 import contextlib
 import dataclasses
@@ -64,6 +68,21 @@ class TrainerParts:
     primary_metric: str = "wer"
     spec_augment: bool = False
     distiller: object = None  # distillation.Distiller: its term is added to training losses
+
+
+class TiedOutputNotice(logging.Filter):
+    """Drops the Trainer's "missing keys ... ['proj_out.weight']" warning: ``proj_out`` is tied to
+    ``model.decoder.embed_tokens`` (one tensor), which the checkpoint does hold. Any other missing key
+    is still reported."""
+
+    MESSAGE = "There were missing keys in the checkpoint model loaded: ['proj_out.weight']."
+
+    def filter(self, record):
+        return record.getMessage() != self.MESSAGE
+
+
+TIED_OUTPUT_NOTICE = TiedOutputNotice()
+logging.getLogger("transformers.trainer").addFilter(TIED_OUTPUT_NOTICE)
 
 
 class WhisperTrainer(Seq2SeqTrainer):
@@ -433,6 +452,9 @@ def metrics_function(tokenizer, normalizer, metric):
     return compute_metrics
 
 
+USER_TENSORBOARD_DIR = os.environ.get("TENSORBOARD_LOGGING_DIR")
+
+
 def pin_accelerate_precision(run_precision):
     """Make ``--mixed_precision`` the only say on precision.
 
@@ -455,12 +477,14 @@ def training_arguments(config: TrainConfig, learning_rate, run_precision, metric
     pin_accelerate_precision(run_precision)
     eval_steps, save_steps = intervals(config)
     by_steps = config.train_strategy == "steps"
-    # TensorBoard logs where the Trainer puts them by default (output_dir/runs/DATE_HOST): its output_dir
-    # is the staging folder.
+    # TensorBoard logs go where the Trainer would put them by default (output_dir/runs/DATE_HOST) of the
+    # user's folder, not of the staging folder that is the Trainer's output_dir. transformers 5 reads the
+    # folder from this variable only; one the user set before the process started is kept.
     run_name = datetime.datetime.now().strftime("%b%d_%H-%M-%S") + "_" + socket.gethostname()
+    os.environ["TENSORBOARD_LOGGING_DIR"] = (USER_TENSORBOARD_DIR
+                                             or os.path.join(config.output_dir, "runs", run_name))
     return Seq2SeqTrainingArguments(
         output_dir=files.staging_dir(os.path.join(config.output_dir, STAGING_NAME)),
-        logging_dir=os.path.join(config.output_dir, "runs", run_name),
         per_device_train_batch_size=config.train_batchsize, per_device_eval_batch_size=config.eval_batchsize,
         gradient_accumulation_steps=config.gradient_accumulation_steps, learning_rate=learning_rate,
         warmup_steps=config.warmup, lr_scheduler_type=config.lr_scheduler_type, weight_decay=config.weight_decay,
@@ -478,8 +502,9 @@ def training_arguments(config: TrainConfig, learning_rate, run_precision, metric
         use_cpu=run_precision[1] and not torch.cuda.is_available(),
         dataloader_num_workers=config.num_workers, remove_unused_columns=False, label_names=["labels"],
         # Batches of similar length fill their audio-context bucket (dynamic context only).
-        group_by_length=config.dynamic_audio_context, length_column_name=LENGTH_COLUMN,
+        train_sampling_strategy="group_by_length" if config.dynamic_audio_context else "random",
+        length_column_name=LENGTH_COLUMN,
         report_to=[] if config.report_to in ("", "none") else [config.report_to],
         deepspeed=config.deepspeed, fsdp=config.fsdp or "", fsdp_config=config.fsdp_config,
         ddp_find_unused_parameters=False,
-        save_safetensors=True, disable_tqdm=False, dataloader_pin_memory=torch.cuda.is_available())
+        disable_tqdm=False, dataloader_pin_memory=torch.cuda.is_available())
