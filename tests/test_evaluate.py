@@ -330,3 +330,29 @@ def test_primary_metric_comes_first_in_result_file_and_summary(tiny_model_dir, t
         assert row.split()[4].startswith("(") and "wer in parentheses: not meaningful" in printed
     else:
         assert "not meaningful" not in "\n".join(lines) + printed
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_dataset_whose_only_loader_is_a_script_gets_one_line_saying_what_to_do(tmp_path, streaming):
+    """datasets >= 4 refuses loading scripts (Hub ids such as the old Common Voice repositories); a local
+    folder holding only ``NAME/NAME.py`` is refused the same way, offline."""
+    from whisper_finetune.data.loading import DatasetSpec, load_hf_dataset
+
+    folder = tmp_path / "common_voice_11_0"
+    folder.mkdir()
+    (folder / "common_voice_11_0.py").write_text("# a loading script\n")
+    with pytest.raises(UserError, match=r"its only loader is a script \(common_voice_11_0\.py\), which datasets "
+                                        r">= 4 no longer runs; use a copy of it in parquet .* custom_data/data_prep.py"):
+        load_hf_dataset(DatasetSpec(str(folder), None, "test"), streaming=streaming)
+
+
+def test_script_only_dataset_exits_2_with_one_line(tiny_model_dir, tmp_path):
+    folder = tmp_path / "fleurs"
+    folder.mkdir()
+    (folder / "fleurs.py").write_text("# a loading script\n")
+    proc = run_script(HF, "--hf_model", tiny_model_dir, "--dataset", str(folder), "--split", "test",
+                      "--output_dir", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: cannot load dataset ")
+    assert "its only loader is a script (fleurs.py)" in proc.stderr and "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "out") or not os.listdir(tmp_path / "out")

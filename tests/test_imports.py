@@ -16,6 +16,7 @@ PACKAGE = "whisper_finetune"
 # different units of one number may not import each other.
 STAGES = {
     "errors": 0, "options": 0, "files": 0, "audio": 0, "text": 0, "hub": 0, "scoring": 0, "testing": 0,
+    "extras": 0,
     "data": 1,
     "model": 2,
     "train": 3, "decode": 3, "embeddings": 3,
@@ -127,3 +128,16 @@ def test_the_walk_sees_relative_and_lazy_imports(tmp_path, source, expected):
     modules = set(_modules())
     module = "whisper_finetune.evaluate.mod" if source.startswith("from ..") else "whisper_finetune.mod"
     assert _imports(module, str(path), modules) == expected
+
+
+def test_a_missing_extra_is_one_line_naming_the_extra(monkeypatch):
+    import sys
+
+    from whisper_finetune.extras import MissingExtra, require
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if not installed: its import fails with that name
+    with pytest.raises(MissingExtra, match=r"^demo\.py needs the package gradio, which is not installed: "
+                                           r"pip install 'whisper-finetune\[demo\]' \(or pip install -r "
+                                           r"requirements\.txt\)$"):
+        require("gradio", "demo.py")
+    assert require("json", "anything").dumps([1]) == "[1]"

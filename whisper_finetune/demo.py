@@ -15,6 +15,7 @@ from .audio import SAMPLE_RATE, load_audio
 from .decode.options import DecodingOptions
 from .decode.backends import make_decoder
 from .errors import OptionError, UserError
+from .extras import require
 from .model.loading import ModelOptions
 from .options import option
 from .decode.transcription import DEFAULT_SEARCH_SECONDS, Segment, transcribe_array
@@ -112,7 +113,7 @@ def _timing_text(result: DemoTranscript):
 
 def build_app(models: List[DemoModel], search_seconds=DEFAULT_SEARCH_SECONDS):
     """The Gradio page: an audio input (upload or microphone) and one column per model."""
-    import gradio as gr
+    gr = require("gradio", "demo.py")
 
     def run(path):
         if not path:
@@ -153,7 +154,7 @@ def build_app(models: List[DemoModel], search_seconds=DEFAULT_SEARCH_SECONDS):
 
 def offline_theme():
     """Gradio's default theme with system fonts: the default fetches its fonts from Google."""
-    import gradio as gr
+    gr = require("gradio", "demo.py")
 
     return gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 

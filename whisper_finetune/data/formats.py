@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import OptionError, UserError
+from ..extras import require
 from ..text import language_code
 
 logger = logging.getLogger(__name__)
@@ -421,7 +422,9 @@ def _lhotse_audio(recording, where):
 
 def read_lhotse(source_dir, manifests=None):
     """Entries of a Lhotse CutSet, or of a SupervisionSet over a RecordingSet: one per supervision."""
-    from lhotse import CutSet, RecordingSet, SupervisionSet, load_manifest
+    lhotse = require("lhotse", "data_prep.py --format lhotse")
+    CutSet, RecordingSet, SupervisionSet, load_manifest = (lhotse.CutSet, lhotse.RecordingSet, lhotse.SupervisionSet,
+                                                           lhotse.load_manifest)
 
     loaded = {}
     recordings_name = None

@@ -101,6 +101,10 @@ def load_custom_dataset(path):
     return dataset
 
 
+# What datasets >= 4 raises for a repository or folder whose only loader is a Python script.
+SCRIPT_REFUSED = "Dataset scripts are no longer supported"
+
+
 def load_hf_dataset(spec: DatasetSpec, streaming=False, num_proc=None):
     """Load a Hugging Face dataset split: a Hub id, a local folder ``load_dataset`` reads, or a saved dataset."""
     try:
@@ -119,6 +123,13 @@ def load_hf_dataset(spec: DatasetSpec, streaming=False, num_proc=None):
         return datasets.load_dataset(spec.name, spec.config, split=spec.split, num_proc=num_proc)
     except UserError:
         raise
+    except RuntimeError as exc:
+        if SCRIPT_REFUSED not in str(exc):
+            raise
+        raise UserError(f"cannot load dataset {spec.label}: its only loader is a script "
+                        f"({str(exc).rsplit(' ', 1)[-1]}), which datasets >= 4 no longer runs; use a copy of it "
+                        "in parquet (on the Hub or in a local folder), or download its files and prepare them "
+                        "with custom_data/data_prep.py (--format common_voice for a Common Voice release)") from exc
     except (FileNotFoundError, ValueError, OSError, datasets.exceptions.DatasetNotFoundError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"cannot load dataset {spec.label}: {message}") from exc

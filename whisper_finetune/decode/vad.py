@@ -19,6 +19,7 @@ from typing import Tuple
 import numpy as np
 
 from ..audio import SAMPLE_RATE
+from ..extras import require
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class TimeMap:
 
 @functools.lru_cache(maxsize=1)
 def _model():
-    import silero_vad
+    silero_vad = require("silero_vad", "--vad True")
 
     # The ONNX model (onnxruntime): the TorchScript one warns that torch.jit is deprecated.
     return silero_vad.load_silero_vad(onnx=True)
@@ -93,7 +94,7 @@ def _model():
 def speech_spans(audio, sampling_rate=SAMPLE_RATE):
     """Speech in ``audio`` (mono float32 at 16 kHz) as ``[(start_sample, end_sample), ...]``, padded,
     ascending and not overlapping; ``[]`` when there is none."""
-    import silero_vad
+    silero_vad = require("silero_vad", "--vad True")
     import torch
 
     found = silero_vad.get_speech_timestamps(
