@@ -154,7 +154,7 @@ def check_args(args):
 def build_parser():
     parser = cli.parser(__doc__.split("\n\n")[0], "\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("--model", required=True, help="transformers-format Whisper checkpoint folder (stock "
-                        "whisper-tiny.en for the README's table)")
+                        "whisper-tiny.en for the table of docs/studies/longform.md)")
     parser.add_argument("--data", default=os.path.join(os.path.dirname(REPO_ROOT), "shared", "data"),
                         help="the shared data folder, holding longform/long_en.flac and long_en.txt")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), help=f"rows to run, in this order (default: all "

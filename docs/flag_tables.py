@@ -1,7 +1,8 @@
-"""Fill the README's flag tables from the option dataclasses (run by docs/build_readme.sh).
+"""The documentation site's flag tables, generated from the option dataclasses: a MkDocs hook.
 
-Reads Markdown on stdin and replaces each line ``<!-- flags: NAME -->`` with the table NAME below, so
-a flag's type, default and help are written once, on its dataclass, and the README cannot drift.
+``mkdocs.yml`` names this file under ``hooks:``; as each page is read, every line
+``<!-- flags: NAME -->`` becomes the table NAME below, so a flag's type, default and help are written
+once, on its dataclass, and no page can drift from the scripts' ``-h``. An unknown NAME stops the build.
 """
 import os
 import sys
@@ -22,13 +23,13 @@ SCALE = ("streaming", "interleave_probabilities", "shuffle_buffer_size", "deepsp
          "push_to_hub", "hub_model_id", "hub_private_repo")
 LONGFORM = ("timestamps", "word_timestamps", "vad", "temperature_fallback", "compression_ratio_threshold",
             "logprob_threshold", "no_speech_threshold", "condition_on_previous_text")
-# Timestamp training (docs/sections/longform.md).
+# Timestamp training (docs/recipes/subtitles.md).
 TIMESTAMPS = ("timestamps", "timestamp_ratio")
-# Retain sets, the best-model choice, early stopping and merging with the base model (docs/sections/retain.md);
+# Retain sets, the best-model choice, early stopping and merging with the base model (docs/retain.md);
 # the HF script's per-dataset retain lists are in train_hf_only.
 RETAIN = ("retain_datasets", "retain_language", "metric_for_best_model", "early_stopping_patience", "merge_ratio",
           "merge_tolerance", "merge_encoder_ratio")
-# Replay and augmentation (docs/sections/augment.md); the HF script's per-dataset replay lists are in
+# Replay and augmentation (docs/retain.md); the HF script's per-dataset replay lists are in
 # train_hf_only.
 REPLAY_AUGMENT = ("replay_datasets", "replay_language", "replay_ratio", "spec_augment", "mask_time_prob",
                   "mask_time_length", "mask_feature_prob", "mask_feature_length", "augment", "noise_dir",
@@ -53,15 +54,20 @@ TABLES = {
 MARKER = "<!-- flags: "
 
 
-def fill(text):
+def fill(text, where="<stdin>"):
+    """``text`` with every flags marker line replaced by its table."""
     lines = []
     for line in text.splitlines():
         if line.startswith(MARKER):
-            lines.append(TABLES[line[len(MARKER):].split()[0]]())
+            name = line[len(MARKER):].split()[0]
+            if name not in TABLES:
+                raise ValueError(f"{where}: unknown flag table {name!r}; known: {', '.join(TABLES)}")
+            lines.append(TABLES[name]())
         else:
             lines.append(line)
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
-    sys.stdout.write(fill(sys.stdin.read()))
+def on_page_markdown(markdown, page, **kwargs):
+    """MkDocs hook: expand the markers of each page before it is rendered."""
+    return fill(markdown, page.file.src_uri)

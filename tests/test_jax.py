@@ -213,7 +213,7 @@ def test_real_tiny_en_matches_pytorch(real_model_dir, prepared_shared, tmp_path)
     """fp32 JAX vs the PyTorch evaluator on espeak_en/eval: WER within 0.5 points, >= 95% identical texts.
 
     The first 32 of the 80 clips (two full batches: one compiled shape) keep the test short; the full set is
-    measured in docs/sections/jax.md.
+    measured in docs/jax.md.
     """
     from whisper_finetune.evaluate.evaluation import EvalConfig, evaluate
 

@@ -1,6 +1,6 @@
 """Options declared once: each field of a config dataclass carries its flag's type, default and help.
 
-A script's argparse parser, its ``-h`` text and the README's flag tables are all generated from the
+A script's argparse parser, its ``-h`` text and the documentation's flag tables are all generated from the
 same fields (as transformers' ``HfArgumentParser`` does; ours keeps one spelling per flag, tuples for
 frozen configs and ``-h`` with defaults, which that parser's ``--no_*`` and hyphen twins would double).
 
@@ -215,7 +215,7 @@ def parse(cls, doc, argv=None, exclude=(), defaults=None, fixed=None, required=(
 
 
 def markdown_table(cls, exclude=(), defaults=None, required=(), only=None) -> str:
-    """The README table of ``cls``'s flags (``only``: these fields, in this order)."""
+    """The Markdown table of ``cls``'s flags for docs/flag_tables.py (``only``: these fields, in this order)."""
     flags = flags_of(cls, exclude, defaults, required) + flags_of(ScriptOptions)
     if only:
         by_field = {f.path[-1]: f for f in flags}

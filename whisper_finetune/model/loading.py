@@ -407,7 +407,7 @@ def decoder_prompt_ids(tokenizer, language_code_, task="transcribe", no_timestam
 
 
 def default_learning_rate(config, model_name=""):
-    """Pre-training maximum learning rate / 40 for the model's size (see the README table)."""
+    """Pre-training maximum learning rate / 40 for the model's size (see docs/training.md)."""
     key = (config.d_model, config.decoder_layers)
     if key not in PRETRAIN_MAX_LR:
         logger.warning("unknown Whisper size %s: using base's learning rate", key)

@@ -1,7 +1,7 @@
 """The options of both training scripts, declared once, and every check made before any long work.
 
 :class:`TrainConfig` is the single declaration of each training flag (type, default, help); the
-scripts' parsers and the README's flag table are generated from it (:mod:`whisper_finetune.options`).
+scripts' parsers and the documentation's flag tables are generated from it (:mod:`whisper_finetune.options`).
 :func:`check_config` validates every option (values, datasets, model, resume point, output folder)
 so that a bad run fails in seconds with one line, not after featurising the data.
 """
@@ -30,8 +30,8 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 TASKS = ("transcribe", "translate")
 # What each kind of step of --dynamic_audio_context trains. "encoder": short-context steps the encoder,
 # 30 s steps everything; "split": short steps the encoder, 30 s steps the decoder (no encoder backward at
-# 30 s: 1.8x the samples/s of "encoder"); "all": everything at every step. Measured figures: the README's
-# dynamic-context section.
+# 30 s: 1.8x the samples/s of "encoder"); "all": everything at every step. Measured figures:
+# docs/studies/dynamic-context.md.
 SHORT_CONTEXT_UPDATES = ("encoder", "split", "all")
 # Flags only the HF script has (it reads Hub datasets by config/split/column, and streams).
 HF_ONLY = ("train_dataset_configs", "train_dataset_splits", "train_dataset_text_columns", "eval_dataset_configs",
@@ -139,7 +139,7 @@ class TrainConfig:
                                         "encoder: short-context steps the encoder, 30 s steps everything (the "
                                         "decoder learns only at 30 s); split: short steps the encoder, 30 s steps "
                                         "the decoder (fastest: no encoder backward at 30 s); all: everything at "
-                                        "every step (see the README's dynamic-context section)",
+                                        "every step (see the documentation's page on short clips)",
                                         choices=SHORT_CONTEXT_UPDATES, group="model")
     timestamps: bool = option(False, "train Whisper's timestamp tokens too, so the model keeps predicting segment "
                               "times (subtitles, long-form transcription): rows cut from one recording (data_prep "
