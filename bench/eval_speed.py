@@ -14,6 +14,9 @@ Rows (--rows picks a subset):
                          on the checkpoint converted by ctranslate2's own TransformersConverter (the
                          reference users would pick; length-sorted batches like ours)
   ct2_ref_int8       (e) the same, int8
+  faster_whisper_int8  (e) faster-whisper's WhisperModel.transcribe, int8, one clip at a time (how its users
+                         run short clips: its batched pipeline batches the chunks of one long file), on the
+                         same converted checkpoint; without timestamps, no fallback, no previous-text prompt
   pytorch_bf16       (f) our evaluator, PyTorch backend, bfloat16
   jax_bf16           (f) our evaluator, JAX backend, bfloat16 (--half_precision)
   pytorch_fp16       (f) our evaluator, PyTorch backend, float16 (GPU)
@@ -65,10 +68,11 @@ OUR_ROWS = {"pytorch": ("pytorch", "float32", False, "full"), "jax": ("jax", "de
             "pytorch_fp16": ("pytorch", "float16", False, "full"),
             "pytorch_dynamic": ("pytorch", "float32", False, "dynamic")}
 REFERENCE_ROWS = {"ct2_ref_float32": "float32", "ct2_ref_int8": "int8"}
+FASTER_WHISPER_ROWS = {"faster_whisper_int8": "int8"}
 ROWS = ("pipeline", "pipeline_batched", "pytorch", "jax", "ct2_float32", "ct2_int8", "ct2_ref_float32",
         "ct2_ref_int8", "pytorch_bf16", "jax_bf16")
 # float16 rows need a GPU; the dynamic audio context is for models fine-tuned with it: not in the default set
-EXTRA_ROWS = ("pytorch_fp16", "pipeline_batched_fp16", "pytorch_dynamic")
+EXTRA_ROWS = ("pytorch_fp16", "pipeline_batched_fp16", "pytorch_dynamic", "faster_whisper_int8")
 GPU_ROWS = ("pytorch_fp16", "pipeline_batched_fp16")
 DESCRIPTIONS = {
     "pipeline": "(a) transformers.pipeline, 1 file at a time", "pipeline_batched": "(b) transformers.pipeline, batched",
@@ -78,6 +82,7 @@ DESCRIPTIONS = {
     "pytorch_bf16": "(f) ours, pytorch bf16", "jax_bf16": "(f) ours, jax bf16",
     "pytorch_fp16": "(f) ours, pytorch fp16", "pipeline_batched_fp16": "(b) transformers.pipeline, batched, fp16",
     "pytorch_dynamic": "(g) ours, pytorch fp32, dynamic audio context",
+    "faster_whisper_int8": "(e) faster-whisper transcribe, int8",
 }
 COLUMNS = ["row", "system", "batch", "wer", "audio_s", "wall_s", "rtfx", "vs_a", "load_s", "compile_s",
            "peak_rss_gb", "error"]
@@ -193,6 +198,30 @@ def run_ct2_reference(args, dataset, durations, compute_type, code, english_only
     return hypotheses, time.perf_counter() - start, load
 
 
+def run_faster_whisper(args, dataset, compute_type, code):
+    """Row (e, faster-whisper): ``WhisperModel.transcribe`` on each decoded clip, as its users run short files."""
+    from faster_whisper import WhisperModel
+
+    start = time.perf_counter()
+    key = hashlib.sha1(os.path.abspath(args.model).encode()).hexdigest()[:12]
+    folder = convert_reference(args.model, os.path.join(args.work_dir, f"ct2-reference-{key}"))
+    # faster-whisper reads the tokenizer and the mel count from the model folder
+    for name in ("tokenizer.json", "preprocessor_config.json"):
+        if os.path.exists(os.path.join(args.model, name)) and not os.path.exists(os.path.join(folder, name)):
+            shutil.copy(os.path.join(args.model, name), folder)
+    model = WhisperModel(folder, device="cpu" if args.device < 0 else "cuda", device_index=max(args.device, 0),
+                         compute_type=compute_type)
+    load = time.perf_counter() - start
+    start = time.perf_counter()
+    hypotheses = []
+    for audio in decoded_audio(dataset):
+        segments, _ = model.transcribe(audio, language=code, beam_size=args.num_beams, temperature=0.0,
+                                       without_timestamps=True, condition_on_previous_text=False, vad_filter=False,
+                                       max_new_tokens=args.max_new_tokens)
+        hypotheses.append(" ".join(segment.text.strip() for segment in segments).strip())
+    return hypotheses, time.perf_counter() - start, load
+
+
 def run_ours(args, row, normalizer, code):
     """Rows (c)/(d)/(e)/(f): our :func:`whisper_finetune.evaluate.evaluation.evaluate`; returns its result dict."""
     from whisper_finetune.data.loading import DatasetSpec
@@ -237,6 +266,8 @@ def run_row(args):
             batch_size, dtype = PIPELINE_ROWS[row]
             hypotheses, wall, load = run_pipeline(args, dataset, batch_size or args.batch_size, dtype, code,
                                                   english_only)
+        elif row in FASTER_WHISPER_ROWS:
+            hypotheses, wall, load = run_faster_whisper(args, dataset, FASTER_WHISPER_ROWS[row], code)
         else:
             hypotheses, wall, load = run_ct2_reference(args, dataset, durations, REFERENCE_ROWS[row], code,
                                                        english_only)

@@ -43,8 +43,8 @@ def test_eval_speed_rejects_unknown_row_before_work(tiny_model_dir, tiny_dataset
 def test_eval_speed_pipeline_and_ctranslate2_reference_agree(tiny_model_dir, tiny_dataset_dir, tmp_path):
     out = tmp_path / "eval.json"
     result = run_script("bench/eval_speed.py", "--model", tiny_model_dir, "--data", tiny_dataset_dir, "--language",
-                        "en", "--rows", "pipeline", "ct2_ref_float32", "--max_samples", "3", "--batch_size", "2",
-                        "--max_new_tokens", "6", "--out", out)
+                        "en", "--rows", "pipeline", "ct2_ref_float32", "faster_whisper_int8", "--max_samples", "3",
+                        "--batch_size", "2", "--max_new_tokens", "6", "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     payload = json.loads(out.read_text())
     rows = {row["row"]: row for row in payload["rows"]}

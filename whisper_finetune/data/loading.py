@@ -98,7 +98,10 @@ def load_custom_dataset(path):
     if missing:
         raise UserError(f"{path}: not a data_prep dataset: no column(s) {', '.join(missing)} "
                         f"(it has {', '.join(dataset.column_names)})")
-    return dataset
+    # Undecoded, as every dataset here: audio is decoded by soundfile (audio.decode_example_audio), while
+    # datasets >= 4 would decode it through torchcodec and FFmpeg.
+    rate = getattr(dataset.features[AUDIO_COLUMN], "sampling_rate", None)
+    return dataset.cast_column(AUDIO_COLUMN, Audio(sampling_rate=rate, decode=False))
 
 
 # What datasets >= 4 raises for a repository or folder whose only loader is a Python script.
