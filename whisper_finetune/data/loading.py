@@ -85,13 +85,31 @@ def source_format(path):
         return None
 
 
+def _empty_saved_dataset(path):
+    """The empty dataset saved at ``path`` (its columns, no rows), or None when it has rows or is not one.
+
+    datasets 5 writes no data file for an empty dataset and then fails to load it (an IndexError
+    inside ``load_from_disk``); the callers say "the dataset is empty" instead.
+    """
+    state = os.path.join(path, "state.json")
+    if not os.path.isfile(state):
+        return None
+    with open(state, encoding="utf-8") as f:
+        if json.load(f).get("_data_files") != []:
+            return None
+    features = datasets.DatasetInfo.from_directory(path).features
+    return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+
+
 def load_custom_dataset(path):
     """Open a data_prep output folder; errors say when the folder is not one."""
     if not os.path.isdir(path):
         raise UserError(f"{path}: no such dataset folder (make one with custom_data/data_prep.py)")
     if not is_saved_dataset(path):
         raise UserError(f"{path}: not a data_prep dataset (no dataset_info.json); make one with custom_data/data_prep.py")
-    dataset = datasets.load_from_disk(path)
+    dataset = _empty_saved_dataset(path)
+    if dataset is None:
+        dataset = datasets.load_from_disk(path)
     if isinstance(dataset, datasets.DatasetDict):
         raise UserError(f"{path}: holds several splits ({', '.join(dataset)}); pass one split's folder")
     missing = [c for c in (AUDIO_COLUMN, TEXT_COLUMN) if c not in dataset.column_names]
