@@ -3,8 +3,9 @@
 Everything here goes through the Trainer's public methods and callbacks, so an upgrade of transformers
 cannot silently change it: checkpoints are written by the Trainer into a staging folder and published by
 :class:`StagedCheckpoints` (``on_save``); a diverging step is stopped by :class:`DivergenceGuard`
-(``on_pre_optimizer_step``, before the broken update is applied); the retain sets are scored with
-``predict``. The one private name of transformers the package uses is ``Trainer._load_best_model``
+(``on_pre_optimizer_step``, before the broken update is applied); a SIGTERM or first Ctrl-C saves a
+checkpoint after the step and stops (:class:`.preemption.Preemption`, ``on_step_end``); the retain sets are
+scored with ``predict``. The one private name of transformers the package uses is ``Trainer._load_best_model``
 (:func:`load_best_model`; ``tests/test_trainer_api.py`` fails if its signature changes).
 """
 import contextlib
@@ -24,10 +25,12 @@ from transformers.trainer_callback import EarlyStoppingCallback, ProgressCallbac
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .. import files, scoring
+from ..data.bad_audio import LoggedLimit
 from ..data.features import CONTEXT_FRAMES, FEATURE_COLUMN, LENGTH_COLUMN, REPLAY_COLUMN, full_context_step
 from ..errors import TrainingDiverged
 from . import checkpoints
 from .config import TrainConfig, intervals
+from .preemption import Preemption
 from .summary import RETAIN_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -64,6 +67,7 @@ class TrainerParts:
     primary_metric: str = "wer"
     spec_augment: bool = False
     distiller: object = None  # distillation.Distiller: its term is added to training losses
+    max_bad_examples: int = 0  # undecodable examples a stream may skip (counted in output_dir's bad_examples.jsonl)
 
 
 class WhisperTrainer(Seq2SeqTrainer):
@@ -80,7 +84,11 @@ class WhisperTrainer(Seq2SeqTrainer):
         self.timer = CheckpointTimer()
         self.add_callback(self.timer)
         self.add_callback(StagedCheckpoints(output_dir, parts.companions, self.timer))
+        self.preemption = Preemption()  # after StagedCheckpoints: its on_save runs once the checkpoint is published
+        self.add_callback(self.preemption)
         self.add_callback(DivergenceGuard(self))
+        if parts.streaming and parts.max_bad_examples:
+            self.add_callback(StreamBadAudio(output_dir, parts.max_bad_examples))
         if parts.retain is not None:
             self.add_callback(BaseModelEvaluation(self))
 
@@ -284,6 +292,18 @@ class StreamLoader(torch.utils.data.DataLoader):
 
     def set_epoch(self, epoch):
         self.dataset.set_epoch(epoch)
+
+
+class StreamBadAudio(TrainerCallback):
+    """``--max_bad_examples`` on a stream: after each step the examples skipped so far (by whichever process or
+    DataLoader worker met them, all recorded in ``bad_examples.jsonl``) are counted in this process, so going
+    over the limit is a one-line error rather than a worker's traceback."""
+
+    def __init__(self, output_dir, limit):
+        self.limit = LoggedLimit(output_dir, "train", limit)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.limit.check()
 
 
 class CheckpointTimer(TrainerCallback):
