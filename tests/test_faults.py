@@ -214,7 +214,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_and_resumes(tiny_model
         env = {**os.environ, "FILL_DISK_AFTER": "1", **({"FILL_DISK_FILE": ballast} if mounted else {})}
         full = subprocess.run([sys.executable, FAULT_DRIVER, *args], cwd=REPO_ROOT, capture_output=True, text=True,
                               env=env, timeout=600)
-        assert "FILLED" in full.stderr, full.stderr[-3000:]
+        assert ("FILLED (injected)" if not mounted else f"FILLED {ballast}") in full.stderr, full.stderr[-3000:]
         assert full.returncode == 75, full.stderr[-3000:]
         last = full.stderr.strip().splitlines()[-1]
         assert re.match(rf"error: no space left on the device of {re.escape(out)} while writing checkpoint-4: it "
@@ -231,7 +231,6 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_and_resumes(tiny_model
             os.remove(ballast)  # space freed: the same command finishes the run
         finished = run_script(*args)
         assert finished.returncode == 0, finished.stderr[-3000:]
-        assert "resum" in finished.stderr.lower() or "checkpoint-2" in finished.stderr
         with open(os.path.join(out, "training_summary.json"), encoding="utf-8") as f:
             summary = json.load(f)
         assert summary["global_step"] == 4 and summary["resumed_from"].endswith("checkpoint-2")

@@ -17,7 +17,6 @@ takes part in the same checkpoint. A signal during an evaluation takes effect wh
 """
 import contextlib
 import logging
-import signal
 import time
 
 import torch
@@ -33,7 +32,8 @@ logger = logging.getLogger(__name__)
 class Preemption(TrainerCallback):
     """Save and stop after the optimizer step during which a SIGTERM or SIGINT arrived (on any rank)."""
 
-    def __init__(self):
+    def __init__(self, before_stopping=None):
+        self.before_stopping = before_stopping  # called before the stop line is logged (closes the progress bar)
         self.stop = GracefulStop()
         self.signum = None  # the signal that stopped the run, agreed by every rank
         self.step = None
@@ -65,9 +65,10 @@ class Preemption(TrainerCallback):
         if self.signum is None or state.global_step != self.step:
             return
         seconds = time.perf_counter() - self.started
-        name = signal.Signals(self.signum).name
         message = (f"preempted at step {self.step}: checkpoint-{self.step} written in {seconds:.1f} s; rerun the same "
                    f"command with --resume_from_ckpt latest")
+        if self.before_stopping is not None:
+            self.before_stopping()
         if args.process_index == 0:
-            logger.warning("%s (%s)", message, name)
+            logger.warning("%s", message)
         raise Stopped(message, exit_status(self.signum))

@@ -221,6 +221,7 @@ def fit(trainer, resume, max_steps, checkpoint_bytes=None):
         output_dir = trainer.output_dir
         if not files.is_disk_full(exc, output_dir):
             raise
+        trainer.close_progress_bar()
         staging = trainer.args.output_dir
         writing = [n for n in os.listdir(staging) if n.startswith("checkpoint-")] if os.path.isdir(staging) else []
         if trainer.is_world_process_zero():

@@ -76,6 +76,8 @@ class WhisperTrainer(Seq2SeqTrainer):
 
     def __init__(self, *args, parts: TrainerParts, output_dir, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.args.world_size > 1 and self.args.device.type == "cpu":
+            allow_indexed_cpu_locations()
         self.parts = parts
         self.output_dir = output_dir  # the run's folder (args.output_dir is where checkpoints are staged)
         self.eval_seconds = 0.0
@@ -84,7 +86,7 @@ class WhisperTrainer(Seq2SeqTrainer):
         self.timer = CheckpointTimer()
         self.add_callback(self.timer)
         self.add_callback(StagedCheckpoints(output_dir, parts.companions, self.timer))
-        self.preemption = Preemption()  # after StagedCheckpoints: its on_save runs once the checkpoint is published
+        self.preemption = Preemption(self.close_progress_bar)  # after StagedCheckpoints: its on_save runs once the checkpoint is published
         self.add_callback(self.preemption)
         self.add_callback(DivergenceGuard(self))
         if parts.streaming and parts.max_bad_examples:
@@ -213,13 +215,17 @@ class WhisperTrainer(Seq2SeqTrainer):
         good = [folder for number, folder in checkpoints.numbered_checkpoints(self.output_dir)
                 if number < step and not checkpoints.missing_parts(folder)]
         last = f"the last good checkpoint is {good[0]}" if good else "no checkpoint was saved before it"
-        for callback in self.callback_handler.callbacks:
-            if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
-                # Closed (its line ended) so that the error starts a line of its own.
-                callback.training_bar.close()
-                callback.training_bar = None
+        self.close_progress_bar()
         return TrainingDiverged(f"training diverged at step {step} (learning rate {self.current_learning_rate():.3g}): "
                                 f"{what}; stopped without saving this state, {last}; try a lower --learning_rate")
+
+    def close_progress_bar(self):
+        """End the training progress bar's line, so that an error or a stop message starts a line of its own
+        (the bar would otherwise be redrawn after it when the interpreter exits)."""
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
+                callback.training_bar.close()
+                callback.training_bar = None
 
     def log(self, logs, *args, **kwargs):
         if self.eval_started is not None and any(key.endswith("_loss") and key != "loss" for key in logs):
@@ -451,6 +457,30 @@ def metrics_function(tokenizer, normalizer, metric):
         return {"wer": scores["wer"], "cer": scores["cer"]}
 
     return compute_metrics
+
+
+_INDEXED_CPU_REGISTERED = []
+
+
+def allow_indexed_cpu_locations():
+    """Let ``torch.load`` restore onto ``cpu:N``: resuming a multi-process CPU run (``torchrun`` without GPUs).
+
+    The Trainer loads the optimizer state with ``map_location=args.device`` under several processes, and
+    that device is ``cpu:N`` for CPU processes, which torch's own CPU deserializer refuses ("don't know how
+    to restore data location ... cpu:0"); registered once through torch's public
+    ``serialization.register_package``, a CPU storage is restored as it is.
+    """
+    if _INDEXED_CPU_REGISTERED:
+        return
+
+    def tag(storage):
+        return None  # saving is torch's business, unchanged
+
+    def restore(storage, location):
+        return storage.cpu() if location.startswith("cpu:") else None
+
+    torch.serialization.register_package(30, tag, restore)
+    _INDEXED_CPU_REGISTERED.append(True)
 
 
 def pin_accelerate_precision(run_precision):
