@@ -6,6 +6,7 @@ mounted and filled to the last byte; elsewhere ``OSError(ENOSPC)`` is injected a
 """
 import contextlib
 import errno
+import glob
 import json
 import os
 import random
@@ -480,10 +481,12 @@ def test_a_killed_evaluation_resumes_to_the_same_results_and_leaves_no_process(t
 
     run = subprocess.Popen(_evaluation(tiny_model_dir, data, out), cwd=REPO_ROOT, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
-    progress = os.path.join(out, "model__data.progress.jsonl")
+    def progress_lines():
+        found = glob.glob(os.path.join(out, "*.progress.jsonl"))
+        return open(found[0], encoding="utf-8").read().count("\n") if found else 0
+
     deadline = time.time() + 300
-    while time.time() < deadline and run.poll() is None and not (
-            os.path.exists(progress) and open(progress, encoding="utf-8").read().count("\n") >= 4):
+    while time.time() < deadline and run.poll() is None and progress_lines() < 4:
         time.sleep(0.05)
     children = descendants(run.pid)
     assert len(children) >= 2, children  # the workers (and the forkserver) while decoding
@@ -495,16 +498,19 @@ def test_a_killed_evaluation_resumes_to_the_same_results_and_leaves_no_process(t
     while time.time() < deadline and any(running(pid) for pid in children):
         time.sleep(0.1)
     assert not [pid for pid in children if running(pid)]  # no worker, no forkserver left behind
+    (progress,) = glob.glob(os.path.join(out, "*.progress.jsonl"))
     with open(progress, encoding="utf-8") as f:
         decoded = sum(len(json.loads(line).get("rows", [])) for line in f.readlines()[1:])
     assert 6 <= decoded < 24
-    assert not os.path.exists(os.path.join(out, "model__data.txt"))
+    assert not glob.glob(os.path.join(out, "*.txt"))
 
     resumed = subprocess.run(_evaluation(tiny_model_dir, data, out), cwd=REPO_ROOT, capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"{decoded} of 24 utterance(s) already decoded" in resumed.stderr
-    for name in ("model__data.txt", "model__data.json"):
+    names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(reference, "*__data.*")))
+    assert len(names) == 2 and sorted(os.path.basename(p) for p in glob.glob(os.path.join(out, "*__data.*"))) == names
+    for name in names:
         assert _without_timings(os.path.join(out, name)) == _without_timings(os.path.join(reference, name)), name
     assert not os.path.exists(progress)
 
