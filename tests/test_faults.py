@@ -332,6 +332,11 @@ def test_the_lock_is_released_when_training_fails(tiny_model_dir, tiny_dataset_d
     with pytest.raises(UserError):
         train(TrainConfig(model_name=tiny_model_dir, train_datasets=(tiny_dataset_dir,),
                           eval_datasets=(tiny_dataset_dir,), output_dir=out, language="hi", num_steps=0))
+    assert not os.path.exists(out)  # neither the lock nor the folder it was created for
+    os.makedirs(out)
+    with pytest.raises(UserError):
+        train(TrainConfig(model_name=tiny_model_dir, train_datasets=(tiny_dataset_dir,),
+                          eval_datasets=(tiny_dataset_dir,), output_dir=out, language="hi", num_steps=0))
     assert os.listdir(out) == []
 
 

@@ -114,9 +114,14 @@ def release(path):
 
 @contextlib.contextmanager
 def held(folder, main_process=True):
-    """``with held(output_dir):`` the block runs holding the folder's lock (only the main process takes it)."""
+    """``with held(output_dir):`` the block runs holding the folder's lock (only the main process takes it). A
+    folder the lock created and the block left empty (a run stopped by a bad option) is removed again."""
+    created = main_process and not os.path.isdir(folder)
     path = acquire(folder) if main_process else None
     try:
         yield path
     finally:
         release(path)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only if empty
