@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..model import loading
 from .. import files, scoring
-from ..audio import SAMPLE_RATE, decode_example_audio
+from ..audio import SAMPLE_RATE
 from ..data.loading import (AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, TEXT_COLUMN, DatasetSpec, load_datasets,
                             source_format)
 from ..data.bad_audio import check_limit, max_bad_examples_option, too_many, try_decode
@@ -272,7 +272,7 @@ class Progress:
         files.atomic_write_text(self.path, json.dumps({"header": self.header}, ensure_ascii=False) + "\n")
 
     def append(self, rows, bad, ids):
-        """Add one decoded batch (``rows``: ``{row: hypothesis}``; ``bad``: ``{row: why}``), on disk before returning."""
+        """Add one decoded batch (``rows``: ``{row: hypothesis}``; ``bad``: ``{row: why}``), on disk on return."""
         entry = {"rows": [[row, ids[row], text] for row, text in rows.items()],
                  "bad": [[row, ids[row], why] for row, why in bad.items()]}
         line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")

@@ -86,7 +86,8 @@ class WhisperTrainer(Seq2SeqTrainer):
         self.timer = CheckpointTimer()
         self.add_callback(self.timer)
         self.add_callback(StagedCheckpoints(output_dir, parts.companions, self.timer))
-        self.preemption = Preemption(self.close_progress_bar)  # after StagedCheckpoints: its on_save runs once the checkpoint is published
+        # After StagedCheckpoints: its on_save runs once the checkpoint is published.
+        self.preemption = Preemption(self.close_progress_bar)
         self.add_callback(self.preemption)
         self.add_callback(DivergenceGuard(self))
         if parts.streaming and parts.max_bad_examples:
