@@ -76,8 +76,8 @@ def test_dynamic_decoding_runs_the_encoder_on_the_bucket(sharp_model_dir, tiny_d
         lambda module, args, kwargs: seen.append((args[0] if args else kwargs["input_features"]).shape[-1]),
         with_kwargs=True)
     options = decoder.options
-    hyps, _, _ = decode_dataset(load_custom_dataset(tiny_dataset_dir), decoder,
-                                decoder.processor.feature_extractor, 4, context_frames=options.context_frames)
+    hyps = decode_dataset(load_custom_dataset(tiny_dataset_dir), decoder, decoder.processor.feature_extractor, 4,
+                          context_frames=options.context_frames).hypotheses
     assert len(hyps) == 8 and all(isinstance(h, str) for h in hyps)
     assert seen == [200, 200]  # clips of 1.0-1.7 s: one 2 s bucket, not 3000 frames
 

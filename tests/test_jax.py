@@ -168,7 +168,7 @@ def test_custom_evaluator_on_two_host_devices(sharp_model_dir, tiny_dataset_dir,
 
     processor = load_processor(sharp_model_dir)
     one = JaxDecoder(prepared_for(sharp_model_dir, language="hi", batch_size=4, max_new_tokens=8, backend="jax"), -1)
-    hyps, _, _ = decode_dataset(load_custom_dataset(tiny_dataset_dir), one, processor.feature_extractor, 3)
+    hyps = decode_dataset(load_custom_dataset(tiny_dataset_dir), one, processor.feature_extractor, 3).hypotheses
     assert len(set(hyps)) >= 3 and _raw_hyps(two_txt) == hyps
 
 

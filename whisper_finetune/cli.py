@@ -9,7 +9,8 @@ import sys
 import warnings
 
 from . import options
-from .errors import OptionError, UserError
+from .errors import OptionError, Stopped, UserError
+from .signals import Terminated, terminate_raises
 
 # Loggers of libraries that report their internals at INFO (datasets lists the frameworks it found when
 # first imported, before its own verbosity setting exists).
@@ -48,20 +49,29 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 def run(main, argv=None, flag_names=None):
-    """Run ``main(argv)`` turning :class:`UserError` into ``error: ...`` on stderr and exit status 2.
+    """Run ``main(argv)`` turning :class:`UserError` into ``error: ...`` on stderr and its exit status (2 for bad
+    input; 75 for a full disk, which the same command survives once space is freed).
 
     ``flag_names`` maps option names to the script's flags where they differ (``OptionError`` names
-    options). Ctrl-C exits with status 130 and a one-line message (cleanup happens in the library's
-    ``finally`` blocks, so nothing half-written is left).
+    options). Ctrl-C exits with status 130 and SIGTERM with 143, each with a one-line message, after the
+    stack has unwound (cleanup happens in the library's ``finally`` blocks, so nothing half-written is
+    left, and DataLoader worker processes are shut down with the script). A training run stopped by
+    either has saved a checkpoint first (:class:`Stopped`, its line already logged).
     """
     try:
-        code = main(argv)
+        with terminate_raises():
+            code = main(argv)
     except OptionError as exc:
         print(f"error: {exc.render(flag_names)}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(exc.exit_status)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(exc.exit_status)
+    except Stopped as exc:
+        sys.exit(exc.exit_status)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        sys.exit(143)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

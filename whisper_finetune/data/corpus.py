@@ -193,33 +193,37 @@ def prepare_dataset(config: DataPrepConfig) -> PrepSummary:
     os.makedirs(parent, exist_ok=True)
     work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
     try:
-        with_speaker = any(utt.speaker is not None for utt in utterances)
-        with_language = any(utt.language is not None for utt in utterances)
-        with_segments = utterances[0].recording_id is not None
-        # Segments travel as whole recordings (tuples of their segments): one worker reads each file once.
-        units = by_recording(utterances) if with_segments else utterances
-        num_proc = max(1, min(config.num_proc, len(units)))
-        # Contiguous shards, one per process: from_generator concatenates them in order, so the
-        # dataset keeps the corpus order.
-        bounds = [round(i * len(units) / num_proc) for i in range(num_proc + 1)]
-        shards = [units[a:b] for a, b in zip(bounds, bounds[1:])]
-        dataset = Dataset.from_generator(
-            _generate_segment_rows if with_segments else _generate_rows,
-            features=_prep_features(config.sampling_rate, with_speaker, with_segments, with_language),
-            gen_kwargs={"shards": shards, "sampling_rate": config.sampling_rate, "with_speaker": with_speaker,
-                        "with_language": with_language},
-            num_proc=num_proc if num_proc > 1 else None, cache_dir=os.path.join(work, "cache"),
-            split="train", writer_batch_size=WRITER_BATCH_SIZE)
-        dataset = dataset.cast_column(AUDIO_COLUMN, Audio(sampling_rate=config.sampling_rate))
-        staged = os.path.join(work, "dataset")
-        with small_write_batches():
-            dataset.save_to_disk(staged, num_shards=config.num_shards, max_shard_size=config.max_shard_size)
-        with open(os.path.join(staged, PREP_INFO_FILE), "w", encoding="utf-8") as f:
-            json.dump({"source_format": source_format, "source_data_dir": os.path.abspath(config.source_data_dir)},
-                      f, indent=2, ensure_ascii=False)
-        durations = list(dataset[DURATION_COLUMN])
-        del dataset
-        files.publish_dir(staged, out)  # an existing one (--overwrite) is renamed aside, then removed
+        # A full disk: the work folder goes, an earlier output stays. What it needs: the clips as 16-bit audio at
+        # the output rate, twice (the generated dataset, then the saved copy, both in the work folder).
+        needed = int(2 * 2 * config.sampling_rate * sum(utt.duration for utt in utterances))
+        with files.space_guard(parent, os.path.basename(out), partial=work, needed=needed):
+            with_speaker = any(utt.speaker is not None for utt in utterances)
+            with_language = any(utt.language is not None for utt in utterances)
+            with_segments = utterances[0].recording_id is not None
+            # Segments travel as whole recordings (tuples of their segments): one worker reads each file once.
+            units = by_recording(utterances) if with_segments else utterances
+            num_proc = max(1, min(config.num_proc, len(units)))
+            # Contiguous shards, one per process: from_generator concatenates them in order, so the
+            # dataset keeps the corpus order.
+            bounds = [round(i * len(units) / num_proc) for i in range(num_proc + 1)]
+            shards = [units[a:b] for a, b in zip(bounds, bounds[1:])]
+            dataset = Dataset.from_generator(
+                _generate_segment_rows if with_segments else _generate_rows,
+                features=_prep_features(config.sampling_rate, with_speaker, with_segments, with_language),
+                gen_kwargs={"shards": shards, "sampling_rate": config.sampling_rate, "with_speaker": with_speaker,
+                            "with_language": with_language},
+                num_proc=num_proc if num_proc > 1 else None, cache_dir=os.path.join(work, "cache"),
+                split="train", writer_batch_size=WRITER_BATCH_SIZE)
+            dataset = dataset.cast_column(AUDIO_COLUMN, Audio(sampling_rate=config.sampling_rate))
+            staged = os.path.join(work, "dataset")
+            with small_write_batches():
+                dataset.save_to_disk(staged, num_shards=config.num_shards, max_shard_size=config.max_shard_size)
+            with open(os.path.join(staged, PREP_INFO_FILE), "w", encoding="utf-8") as f:
+                json.dump({"source_format": source_format, "source_data_dir": os.path.abspath(config.source_data_dir)},
+                          f, indent=2, ensure_ascii=False)
+            durations = list(dataset[DURATION_COLUMN])
+            del dataset
+            files.publish_dir(staged, out)  # an existing one (--overwrite) is renamed aside, then removed
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return PrepSummary(out, len(durations), durations, dropped, source_format)

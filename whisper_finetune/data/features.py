@@ -22,6 +22,7 @@ from datasets import Array2D, Audio, Features, Sequence, Value
 from ..audio import (CHUNK_SECONDS, DECODER_POSITIONS, ENCODER_STRIDE, MEL_FRAMES_PER_SECOND, N_FRAMES,
                      decode_example_audio)
 from . import timestamps
+from .bad_audio import BAD_LENGTH, decode_batch
 from .loading import AUDIO_COLUMN, END_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, RECORDING_COLUMN, START_COLUMN, TEXT_COLUMN
 from ..errors import UserError
 from ..options import option
@@ -149,14 +150,17 @@ def _languages_of(dataset, processor, languages):
 
 
 def _preparer(processor, sampling_rate, lowercase=False, remove_punctuation=False, languages=None,
-              keep_audio=False):
+              keep_audio=False, max_bad=0, bad_log=None):
     """A batched map function: common-schema rows -> features (float16) or, with ``keep_audio``, the decoded
     audio (featurised later, after augmentation), labels (each row's language token when it has one)
-    and input length."""
+    and input length. With ``max_bad`` above 0 a row whose audio cannot be decoded is recorded in
+    ``bad_log`` and gets the length ``BAD_LENGTH`` (dropped later, :mod:`.bad_audio`)."""
     extractor, tokenizer = processor.feature_extractor, processor.tokenizer
 
     def prepare(batch):
-        audios = [decode_example_audio(value, sampling_rate) for value in batch[AUDIO_COLUMN]]
+        values = batch[AUDIO_COLUMN]
+        audios, bad = decode_batch(values, batch.get(ID_COLUMN) or [None] * len(values), sampling_rate, max_bad,
+                                   bad_log)
         texts = [clean_text(t, lowercase, remove_punctuation) for t in batch[TEXT_COLUMN]]
         labels = tokenizer(texts).input_ids
         if languages is not None:  # rows without a language column take the default language
@@ -168,7 +172,8 @@ def _preparer(processor, sampling_rate, lowercase=False, remove_punctuation=Fals
             # Whisper's extractor expects 16 kHz; other rates are the user's explicit choice.
             mels = extractor(audios, sampling_rate=extractor.sampling_rate, return_tensors="np").input_features
             prepared = {FEATURE_COLUMN: mels.astype(np.float16)}  # (batch, n_mels, 3000)
-        return {**prepared, LABEL_COLUMN: labels, LENGTH_COLUMN: [len(a) / sampling_rate for a in audios]}
+        lengths = [BAD_LENGTH if broken else len(a) / sampling_rate for a, broken in zip(audios, bad)]
+        return {**prepared, LABEL_COLUMN: labels, LENGTH_COLUMN: lengths}
 
     return prepare
 
@@ -180,7 +185,7 @@ def _schema(processor, keep_audio=False):
 
 
 def featurize(dataset, processor, sampling_rate, num_proc=1, lowercase=False, remove_punctuation=False,
-              cache_file_name=None, desc="featurising", languages=None, keep_audio=False):
+              cache_file_name=None, desc="featurising", languages=None, keep_audio=False, max_bad=0, bad_log=None):
     """Map a common-schema dataset to ``input_features`` (float16), ``labels`` and ``input_length``.
 
     The tokenizer must already carry the prefix tokens (language/task) the labels should start with;
@@ -188,11 +193,12 @@ def featurize(dataset, processor, sampling_rate, num_proc=1, lowercase=False, re
     one with the tokenizer's language). With ``keep_audio`` the rows keep their decoded audio
     (``audio_samples``) instead of features, for augmentation. With ``cache_file_name`` the result is
     written there and reused when it exists (other ranks of a distributed run read what the main
-    process wrote).
+    process wrote). With ``max_bad`` above 0, rows whose audio cannot be decoded are kept with the length
+    ``BAD_LENGTH``, for :func:`.bad_audio.drop_bad` to name, count and drop.
     """
     num_proc = max(1, min(num_proc, len(dataset)))
     prepare = _preparer(processor, sampling_rate, lowercase, remove_punctuation,
-                        _languages_of(dataset, processor, languages), keep_audio)
+                        _languages_of(dataset, processor, languages), keep_audio, max_bad, bad_log)
     return dataset.map(prepare, batched=True,
                        batch_size=16, remove_columns=dataset.column_names, features=_schema(processor, keep_audio),
                        num_proc=num_proc if num_proc > 1 else None,
@@ -294,20 +300,23 @@ def _window_languages(dataset, plans, languages):
     return chosen
 
 
-def featurize_stream(stream, processor, sampling_rate, lowercase=False, remove_punctuation=False, languages=None):
+def featurize_stream(stream, processor, sampling_rate, lowercase=False, remove_punctuation=False, languages=None,
+                     max_bad=0, bad_log=None):
     """The streaming counterpart of :func:`featurize` + :func:`drop_too_long` for an ``IterableDataset``.
 
     Decoding, resampling, log-mel features and tokenising happen lazily as examples are read; clips
     over 30 s and labels over 448 tokens are skipped on the fly (they cannot be counted in advance),
-    and a row's language is checked when it is read.
+    and a row's language is checked when it is read. With ``max_bad`` above 0 an example whose audio cannot
+    be decoded is recorded in ``bad_log`` (a :class:`.bad_audio.BadAudioLog`) and skipped; the training loop
+    counts them there.
     """
     prepare = _preparer(processor, sampling_rate, lowercase, remove_punctuation,
-                        languages or LanguageLabels(processor.tokenizer))
+                        languages or LanguageLabels(processor.tokenizer), max_bad=max_bad, bad_log=bad_log)
 
     def prepare_and_filter(batch):  # a batched map may return fewer rows than it was given
         out = prepare(batch)
         keep = [i for i, (seconds, ids) in enumerate(zip(out[LENGTH_COLUMN], out[LABEL_COLUMN]))
-                if seconds <= CHUNK_SECONDS and len(ids) <= MAX_LABEL_TOKENS]
+                if 0 <= seconds <= CHUNK_SECONDS and len(ids) <= MAX_LABEL_TOKENS]
         return {key: [values[i] for i in keep] for key, values in out.items()}
 
     columns = [c for c in (stream.column_names or [AUDIO_COLUMN, TEXT_COLUMN]) if c]

@@ -9,9 +9,11 @@ other tools, or by older versions of ours, can still be incomplete).
 """
 import glob
 import logging
+import math
 import os
 import re
 
+from .. import files
 from ..errors import OptionError
 
 logger = logging.getLogger(__name__)
@@ -88,3 +90,40 @@ def resolve_resume(value, output_dir):
         raise OptionError("resume_from_ckpt", value, f"not a complete training checkpoint (no {', '.join(missing)}); "
                           f"use latest to take the newest complete one")
     return value
+
+
+# Beside weights and optimizer: tokenizer and processor files (about 3 MB for Whisper), scheduler, RNG and
+# trainer state, and the file system's own overhead.
+CHECKPOINT_EXTRA_BYTES = 8 * 2**20
+ADAM_STATE_BYTES = 8  # AdamW keeps two float32 moments per trained weight
+
+
+def estimate_checkpoint_bytes(model, adapter_only=False):
+    """About how many bytes one checkpoint of ``model`` takes: its weights as stored (``adapter_only``: the
+    trained ones alone, a LoRA adapter) plus the optimizer's state of every trained weight."""
+    parameters = list(model.parameters())
+    trained = [p for p in parameters if p.requires_grad]
+    weights = sum(p.numel() * p.element_size() for p in (trained if adapter_only else parameters))
+    return weights + ADAM_STATE_BYTES * sum(p.numel() for p in trained) + CHECKPOINT_EXTRA_BYTES
+
+
+def planned_checkpoints(args):
+    """How many checkpoints the run keeps on disk at most: ``--save_total_limit`` + 1 (the one being written
+    before the oldest goes), or every save of the run when there is no limit (fewer saves than that: all)."""
+    if args.max_steps and args.max_steps > 0 and args.save_steps:
+        saves = math.ceil(args.max_steps / args.save_steps)
+    else:
+        saves = max(1, math.ceil(args.num_train_epochs))
+    return min(saves, args.save_total_limit + 1) if args.save_total_limit else saves
+
+
+def space_warning(output_dir, per_checkpoint, count, final_bytes):
+    """The warning to log when ``output_dir``'s device has less free space than ``count`` checkpoints of
+    ``per_checkpoint`` bytes plus the final model (``None`` when there is enough)."""
+    needed = per_checkpoint * count + final_bytes
+    free = files.free_bytes(output_dir)
+    if free >= needed:
+        return None
+    return (f"--output_dir {output_dir}: {files.human_bytes(free)} free, but the run needs about "
+            f"{files.human_bytes(needed)} ({count} checkpoint(s) of about {files.human_bytes(per_checkpoint)} "
+            f"and the final model); it may stop with a full disk (lower --save_total_limit, or free space)")

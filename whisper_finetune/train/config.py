@@ -20,6 +20,7 @@ from .. import hub
 from ..model import loading
 from ..data.loading import LANGUAGE_COLUMN, DatasetSpec, check_parallel_lists, load_custom_dataset
 from ..errors import OptionError, UserError
+from ..data.bad_audio import max_bad_examples_option
 from ..data.features import AudioContext
 from ..options import option
 from .summary import SUMMARY_FILE
@@ -242,6 +243,7 @@ class TrainConfig:
     fsdp_config: Optional[str] = option(None, "FSDP config JSON passed to the Trainer (e.g. configs/fsdp_config.json)",
                                         group="scale")
     num_workers: int = option(0, "data-loader worker processes", group="data")
+    max_bad_examples: int = max_bad_examples_option()
     report_to: str = option("tensorboard", "Trainer logging integration (tensorboard, none...)")
     streaming: bool = option(False, "read the training datasets as streams (IterableDataset: never downloaded "
                              "whole, featurised on the fly); needs --train_strategy steps", group="scale")
@@ -337,7 +339,7 @@ def _check_values(config: TrainConfig):
                  "early_stopping_patience"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise OptionError(name, getattr(config, name), "must be at least 1")
-    for name in ("warmup", "num_workers"):
+    for name in ("warmup", "num_workers", "max_bad_examples"):
         if getattr(config, name) < 0:
             raise OptionError(name, getattr(config, name), "must not be negative")
     if config.learning_rate is not None and config.learning_rate <= 0:

@@ -10,9 +10,10 @@ import logging
 import math
 import os
 
+from ..data.bad_audio import BadAudioLog, drop_bad
 from ..data.features import (INDEX_COLUMN, LENGTH_COLUMN, REPLAY_COLUMN, LanguageLabels, drop_too_long, featurize,
                              featurize_stream, featurize_windows)
-from ..data.loading import LANGUAGE_COLUMN, load_datasets
+from ..data.loading import ID_COLUMN, LANGUAGE_COLUMN, load_datasets
 from ..errors import UserError
 from ..text import language_code
 from .config import dataset_specs
@@ -134,13 +135,19 @@ def prepare_split(config, role, specs, max_samples, processor, default_language=
             dataset, processor, config.sampling_rate, config.timestamp_ratio, config.lowercase,
             config.remove_punctuation, cache_file_name=cache, fingerprint=os.path.basename(cache)[:-len(".arrow")],
             desc=f"featurising {role} windows", languages=languages)
+        skipped = 0  # timestamp windows hold several clips: a bad one stops the run (--max_bad_examples aside)
     else:
         keep_audio = keeps_audio(config, role)
+        names = dataset[ID_COLUMN]
         dataset = featurize(dataset, processor, config.sampling_rate, config.num_proc, config.lowercase,
                             config.remove_punctuation, cache_file_name=cache,
                             desc=f"{'decoding' if keep_audio else 'featurising'} {role} data", languages=languages,
-                            keep_audio=keep_audio)
+                            keep_audio=keep_audio, max_bad=config.max_bad_examples,
+                            bad_log=BadAudioLog(config.output_dir, role))
+        dataset, skipped = drop_bad(dataset, names, LENGTH_COLUMN, config.max_bad_examples, label)
     dataset, counts = drop_too_long(dataset, label)
+    if skipped:
+        counts["skipped_bad_audio"] = skipped
     if windows:
         counts.update(window_counts)
     if len(dataset) == 0:
@@ -184,7 +191,8 @@ def prepare_stream(config, specs, processor, args):
         stream = stream.take(config.max_train_samples)
     if args.world_size > 1:
         stream = split_dataset_by_node(stream, rank=args.process_index, world_size=args.world_size)
-    stream = featurize_stream(stream, processor, config.sampling_rate, config.lowercase, config.remove_punctuation)
+    stream = featurize_stream(stream, processor, config.sampling_rate, config.lowercase, config.remove_punctuation,
+                              max_bad=config.max_bad_examples, bad_log=BadAudioLog(config.output_dir, "train"))
     return stream.with_format("numpy"), {"streamed": True, "probabilities": probabilities}
 
 

@@ -7,6 +7,8 @@ curve, and how to use the model.
 """
 import os
 
+from ..files import atomic_write_text
+
 CARD_FILE = "README.md"
 # What a dynamic-context run's steps updated (--short_context_updates), as the card says it.
 STEP_UPDATES = {"encoder": " (the others updated the encoder only)",
@@ -187,6 +189,5 @@ def _retain_section(summary):
 def write_model_card(folder, summary, hub_model_id=None):
     """Write ``README.md`` into ``folder``; returns its path."""
     path = os.path.join(folder, CARD_FILE)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(render_model_card(summary, hub_model_id))
+    atomic_write_text(path, render_model_card(summary, hub_model_id))  # a full disk leaves no half-written card
     return path

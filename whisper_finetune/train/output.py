@@ -7,6 +7,7 @@ import os
 import shutil
 
 from .. import files
+from ..data.bad_audio import BAD_EXAMPLES_FILE
 from ..files import publish
 from ..model import loading
 from .config import RUN_MARKERS
@@ -20,7 +21,8 @@ FINAL_STAGING = ".final-model" + files.PARTIAL_SUFFIX
 
 
 def clear_earlier_run(output_dir):
-    for marker in RUN_MARKERS + ("generation_config.json", PLOT_FILE, "runs", ".feature_cache", ADAPTER_DIR):
+    for marker in RUN_MARKERS + ("generation_config.json", PLOT_FILE, "runs", ".feature_cache", ADAPTER_DIR,
+                   BAD_EXAMPLES_FILE):
         path = os.path.join(output_dir, marker)
         if os.path.isdir(path):
             shutil.rmtree(path)
@@ -30,13 +32,22 @@ def clear_earlier_run(output_dir):
         shutil.rmtree(path)
 
 
-def save_final(trainer, processor, config, generation_config):
+def save_final(trainer, processor, config, generation_config, needed_bytes=None):
     """Best model (already loaded by the Trainer) + processor + generation config into ``output_dir``.
 
     Written into a staging folder first (every rank takes part in ``save_model``, as FSDP and
     DeepSpeed need), then each file is renamed into ``output_dir``: a kill leaves whole files only.
-    A LoRA run also keeps its adapter folder, published as a whole.
+    A LoRA run also keeps its adapter folder, published as a whole. A full disk while the model is staged
+    removes the staging folder and raises :class:`~whisper_finetune.errors.DiskFull` (the checkpoints are
+    intact: rerunning with ``--resume_from_ckpt latest`` writes the final model again).
     """
+    with files.space_guard(config.output_dir, "the final model", partial=os.path.join(config.output_dir, FINAL_STAGING),
+                           needed=needed_bytes, advice="the checkpoints are intact; free some space and rerun the same "
+                                                       "command with --resume_from_ckpt latest"):
+        _save_final(trainer, processor, config, generation_config)
+
+
+def _save_final(trainer, processor, config, generation_config):
     out = config.output_dir
     staged = os.path.join(out, FINAL_STAGING)
     main = trainer.is_world_process_zero()

@@ -5,6 +5,12 @@ under ``torchrun``), build the model and the Trainer (:mod:`.trainer`), fit, mer
 (``--merge_ratio``), save the final model (:mod:`.output`), and report: ``training_summary.json``, the
 curve and the model card (:mod:`.summary`), pushed to the Hub with ``--push_to_hub``. Every
 ``checkpoint-N`` is self-contained and kill-safe, so ``--resume_from_ckpt latest`` always finds a whole one.
+
+The faults a cluster or a disk brings (issue 43): the main process holds ``output_dir``'s lock for the whole
+run (:mod:`whisper_finetune.runlock`); free space is checked against the checkpoints the run will keep
+before training; a full disk while a checkpoint or the final model is written removes the half-written
+folder and stops with :class:`~whisper_finetune.errors.DiskFull`; a SIGTERM or first Ctrl-C saves a
+checkpoint after the current step and stops (:mod:`.preemption`).
 """
 import dataclasses
 import json
@@ -17,7 +23,8 @@ from typing import Optional
 import torch
 from transformers.trainer_callback import TrainerState
 
-from .. import files, hub
+from .. import files, hub, runlock
+from ..data.bad_audio import logged_count
 from ..data.features import DataCollatorSpeechSeq2SeqWithPadding
 from ..data.loading import source_format
 from ..model import loading
@@ -67,7 +74,16 @@ class RunData:
 
 
 def train(config: TrainConfig) -> TrainSummary:
-    """Fine-tune ``config.model_name``; returns the run's :class:`TrainSummary` (also in ``training_summary.json``)."""
+    """Fine-tune ``config.model_name``; returns the run's :class:`TrainSummary` (also in ``training_summary.json``).
+
+    The main process (rank 0; ``torchrun`` sets ``RANK`` before anything runs) holds ``output_dir``'s lock
+    throughout, released however the run ends.
+    """
+    with runlock.held(config.output_dir, main_process=int(os.environ.get("RANK", "0")) == 0):
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> TrainSummary:
     plan = plan_run(config)
     if plan.args.process_index == 0:
         if plan.resume is None and config.overwrite_output_dir:
@@ -78,12 +94,21 @@ def train(config: TrainConfig) -> TrainSummary:
     generation_config = (model.get_base_model() if config.lora else model).generation_config
     trainer, retain, early_stopping = make_trainer(config, plan, data, model, generation_config)
 
+    checkpoint_bytes = checkpoints.estimate_checkpoint_bytes(model, adapter_only=config.lora)
+    final_bytes = checkpoints.estimate_checkpoint_bytes(model) - checkpoints.ADAM_STATE_BYTES * sum(
+        p.numel() for p in model.parameters() if p.requires_grad)
+    if plan.args.process_index == 0:
+        warning = checkpoints.space_warning(config.output_dir, checkpoint_bytes,
+                                            checkpoints.planned_checkpoints(plan.args), final_bytes)
+        if warning:
+            logger.warning(warning)
+
     trainer.started = time.perf_counter()  # also the clock of each evaluation's train_seconds
-    fit(trainer, plan.resume, plan.args.max_steps)
+    fit(trainer, plan.resume, plan.args.max_steps, checkpoint_bytes)
     elapsed, eval_seconds = time.perf_counter() - trainer.started, trainer.eval_seconds  # the merge is timed apart
     main_eval = EvalSet("eval", data.eval, trainer.parts.decode_kwargs, trainer.compute_metrics)
     merge = merge_with_base(trainer, config, main_eval, retain, plan.metric)
-    save_final(trainer, plan.processor, config, generation_config)
+    save_final(trainer, plan.processor, config, generation_config, final_bytes)
 
     per_dataset = evaluate_each(trainer, config, dataset_specs(config, "eval"), plan.processor, plan.args) \
         if len(config.eval_datasets) > 1 else []
@@ -172,7 +197,8 @@ def make_trainer(config: TrainConfig, plan: RunPlan, data: RunData, model, gener
         companions=(processor, processor.feature_extractor, generation_config),
         full_context_ratio=config.full_context_ratio, short_context_frozen=tuple(short_context_frozen),
         full_context_frozen=tuple(full_context_frozen), retain=retain, primary_metric=plan.metric,
-        spec_augment=config.spec_augment, distiller=make_distiller(config, plan.language, plan.args.device))
+        spec_augment=config.spec_augment, distiller=make_distiller(config, plan.language, plan.args.device),
+        max_bad_examples=config.max_bad_examples if config.streaming else 0)
     trainer = WhisperTrainer(
         model=model, args=plan.args, train_dataset=data.train, eval_dataset=data.eval, processing_class=processor,
         data_collator=DataCollatorSpeechSeq2SeqWithPadding(
@@ -183,8 +209,33 @@ def make_trainer(config: TrainConfig, plan: RunPlan, data: RunData, model, gener
     return trainer, retain, early_stopping
 
 
-def fit(trainer, resume, max_steps):
-    """Train (or resume) to the end; the best checkpoint is then loaded into ``trainer.model``."""
+def fit(trainer, resume, max_steps, checkpoint_bytes=None):
+    """Train (or resume) to the end; the best checkpoint is then loaded into ``trainer.model``.
+
+    A full disk while a checkpoint is written: the half-written one (in the staging folder) is removed and
+    :class:`~whisper_finetune.errors.DiskFull` names the folder, the checkpoint's size and the newest complete
+    checkpoint, which resuming takes.
+    """
+    try:
+        with trainer.preemption.armed():
+            _fit(trainer, resume, max_steps)
+    except Exception as exc:
+        output_dir = trainer.output_dir
+        if not files.is_disk_full(exc, output_dir):
+            raise
+        trainer.close_progress_bar()
+        staging = trainer.args.output_dir
+        writing = [n for n in os.listdir(staging) if n.startswith("checkpoint-")] if os.path.isdir(staging) else []
+        if trainer.is_world_process_zero():
+            shutil.rmtree(staging, ignore_errors=True)
+        last = checkpoints.latest_complete(output_dir)
+        kept = f"{os.path.basename(last)} is complete and kept" if last else "no complete checkpoint was written yet"
+        raise files.disk_full(output_dir, writing[0] if writing else "the run's output", checkpoint_bytes,
+                              advice=f"{kept}; free some space and rerun the same command with "
+                                     f"--resume_from_ckpt latest") from exc
+
+
+def _fit(trainer, resume, max_steps):
     if resume and max_steps > 0 and start_step(resume) >= max_steps:
         # Resumed at the last step (a kill after the last checkpoint, e.g. while the final model was
         # written). transformers 4.57 would train one more step here when the last step falls
@@ -213,6 +264,10 @@ def summarise(config, plan, data, trainer, retain, merge, per_dataset, retain_pe
     before = next((e for e in state.log_history if e.get("step") == 0 and f"{RETAIN_PREFIX}_wer" in e), {})
     # With --merge_ratio below 1 the final model is not the best checkpoint: its figures are the merge's.
     final = {key.replace(MERGED_PREFIX, "eval"): value for key, value in merge.items()} if merge else best_eval
+    skipped = {role: counts["skipped_bad_audio"] for role, counts in data.counts.items()
+               if isinstance(counts, dict) and counts.get("skipped_bad_audio")}
+    if config.streaming and config.max_bad_examples and logged_count(config.output_dir, "train"):
+        skipped["train"] = logged_count(config.output_dir, "train")  # every process's, counted once each
     retain_fields = retain_summary(
         retain, hours(retain.dataset) if retain else None, before, final, plan.retain_language,
         plan.retain_normalizer,
@@ -236,7 +291,7 @@ def summarise(config, plan, data, trainer, retain, merge, per_dataset, retain_pe
         is_main_process=trainer.is_world_process_zero(),
         best_model_metric=config.metric_for_best_model,
         early_stopped_at=early_stopping.stopped_at if early_stopping else None,
-        merge=merge_summary(merge), **retain_fields,
+        merge=merge_summary(merge), skipped_bad_audio=skipped, **retain_fields,
         source_formats={name: origin for role in ("train", "eval", "retain", "replay")
                         for name in getattr(config, f"{role}_datasets") or () if (origin := source_format(name))})
 

@@ -89,6 +89,8 @@ class TrainSummary:
     eval_cer_before: Optional[float] = None
     # data_prep folder -> the corpus format it was made from (kaldi, common_voice...; data.source_format)
     source_formats: dict = field(default_factory=dict)
+    # role -> examples skipped because their audio could not be decoded (--max_bad_examples; {} when none)
+    skipped_bad_audio: dict = field(default_factory=dict)
 
     def to_dict(self):
         return asdict(self)
@@ -170,6 +172,9 @@ def format_summary(summary: TrainSummary):
     if summary.early_stopped_at is not None:
         lines.append(f"early stopping at step {summary.early_stopped_at} (--early_stopping_patience "
                      f"{summary.config.get('early_stopping_patience')})")
+    if summary.skipped_bad_audio:
+        lines.append("skipped (audio cannot be decoded): " + ", ".join(
+            f"{count} {role}" for role, count in summary.skipped_bad_audio.items()) + " (see bad_examples.jsonl)")
     lines.append(f"model, processor and generation config: {summary.output_dir}")
     return "\n".join(lines)
 

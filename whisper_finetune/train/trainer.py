@@ -3,8 +3,9 @@
 Everything here goes through the Trainer's public methods and callbacks, so an upgrade of transformers
 cannot silently change it: checkpoints are written by the Trainer into a staging folder and published by
 :class:`StagedCheckpoints` (``on_save``); a diverging step is stopped by :class:`DivergenceGuard`
-(``on_pre_optimizer_step``, before the broken update is applied); the retain sets are scored with
-``predict``. The one private name of transformers the package uses is ``Trainer._load_best_model``
+(``on_pre_optimizer_step``, before the broken update is applied); a SIGTERM or first Ctrl-C saves a
+checkpoint after the step and stops (:class:`.preemption.Preemption`, ``on_step_end``); the retain sets are
+scored with ``predict``. The one private name of transformers the package uses is ``Trainer._load_best_model``
 (:func:`load_best_model`; ``tests/test_trainer_api.py`` fails if its signature changes).
 
 One Trainer log line is filtered (:class:`TiedOutputNotice`): transformers 5 reports Whisper's output
@@ -28,10 +29,12 @@ from transformers.trainer_callback import EarlyStoppingCallback, ProgressCallbac
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .. import files, scoring
+from ..data.bad_audio import LoggedLimit
 from ..data.features import CONTEXT_FRAMES, FEATURE_COLUMN, LENGTH_COLUMN, REPLAY_COLUMN, full_context_step
 from ..errors import TrainingDiverged
 from . import checkpoints
 from .config import TrainConfig, intervals
+from .preemption import Preemption
 from .summary import RETAIN_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -68,6 +71,7 @@ class TrainerParts:
     primary_metric: str = "wer"
     spec_augment: bool = False
     distiller: object = None  # distillation.Distiller: its term is added to training losses
+    max_bad_examples: int = 0  # undecodable examples a stream may skip (counted in output_dir's bad_examples.jsonl)
 
 
 class TiedOutputNotice(logging.Filter):
@@ -91,6 +95,8 @@ class WhisperTrainer(Seq2SeqTrainer):
 
     def __init__(self, *args, parts: TrainerParts, output_dir, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.args.world_size > 1 and self.args.device.type == "cpu":
+            allow_indexed_cpu_locations()
         self.parts = parts
         self.output_dir = output_dir  # the run's folder (args.output_dir is where checkpoints are staged)
         self.eval_seconds = 0.0
@@ -99,7 +105,12 @@ class WhisperTrainer(Seq2SeqTrainer):
         self.timer = CheckpointTimer()
         self.add_callback(self.timer)
         self.add_callback(StagedCheckpoints(output_dir, parts.companions, self.timer))
+        # After StagedCheckpoints: its on_save runs once the checkpoint is published.
+        self.preemption = Preemption(self.close_progress_bar)
+        self.add_callback(self.preemption)
         self.add_callback(DivergenceGuard(self))
+        if parts.streaming and parts.max_bad_examples:
+            self.add_callback(StreamBadAudio(output_dir, parts.max_bad_examples))
         if parts.retain is not None:
             self.add_callback(BaseModelEvaluation(self))
 
@@ -224,13 +235,17 @@ class WhisperTrainer(Seq2SeqTrainer):
         good = [folder for number, folder in checkpoints.numbered_checkpoints(self.output_dir)
                 if number < step and not checkpoints.missing_parts(folder)]
         last = f"the last good checkpoint is {good[0]}" if good else "no checkpoint was saved before it"
-        for callback in self.callback_handler.callbacks:
-            if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
-                # Closed (its line ended) so that the error starts a line of its own.
-                callback.training_bar.close()
-                callback.training_bar = None
+        self.close_progress_bar()
         return TrainingDiverged(f"training diverged at step {step} (learning rate {self.current_learning_rate():.3g}): "
                                 f"{what}; stopped without saving this state, {last}; try a lower --learning_rate")
+
+    def close_progress_bar(self):
+        """End the training progress bar's line, so that an error or a stop message starts a line of its own
+        (the bar would otherwise be redrawn after it when the interpreter exits)."""
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
+                callback.training_bar.close()
+                callback.training_bar = None
 
     def log(self, logs, *args, **kwargs):
         if self.eval_started is not None and any(key.endswith("_loss") and key != "loss" for key in logs):
@@ -303,6 +318,18 @@ class StreamLoader(torch.utils.data.DataLoader):
 
     def set_epoch(self, epoch):
         self.dataset.set_epoch(epoch)
+
+
+class StreamBadAudio(TrainerCallback):
+    """``--max_bad_examples`` on a stream: after each step the examples skipped so far (by whichever process or
+    DataLoader worker met them, all recorded in ``bad_examples.jsonl``) are counted in this process, so going
+    over the limit is a one-line error rather than a worker's traceback."""
+
+    def __init__(self, output_dir, limit):
+        self.limit = LoggedLimit(output_dir, "train", limit)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.limit.check()
 
 
 class CheckpointTimer(TrainerCallback):
@@ -453,6 +480,30 @@ def metrics_function(tokenizer, normalizer, metric):
 
 
 USER_TENSORBOARD_DIR = os.environ.get("TENSORBOARD_LOGGING_DIR")
+
+
+_INDEXED_CPU_REGISTERED = []
+
+
+def allow_indexed_cpu_locations():
+    """Let ``torch.load`` restore onto ``cpu:N``: resuming a multi-process CPU run (``torchrun`` without GPUs).
+
+    The Trainer loads the optimizer state with ``map_location=args.device`` under several processes, and
+    that device is ``cpu:N`` for CPU processes, which torch's own CPU deserializer refuses ("don't know how
+    to restore data location ... cpu:0"); registered once through torch's public
+    ``serialization.register_package``, a CPU storage is restored as it is.
+    """
+    if _INDEXED_CPU_REGISTERED:
+        return
+
+    def tag(storage):
+        return None  # saving is torch's business, unchanged
+
+    def restore(storage, location):
+        return storage.cpu() if location.startswith("cpu:") else None
+
+    torch.serialization.register_package(30, tag, restore)
+    _INDEXED_CPU_REGISTERED.append(True)
 
 
 def pin_accelerate_precision(run_precision):
