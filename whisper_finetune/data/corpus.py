@@ -33,7 +33,7 @@ from ..errors import DataValidationError, OptionError, UserError
 from ..options import option
 from .formats import FORMATS, check_format_options, detect_format, read_entries
 from .loading import (AUDIO_COLUMN, DURATION_COLUMN, END_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, MAX_SECONDS,
-                      PREP_INFO_FILE, RECORDING_COLUMN, SPEAKER_COLUMN, START_COLUMN, TEXT_COLUMN)
+                      PREP_INFO_FILE, RAW_AUDIO, RECORDING_COLUMN, SPEAKER_COLUMN, START_COLUMN, TEXT_COLUMN)
 from .checks import by_recording, check_entries
 from .kaldi import validate_corpus
 
@@ -93,10 +93,9 @@ class PrepSummary:
         return "\n".join(lines)
 
 
-# Rows are generated with the audio column as a plain ``{bytes, path}`` struct and cast to ``Audio``
-# afterwards: the cast only relabels the Arrow storage, while writing ``Audio`` rows would import
-# torchcodec (and FFmpeg) to "encode" bytes that are already a WAV file.
-RAW_AUDIO = {"bytes": Value("binary"), "path": Value("string")}
+# Rows are generated with the audio column as the plain ``{bytes, path}`` struct (loading.RAW_AUDIO) and
+# cast to ``Audio`` afterwards: the cast only relabels the Arrow storage, while writing ``Audio`` rows
+# would import torchcodec (and FFmpeg) to "encode" bytes that are already a WAV file.
 
 
 def _prep_features(sampling_rate, with_speaker=False, with_segments=False, with_language=False):

@@ -122,6 +122,11 @@ def load_custom_dataset(path):
     return dataset.cast_column(AUDIO_COLUMN, Audio(sampling_rate=rate, decode=False))
 
 
+# An audio column as stored (``{bytes, path}``), without the ``Audio`` type: datasets >= 4 imports
+# torchcodec (and FFmpeg) to encode or decode ``Audio`` values, even bytes that are already a file;
+# our own code decodes them with soundfile (audio.decode_example_audio).
+RAW_AUDIO = {"bytes": Value("binary"), "path": Value("string")}
+
 # What datasets >= 4 raises for a repository or folder whose only loader is a Python script.
 SCRIPT_REFUSED = "Dataset scripts are no longer supported"
 
@@ -174,6 +179,8 @@ def _load_stream(spec: DatasetSpec):
 
     with fsspec.open(files[0], "rb") as f:
         features = builder.info.features or datasets.Features.from_arrow_schema(pq.read_schema(f))
+    features = datasets.Features({name: RAW_AUDIO if isinstance(feature, Audio) else feature
+                                  for name, feature in features.items()})  # see RAW_AUDIO
     return datasets.IterableDataset.from_generator(parquet_rows, features=features, gen_kwargs={"files": list(files)})
 
 
@@ -215,7 +222,10 @@ def standardize(dataset, spec: DatasetSpec, keep_segments=False):
     text_column = detect_text_column(columns, spec.text_column, spec.label)
     id_column = next((c for c in ID_COLUMN_CANDIDATES if c in columns), None)
     if isinstance(dataset.features.get(spec.audio_column) if dataset.features else None, Audio):
-        dataset = dataset.cast_column(spec.audio_column, Audio(decode=False))
+        # A stream is encoded example by example with its features, and datasets >= 4 encodes Audio
+        # only through torchcodec: a stream carries the plain {bytes, path} struct instead.
+        undecoded = RAW_AUDIO if isinstance(dataset, datasets.IterableDataset) else Audio(decode=False)
+        dataset = dataset.cast_column(spec.audio_column, undecoded)
     renames = {}
     if spec.audio_column != AUDIO_COLUMN:
         renames[spec.audio_column] = AUDIO_COLUMN

@@ -158,6 +158,13 @@ def timestamp_index(seconds: float) -> int:
     return min(TIMESTAMP_TOKENS - 1, max(0, math.floor(seconds / TIME_PRECISION + 0.5)))
 
 
+def known_token_id(tokenizer, token):
+    """The id of ``token``, or None when the vocabulary lacks it (transformers 4 answers None for an unknown
+    token, transformers 5 the id of the unknown-token token)."""
+    found = tokenizer.convert_tokens_to_ids(token)
+    return None if found is None or (found == tokenizer.unk_token_id and token != tokenizer.unk_token) else found
+
+
 def timestamp_token_id(tokenizer, seconds: float) -> int:
     """The id of the timestamp token nearest ``seconds`` (``<|1.50|>`` for 1.509).
 
@@ -166,8 +173,8 @@ def timestamp_token_id(tokenizer, seconds: float) -> int:
     counted from there: tokenizer files saved before the Hub checkpoints named those tokens (the
     ones ``../shared/models/prepare.py`` builds) lack the names but the model has the ids.
     """
-    no_timestamps = tokenizer.convert_tokens_to_ids(NO_TIMESTAMPS_TOKEN)
-    if no_timestamps is None or no_timestamps == tokenizer.unk_token_id:
+    no_timestamps = known_token_id(tokenizer, NO_TIMESTAMPS_TOKEN)
+    if no_timestamps is None:
         raise UserError(f"the tokenizer has no {NO_TIMESTAMPS_TOKEN} token: timestamp training needs a Whisper "
                         f"tokenizer (its timestamp tokens follow that one)")
     return no_timestamps + 1 + timestamp_index(seconds)
@@ -184,7 +191,7 @@ def _text_ids(tokenizer, text: str) -> list[int]:
 
 def _checked_prefix(tokenizer, prefix_ids: Sequence[int]) -> list[int]:
     """``prefix_ids`` as a new list; ``<|notimestamps|>`` in it would contradict the timestamps that follow."""
-    if tokenizer.convert_tokens_to_ids(NO_TIMESTAMPS_TOKEN) in prefix_ids:
+    if known_token_id(tokenizer, NO_TIMESTAMPS_TOKEN) in prefix_ids:
         raise ValueError(f"prefix_ids must not contain {NO_TIMESTAMPS_TOKEN} in timestamp labels")
     return list(prefix_ids)
 
