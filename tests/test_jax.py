@@ -275,8 +275,9 @@ def large_v3_like_dir(tiny_model_dir, tmp_path_factory):
     model.generation_config = GenerationConfig.from_pretrained(tiny_model_dir)
     model.save_pretrained(folder)
     features = WhisperFeatureExtractor(feature_size=128)
-    WhisperProcessor(feature_extractor=features, tokenizer=load_processor(tiny_model_dir).tokenizer).save_pretrained(folder)
-    features.save_pretrained(folder)
+    tokenizer = load_processor(tiny_model_dir).tokenizer
+    WhisperProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(folder)
+    features.save_pretrained(folder)  # preprocessor_config.json, which resolve_model looks for
     return folder
 
 
