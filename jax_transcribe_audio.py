@@ -1,7 +1,8 @@
 """Transcribe (or translate) one audio file of any format, sample rate and length with JAX; print the text.
 
-Same flags and output as transcribe_audio.py, decoded by FlaxWhisper (PyTorch weights loaded
-directly, generate jit-compiled once, data parallel over all local devices of the chosen kind).
+Same flags and output as transcribe_audio.py, decoded by the project's own plain-JAX Whisper (no Flax;
+PyTorch weights loaded directly, decoding jit-compiled once, data parallel over all local devices of
+the chosen kind; greedy or --num_beams beam search).
 Audio longer than 30 s is cut in pauses into pieces of at most 30 s (--search_seconds), decoded
 --batch_size pieces at a time and joined into one transcript. --output FILE also writes txt, srt,
 vtt or json (segments with start/end times), chosen by the file's extension. --half_precision True

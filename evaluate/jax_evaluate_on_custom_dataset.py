@@ -1,9 +1,9 @@
-"""Evaluate a Whisper model on data_prep datasets with JAX (FlaxWhisper, jit-compiled once, data parallel).
+"""Evaluate a Whisper model on data_prep datasets with JAX (own plain-JAX Whisper, jit-compiled once, data parallel).
 
 Same flags, data loading, normalisation and result files as evaluate/evaluate_on_custom_dataset.py;
 result files are named <model>__<dataset>__jax.txt/.json and also record compile_seconds (the
 one-off jit compilation, kept out of wall_seconds and RTFx). PyTorch weights are loaded directly
-(from_pt), so Hub models, local folders and our trainer's checkpoints work without Flax weights.
+(no Flax needed), so Hub models, local folders, our trainer's checkpoints and LoRA adapters work.
 Batches are padded to --batch_size (rounded up to a multiple of the device count), so the last
 batch does not recompile. --half_precision True computes in bfloat16. --device all decodes on
 every local GPU/TPU in parallel (--device -1: every CPU device;

@@ -1,9 +1,10 @@
-"""Evaluate a Whisper model on a Hugging Face dataset split with JAX (FlaxWhisper, jit-compiled once, data parallel).
+"""Evaluate a Whisper model on a Hugging Face dataset split with JAX (own plain-JAX Whisper, jit-compiled once, data
+parallel).
 
 Same flags, data loading, normalisation and result files as evaluate/evaluate_on_hf_dataset.py;
 result files are named <model>__<dataset>_<config>_<split>__jax.txt/.json and also record
 compile_seconds (the one-off jit compilation, kept out of wall_seconds and RTFx). PyTorch weights
-are loaded directly (from_pt). Batches are padded to --batch_size (rounded up to a multiple of the
+are loaded directly (no Flax needed). Batches are padded to --batch_size (rounded up to a multiple of the
 device count), so the last batch does not recompile. --half_precision True computes in bfloat16.
 --device all decodes on every local GPU/TPU in parallel (--device -1: every CPU device;
 XLA_FLAGS=--xla_force_host_platform_device_count=N makes N).
