@@ -20,7 +20,7 @@ def machine_facts():
     import importlib.metadata as md
 
     versions = {}
-    for name in ("torch", "transformers", "datasets", "ctranslate2", "jax", "flax", "peft", "soundfile", "soxr"):
+    for name in ("torch", "transformers", "datasets", "ctranslate2", "jax", "peft", "soundfile", "soxr"):
         try:
             versions[name] = md.version(name)
         except md.PackageNotFoundError:
