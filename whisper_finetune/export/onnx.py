@@ -39,6 +39,7 @@ ONNX_FILES = (ENCODER_FILE, DECODER_FILE)
 ONNX_OPSET = 18
 # files of the source folder that are not the model's weights: config, generation config, tokenizer, processor
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
+_EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
 
 
 def _torch_modules():
@@ -145,11 +146,13 @@ def export_onnx_models(model, folder):
     cross_key, cross_value = (torch.zeros(layers, 2, heads, config.max_source_positions, head_dim) for _ in "kv")
     ids = torch.full((2, 3), config.decoder_start_token_id, dtype=torch.long)
     past_key, past_value = (torch.zeros(layers, 2, heads, 5, head_dim) for _ in "kv")
-    exporter_logger = logging.getLogger("torch.onnx")
-    level = exporter_logger.level
-    # the exporter's notes on its own internals (e.g. "torchvision is not installed. Skipping torchvision::nms")
-    # and warnings: nothing a user can act on
-    exporter_logger.setLevel(logging.ERROR)
+    # the exporter's and its graph optimiser's notes on their own internals ("torchvision is not installed.
+    # Skipping torchvision::nms", "Removed 120 unused nodes", one "Replaced initializer" line per constant):
+    # nothing a user can act on
+    quiet = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    levels = [logger_.level for logger_ in quiet]
+    for logger_ in quiet:
+        logger_.setLevel(logging.ERROR)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -168,7 +171,8 @@ def export_onnx_models(model, folder):
                                 "past_value": {1: batch, 3: past}})
             decoder.save(os.path.join(folder, DECODER_FILE))
     finally:
-        exporter_logger.setLevel(level)
+        for logger_, level in zip(quiet, levels):
+            logger_.setLevel(level)
 
 
 def copy_processor_files(source_dir, folder):

@@ -75,7 +75,20 @@ class FasterWhisperRuntime(Runtime):
 
 class WhisperCppRuntime(Runtime):
     """whisper.cpp (pywhispercpp) on the ggml file: greedy (best_of 1), no timestamps, no temperature
-    fallback, no context carried between clips, the language given; one clip at a time."""
+    fallback, no context carried between clips, the language given; one clip at a time.
+
+    Two settings differ from whisper.cpp's defaults so that it decodes what our PyTorch decoding does
+    (measured on espeak_en/eval, 80 clips, stock tiny.en, 2026-12-06: whisper.cpp's defaults gave 10
+    transcripts unlike PyTorch's, WER +0.0118; these two settings, 3, WER +0.0065):
+
+    * ``suppress_nst``: transformers applies the generation config's ``suppress_tokens`` (openai-whisper's
+      non-speech symbols, such as quotes and brackets) at every step; whisper.cpp suppresses the same list
+      only when asked;
+    * ``flash_attn`` off: whisper.cpp's flash-attention kernel (on by default since 1.8) moved 6 clips on its
+      own; the plain attention path is closer to PyTorch's float32 attention. What remains is whisper.cpp's
+      float16 arithmetic (its attention and key/value caches are float16 whatever the file), not the file:
+      our ggml file holds the same tensors, bit for bit, as whisper.cpp's own converter writes.
+    """
 
     name = "whisper.cpp"
     requires = ("pywhispercpp", "pywhispercpp")
@@ -89,7 +102,8 @@ class WhisperCppRuntime(Runtime):
         self.model = Model(path, redirect_whispercpp_logs_to=None, n_threads=torch.get_num_threads(),
                            language="en" if english_only else language, no_timestamps=True, single_segment=True,
                            print_progress=False, print_realtime=False, no_context=True, temperature=0.0,
-                           temperature_inc=0.0, greedy={"best_of": 1}, translate=False, max_tokens=max_new_tokens)
+                           temperature_inc=0.0, greedy={"best_of": 1}, translate=False, max_tokens=max_new_tokens,
+                           suppress_nst=True, context_params={"flash_attn": False})
 
     def transcribe(self, audios):
         return ["".join(s.text for s in self.model.transcribe(audio)).strip() for audio in audios]
