@@ -3,7 +3,8 @@
 --model takes our output folder, a checkpoint-N, a LoRA adapter folder (merged into its base first) or
 a Hub id. Every export is written inside --output_dir, which appears complete or not at all:
 ctranslate2-<q>/ (faster_whisper.WhisperModel loads it as is), ggml-model-<q>.bin (whisper.cpp),
-onnx-<q>/ (optimum.onnxruntime.ORTModelForSpeechSeq2Seq), README.md (model card), export_report.json.
+onnx-<q>/ (encoder_model.onnx + decoder_model.onnx with past key values, for onnxruntime, and the
+config/tokenizer/preprocessor files), README.md (model card), export_report.json.
 
 --quantization values go to every chosen format that accepts them; a format given none gets its
 unquantised default (ctranslate2 float32, ggml f16, onnx fp32). Accepted:

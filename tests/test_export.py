@@ -303,8 +303,8 @@ def test_quantizers_match_ggml_reference_on_known_blocks():
 
 def test_ctranslate2_and_onnx_exports_load_in_their_runtimes_and_are_verified(tiny_model_dir, tiny_dataset_dir,
                                                                                  tmp_path):
+    import onnxruntime
     from faster_whisper import WhisperModel
-    from optimum.onnxruntime import ORTModelForSpeechSeq2Seq
 
     result = run.export(_options(tiny_model_dir, tmp_path / "out", formats=("ctranslate2", "onnx"),
                                 quantizations=("int8_float16", "fp32"), verify_datasets=(tiny_dataset_dir,),
@@ -327,15 +327,63 @@ def test_ctranslate2_and_onnx_exports_load_in_their_runtimes_and_are_verified(ti
     model = WhisperModel(ct2, device="cpu")
     assert model.feature_extractor.mel_filters.shape[0] == 80  # loaded offline: its tokenizer.json was found
     onnx_dir = result.exports["onnx-fp32"]
-    assert {"encoder_model.onnx", onnx.ONNX_MERGED_DECODER} <= set(os.listdir(onnx_dir))
-    ort = ORTModelForSpeechSeq2Seq.from_pretrained(onnx_dir)
-    assert ort.use_cache
+    assert sorted(n for n in os.listdir(onnx_dir) if n.endswith(".onnx")) == sorted(onnx.ONNX_FILES)
+    assert {"config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json",
+            "README.md"} <= set(os.listdir(onnx_dir))
+    assert not [n for n in os.listdir(onnx_dir) if n.endswith(".safetensors")]  # the weights are in the graphs
+    decoder = onnxruntime.InferenceSession(os.path.join(onnx_dir, onnx.DECODER_FILE))
+    assert [i.name for i in decoder.get_inputs()] == ["input_ids", "cross_key", "cross_value", "past_key",
+                                                      "past_value"]
     with open(os.path.join(result.output_dir, card.CARD_FILE)) as f:
         card_text = f.read()
     assert f"from `{tiny_model_dir}`" in card_text
     assert "| `ctranslate2-int8_float16` | ctranslate2 | int8_float16 | no" in card_text
     assert "| tiny-dataset | onnx-fp32 | onnxruntime | 4 |" in card_text.replace("prepared", "tiny-dataset")
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".export-")]
+
+
+def test_onnx_graphs_compute_pytorch_logits_step_by_step(sharp_model_dir, tmp_path):
+    """The exported encoder and decoder against transformers' forward: the prompt with a past of length 0,
+    then one token over the returned past; and the encoder on a short (dynamic audio context) input."""
+    import onnxruntime
+
+    from whisper_finetune.model import loading
+
+    model = loading.load_model(sharp_model_dir)
+    onnx.export_onnx_models(model, str(tmp_path))
+    encoder = onnxruntime.InferenceSession(str(tmp_path / onnx.ENCODER_FILE))
+    decoder = onnxruntime.InferenceSession(str(tmp_path / onnx.DECODER_FILE))
+    config = model.config
+    features = np.random.default_rng(0).normal(size=(2, config.num_mel_bins, 3000)).astype(np.float32)
+    ids = np.array([[config.decoder_start_token_id, 5, 9, 11], [config.decoder_start_token_id, 7, 3, 2]])
+    with torch.no_grad():
+        expected = model(input_features=torch.from_numpy(features), decoder_input_ids=torch.from_numpy(ids)).logits
+    cross_key, cross_value = encoder.run(None, {"input_features": features})
+    layers, heads = config.decoder_layers, config.decoder_attention_heads
+    assert cross_key.shape == (layers, 2, heads, 1500, config.d_model // heads)
+    empty = np.zeros((layers, 2, heads, 0, config.d_model // heads), np.float32)
+    first, past_key, past_value = decoder.run(None, {"input_ids": ids[:, :3], "cross_key": cross_key,
+                                                     "cross_value": cross_value, "past_key": empty,
+                                                     "past_value": empty})
+    assert past_key.shape[3] == 3
+    second, past_key, _ = decoder.run(None, {"input_ids": ids[:, 3:], "cross_key": cross_key,
+                                             "cross_value": cross_value, "past_key": past_key,
+                                             "past_value": past_value})
+    assert past_key.shape[3] == 4
+    scale = float(expected.abs().max())
+    np.testing.assert_allclose(first, expected[:, :3].numpy(), atol=1e-4 * scale)
+    np.testing.assert_allclose(second, expected[:, 3:].numpy(), atol=1e-4 * scale)
+    assert (first.argmax(-1) == expected[:, :3].numpy().argmax(-1)).all()
+    # 10 s of frames: the first 500 positional embeddings, as our PyTorch short-context encoder uses them
+    short = features[:, :, :1000]
+    loading.narrow_positions_for_short_inputs(model.model.encoder)
+    with torch.no_grad():
+        hidden = model.model.encoder(torch.from_numpy(short)).last_hidden_state
+        attn = model.model.decoder.layers[-1].encoder_attn
+        key = attn.k_proj(hidden).view(2, 500, heads, -1).transpose(1, 2).numpy()
+    short_key, _ = encoder.run(None, {"input_features": short})
+    assert short_key.shape[3] == 500
+    np.testing.assert_allclose(short_key[-1], key, atol=1e-4 * float(np.abs(key).max()))
 
 
 def test_overwrite_replaces_only_when_the_new_export_is_complete(tiny_model_dir, tmp_path):
@@ -418,7 +466,6 @@ def finetuned_tiny_en(real_model_dir, tmp_path_factory):
 def test_each_runtime_transcribes_sample_clips_with_the_fine_tuned_words(finetuned_tiny_en, real_model_dir,
                                                                           tmp_path):
     from faster_whisper import WhisperModel
-    from optimum.onnxruntime import ORTModelForSpeechSeq2Seq
     from pywhispercpp.model import Model
     from transformers import WhisperProcessor
 
@@ -458,9 +505,10 @@ def test_each_runtime_transcribes_sample_clips_with_the_fine_tuned_words(finetun
                 print_progress=False)
     cpp_texts = ["".join(s.text for s in cpp.transcribe(c)).strip() for c in clips]
     del cpp
-    ort = ORTModelForSpeechSeq2Seq.from_pretrained(str(out / "onnx-fp32"))
-    ort_texts = [t.strip() for t in processor.batch_decode(ort.generate(features, max_new_tokens=64),
-                                                           skip_special_tokens=True)]
+    from whisper_finetune.export import runtimes
+
+    ort = runtimes.open_runtime(targets.ExportTarget("onnx", "fp32"), str(out / "onnx-fp32"), "en", True, 8, 64)
+    ort_texts = ort.transcribe(clips)
     for name, texts in (("faster-whisper", fw_texts), ("whisper.cpp", cpp_texts), ("onnxruntime", ort_texts)):
         assert tuned_words <= words(texts), f"{name}: {texts} lacks fine-tuned words {tuned_words - words(texts)}"
     assert ort_texts == tuned  # same features, same greedy search: identical text

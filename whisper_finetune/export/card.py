@@ -12,7 +12,7 @@ def tool_versions():
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for package in ("transformers", "ctranslate2", "optimum", "optimum-onnx", "onnxruntime", "faster-whisper",
+    for package in ("torch", "transformers", "ctranslate2", "onnx", "onnxscript", "onnxruntime", "faster-whisper",
                     "pywhispercpp", "gguf"):
         try:
             found[package] = version(package)
@@ -40,9 +40,11 @@ def render_card(source: loading.ModelSource, targets, rows, only=None):
               "quantisation says; tokenizer.json, preprocessor_config.json and generation_config.json copied); "
               "ggml with whisper_finetune's writer (1-D tensors, positional embeddings and conv biases float32, "
               "conv weights float16, every other matrix in the quantisation, q8_0/q5_0 blocks by gguf's "
-              "quantisers); ONNX with Optimum's exporter "
-              "(fp32: encoder and the merged decoder with past key values; int8: encoder, decoder and decoder "
-              "with past, weights quantised by onnxruntime's dynamic quantiser).", "",
+              "quantisers); ONNX with torch's exporter (`torch.onnx.export(dynamo=True)`): `encoder_model.onnx` "
+              "(log-mel -> every decoder layer's cross-attention keys and values) and `decoder_model.onnx` (one "
+              "incremental decoder: tokens, cross keys/values and past keys/values -> logits and the grown past; "
+              "past of length 0 on the first step), int8 weights by onnxruntime's dynamic quantiser; config, "
+              "generation config, tokenizer and preprocessor files beside them.", "",
               "Tool versions: " + ", ".join(f"{k} {v}" for k, v in tool_versions().items()), ""]
     if rows:
         lines += ["## Parity with PyTorch", "",
@@ -57,6 +59,9 @@ def render_card(source: loading.ModelSource, targets, rows, only=None):
               "segments, _ = WhisperModel(\"ctranslate2-float32\").transcribe(\"audio.wav\", beam_size=1)",
               "from pywhispercpp.model import Model                      # ggml-model-*.bin",
               "segments = Model(\"ggml-model-f16.bin\").transcribe(\"audio.wav\")",
-              "from optimum.onnxruntime import ORTModelForSpeechSeq2Seq  # onnx-*/ (with its processor files)",
-              "model = ORTModelForSpeechSeq2Seq.from_pretrained(\"onnx-fp32\")", "```", ""]
+              "# onnx-*/: two onnxruntime sessions; whisper_finetune's greedy loop over them (or your own):",
+              "from whisper_finetune.export.runtimes import OnnxRuntime",
+              "texts = OnnxRuntime(\"onnx-fp32\", language=\"en\", english_only=False, batch_size=16,",
+              "                    max_new_tokens=128).transcribe([waveform_16k])",
+              "```", ""]
     return "\n".join(lines)

@@ -9,8 +9,9 @@ or a Hub id) into one or more runtime formats inside ``output_dir``:
   loads it offline as is;
 * ``ggml-model-<quantization>.bin`` (:mod:`.ggml`): our own writer of whisper.cpp's legacy ggml layout
   (header, mel filters, vocabulary, tensors), with :func:`.ggml.read_ggml` to read it back;
-* ``onnx-<quantization>/`` (:mod:`.onnx`): encoder and decoder (with past key values) through Optimum's
-  exporter, plus the processor files, loadable with ``optimum.onnxruntime.ORTModelForSpeechSeq2Seq``.
+* ``onnx-<quantization>/`` (:mod:`.onnx`): the encoder and an incremental decoder (with past key values)
+  through torch's ONNX exporter, plus the config, generation config, tokenizer and preprocessor files;
+  :class:`.runtimes.OnnxRuntime` is a complete greedy decoder over the two onnxruntime sessions.
 
 With verification datasets (:mod:`.parity`), every export is decoded by its own runtime (:mod:`.runtimes`:
 faster-whisper, pywhispercpp, onnxruntime) beside our PyTorch evaluator, scored with the project's
@@ -39,7 +40,8 @@ from .targets import FORMATS, plan_targets, size_of
 
 logger = logging.getLogger(__name__)
 
-EXPORT_PACKAGES = {"onnx": ("optimum.exporters.onnx", "optimum-onnx")}
+# torch.onnx.export(dynamo=True) builds the graph with onnxscript and writes it with onnx
+EXPORT_PACKAGES = {"onnx": (("onnxscript", "onnxscript"), ("onnx", "onnx"))}
 REPORT_FILE = "export_report.json"
 
 
@@ -132,9 +134,12 @@ def check_options(options: ExportOptions):
         raise OptionError("verify_max_samples", options.verify_max_samples, "must be at least 1")
     if options.verify_batch_size < 1:
         raise OptionError("verify_batch_size", options.verify_batch_size, "must be at least 1")
-    for fmt, (module, package) in EXPORT_PACKAGES.items():
+    for fmt, packages in EXPORT_PACKAGES.items():
         if fmt in options.formats:
-            require_package(module, package, f"--format {fmt}")
+            for module, package in packages:
+                require_package(module, package, f"--format {fmt}")
+    if any(t.format == "onnx" and t.quantization == "int8" for t in targets):
+        require_package("onnxruntime.quantization", "onnxruntime", "--format onnx --quantization int8")
     if options.verify_datasets:
         for target in targets:
             module, package = RUNTIMES[target.format].requires
@@ -185,7 +190,7 @@ def export(options: ExportOptions) -> ExportResult:
                 elif target.format == "ggml":
                     ggml.write_ggml(model, processor, path, target.quantization)
                 else:
-                    onnx.write_onnx(source_dir, path, target.quantization)
+                    onnx.write_onnx(model, source_dir, path, target.quantization)
             except (OSError, ValueError, RuntimeError) as exc:  # converters' own errors, as one line
                 raise UserError(f"cannot export {source.model_path} to {target.name}: "
                                 f"{str(exc).splitlines()[0]}") from exc

@@ -6,6 +6,7 @@ and whisper.cpp take only waveforms and compute their own log-mels, and that fea
 what the parity check holds to PyTorch. :func:`open_runtime` picks the runtime of an export's format.
 """
 import logging
+import os
 from typing import Dict, List, Protocol, Sequence, Tuple, Type
 
 import numpy as np
@@ -74,7 +75,20 @@ class FasterWhisperRuntime(Runtime):
 
 class WhisperCppRuntime(Runtime):
     """whisper.cpp (pywhispercpp) on the ggml file: greedy (best_of 1), no timestamps, no temperature
-    fallback, no context carried between clips, the language given; one clip at a time."""
+    fallback, no context carried between clips, the language given; one clip at a time.
+
+    Two settings differ from whisper.cpp's defaults so that it decodes what our PyTorch decoding does
+    (measured on espeak_en/eval, 80 clips, stock tiny.en, 2026-12-06: whisper.cpp's defaults gave 10
+    transcripts unlike PyTorch's, WER +0.0118; these two settings, 3, WER +0.0065):
+
+    * ``suppress_nst``: transformers applies the generation config's ``suppress_tokens`` (openai-whisper's
+      non-speech symbols, such as quotes and brackets) at every step; whisper.cpp suppresses the same list
+      only when asked;
+    * ``flash_attn`` off: whisper.cpp's flash-attention kernel (on by default since 1.8) moved 6 clips on its
+      own; the plain attention path is closer to PyTorch's float32 attention. What remains is whisper.cpp's
+      float16 arithmetic (its attention and key/value caches are float16 whatever the file), not the file:
+      our ggml file holds the same tensors, bit for bit, as whisper.cpp's own converter writes.
+    """
 
     name = "whisper.cpp"
     requires = ("pywhispercpp", "pywhispercpp")
@@ -88,50 +102,80 @@ class WhisperCppRuntime(Runtime):
         self.model = Model(path, redirect_whispercpp_logs_to=None, n_threads=torch.get_num_threads(),
                            language="en" if english_only else language, no_timestamps=True, single_segment=True,
                            print_progress=False, print_realtime=False, no_context=True, temperature=0.0,
-                           temperature_inc=0.0, greedy={"best_of": 1}, translate=False, max_tokens=max_new_tokens)
+                           temperature_inc=0.0, greedy={"best_of": 1}, translate=False, max_tokens=max_new_tokens,
+                           suppress_nst=True, context_params={"flash_attn": False})
 
     def transcribe(self, audios):
         return ["".join(s.text for s in self.model.transcribe(audio)).strip() for audio in audios]
 
 
 class OnnxRuntime(Runtime):
-    """onnxruntime through Optimum's ``ORTModelForSpeechSeq2Seq.generate``, batched like the reference."""
+    """onnxruntime on the ONNX export (:mod:`.onnx`): greedy search in numpy over the encoder and decoder
+    sessions, batched like the reference, with what transformers' ``generate`` does in our PyTorch decoding:
+    the prompt ``<|startoftranscript|>[<|lang|><|transcribe|>]<|notimestamps|>``, the generation config's
+    ``suppress_tokens`` at every step and ``begin_suppress_tokens`` at the first, a finished clip padded with
+    end-of-text, at most ``max_new_tokens`` tokens. Features are the folder's own feature extractor's (30 s)."""
 
     name = "onnxruntime"
-    requires = ("optimum.onnxruntime", "optimum-onnx onnxruntime")
+    requires = ("onnxruntime", "onnxruntime")
 
     def __init__(self, path, language, english_only, batch_size, max_new_tokens):
-        from optimum.onnxruntime import ORTModelForSpeechSeq2Seq
-        from transformers import WhisperProcessor
+        import onnxruntime
+        import torch
+        from transformers import GenerationConfig
 
-        self.processor = WhisperProcessor.from_pretrained(path)
-        optimum_logger = logging.getLogger("optimum")
-        level = optimum_logger.level
-        optimum_logger.setLevel(logging.ERROR)  # int8 exports have no merged decoder: optimum says so, then loads
-        try:                                     # the two plain decoders, which is what we want
-            self.model = ORTModelForSpeechSeq2Seq.from_pretrained(path)
-        finally:
-            optimum_logger.setLevel(level)
-        self.english_only = english_only
-        if english_only and hasattr(self.model.generation_config, "lang_to_id"):
-            # transformers runs language detection whenever this attribute exists (as TorchDecoder notes)
-            del self.model.generation_config.lang_to_id
-        self.language = language
+        from ..model import loading
+        from .onnx import DECODER_FILE, ENCODER_FILE
+
+        self.processor = loading.load_processor(path)
+        generation = GenerationConfig.from_pretrained(path)
+        self.prompt = loading.decoder_prompt_ids(self.processor.tokenizer, None if english_only else language,
+                                                 "transcribe", no_timestamps=True, english_only=english_only)
+        self.eos = generation.eos_token_id
+        self.suppress = list(generation.suppress_tokens or [])
+        self.begin_suppress = list(generation.begin_suppress_tokens or [])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.log_severity_level = 3  # errors only: it warns about nodes it leaves on the CPU provider
+        providers = ["CPUExecutionProvider"]
+        self.encoder = onnxruntime.InferenceSession(os.path.join(path, ENCODER_FILE), options, providers=providers)
+        self.decoder = onnxruntime.InferenceSession(os.path.join(path, DECODER_FILE), options, providers=providers)
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
 
     def transcribe(self, audios):
         texts = []
-        kwargs = {"max_new_tokens": self.max_new_tokens, "num_beams": 1, "return_timestamps": False}
-        if not self.english_only:
-            kwargs.update(language=self.language, task="transcribe")
         for start in range(0, len(audios), self.batch_size):
             batch = audios[start:start + self.batch_size]
             features = self.processor.feature_extractor(batch, sampling_rate=SAMPLE_RATE,
-                                                        return_tensors="pt").input_features
-            tokens = self.model.generate(input_features=features, **kwargs)
-            texts += [t.strip() for t in self.processor.batch_decode(tokens, skip_special_tokens=True)]
+                                                        return_tensors="np").input_features
+            tokens = self.generate(features.astype(np.float32))
+            texts += [t.strip() for t in self.processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
         return texts
+
+    def generate(self, features):
+        """Greedy token ids (prompt excluded) for a batch of log-mel windows ``features`` (B, n_mels, frames)."""
+        cross_key, cross_value = self.encoder.run(None, {"input_features": features})
+        layers, batch, heads, _, head_dim = cross_key.shape
+        past_key = past_value = np.zeros((layers, batch, heads, 0, head_dim), dtype=np.float32)
+        ids = np.tile(np.asarray(self.prompt, dtype=np.int64), (batch, 1))
+        generated = np.empty((batch, 0), dtype=np.int64)
+        done = np.zeros(batch, dtype=bool)
+        for step in range(self.max_new_tokens):
+            logits, past_key, past_value = self.decoder.run(None, {
+                "input_ids": ids, "cross_key": cross_key, "cross_value": cross_value,
+                "past_key": past_key, "past_value": past_value})
+            scores = logits[:, -1, :]
+            scores[:, self.suppress] = -np.inf
+            if step == 0:
+                scores[:, self.begin_suppress] = -np.inf
+            token = np.where(done, self.eos, scores.argmax(axis=-1))
+            generated = np.concatenate([generated, token[:, None]], axis=1)
+            done |= token == self.eos
+            if done.all():
+                break
+            ids = token[:, None]
+        return generated
 
 
 RUNTIMES: Dict[str, Type[Runtime]] = {"ctranslate2": FasterWhisperRuntime, "ggml": WhisperCppRuntime,
