@@ -521,6 +521,7 @@ def test_ambiguous_folder_and_options_of_another_format_are_one_line_errors(in_t
 # ---------------------------------------------------------------------------------------------
 # The whole job on a Common Voice release
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow  # tens of seconds: the second tier
 def test_common_voice_release_through_fine_tuning_and_evaluation(tiny_model_dir, in_tmp):
     """data_prep -> 2 training steps -> evaluation, as a user runs the scripts; the model card and the result
     files name the source format."""

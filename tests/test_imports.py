@@ -16,7 +16,7 @@ PACKAGE = "whisper_finetune"
 # different units of one number may not import each other.
 STAGES = {
     "errors": 0, "options": 0, "files": 0, "audio": 0, "text": 0, "hub": 0, "scoring": 0, "testing": 0,
-    "extras": 0,
+    "extras": 0, "signals": 0, "runlock": 0,
     "data": 1,
     "model": 2,
     "train": 3, "decode": 3, "embeddings": 3,

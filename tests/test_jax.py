@@ -142,6 +142,7 @@ def test_hf_evaluator_in_process(tiny_model_dir, tiny_dataset_dir, tmp_path):
     assert len(refs) == len(hyps) == 8 and all(hyps)
 
 
+@pytest.mark.slow  # tens of seconds: the second tier
 def test_evaluator_with_loader_workers_forks_nothing_after_jax_started(sharp_model_dir, tiny_dataset_dir, tmp_path):
     """JAX is multithreaded once loaded: a fork after that can deadlock (Python warns "os.fork() was called
     ... JAX is multithreaded"). Data-loader workers for a JAX decoder start by forkserver instead."""
@@ -155,6 +156,7 @@ def test_evaluator_with_loader_workers_forks_nothing_after_jax_started(sharp_mod
     assert len(hyps) == 8 and len(set(hyps)) > 1  # every utterance decoded, each from its own features
 
 
+@pytest.mark.slow  # tens of seconds: the second tier
 def test_custom_evaluator_on_two_host_devices(sharp_model_dir, tiny_dataset_dir, tmp_path):
     """The script as a user runs it, data parallel over 2 CPU devices; same text as 1 device."""
     args = ["--hf_model", sharp_model_dir, "--language", "hi", "--eval_datasets", tiny_dataset_dir,

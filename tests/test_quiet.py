@@ -14,6 +14,7 @@ def _warnings(stderr):
     return [line for line in stderr.splitlines() if WARNING.search(line)]
 
 
+@pytest.mark.slow  # tens of seconds: the second tier
 @pytest.mark.parametrize("verbose", [False, True])
 def test_transcribe_and_evaluate_print_no_library_warnings(tiny_en_model_dir, tiny_dataset_dir, tmp_path, verbose):
     extra = ["--verbose", "True"] if verbose else []

@@ -209,6 +209,7 @@ def walked_through(tiny_en_model_dir, tmp_path):
     return root
 
 
+@pytest.mark.slow  # tens of seconds: the second tier
 def test_walkthrough_runs_as_written(walked_through):
     assert os.path.exists(os.path.join(walked_through, "op_dir_sample", "model.safetensors"))
     results = os.listdir(os.path.join(walked_through, "predictions_dir"))

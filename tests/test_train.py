@@ -128,6 +128,7 @@ def test_empty_dataset_after_filtering_is_an_error(tiny_model_dir, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- scripts
+@pytest.mark.slow  # tens of seconds: the second tier
 def test_custom_script_steps_saves_a_self_contained_model(tiny_model_dir, tiny_dataset_dir, tmp_path):
     from transformers import GenerationConfig, pipeline
 
@@ -175,6 +176,7 @@ def test_custom_script_steps_saves_a_self_contained_model(tiny_model_dir, tiny_d
     assert "--overwrite_output_dir True" in again.stderr
 
 
+@pytest.mark.slow  # tens of seconds: the second tier
 def test_hf_script_epoch_strategy_with_local_datasets(tiny_model_dir, tiny_dataset_dir, tmp_path):
     out = str(tmp_path / "op_dir_epoch")
     bad = run_script(HF, "--model_name", tiny_model_dir, "--language", "hi", "--train_datasets", tiny_dataset_dir,
