@@ -4,7 +4,7 @@ Self-contained on purpose (only transformers, datasets, torch; nothing from whis
 examples/pytorch/speech-recognition/run_speech_recognition_seq2seq.py: the audio column cast to
 ``Audio(sampling_rate=16000)``, features precomputed with ``Dataset.map`` (one clip per call, stored as
 float32 lists), the example's ``DataCollatorSpeechSeq2SeqWithPadding``, AdamW with linear warm-up and
-decay, no evaluation, no checkpoints, fp32, ``dataloader_num_workers=0``, ``group_by_length=False``.
+decay, no evaluation, no checkpoints, fp32, ``dataloader_num_workers=0``, random batches (``train_sampling_strategy="random"``).
 Writes the Trainer's metrics (train_runtime, train_loss), the last logged loss and the featurisation
 time to --result_json.
 
@@ -13,6 +13,7 @@ example:
       --output_dir /tmp/baseline --result_json /tmp/baseline.json
 """
 import argparse
+import io
 import json
 import os
 import time
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import datasets
+import soundfile
 import torch
 from transformers import (AutoModelForSpeechSeq2Seq, AutoProcessor, Seq2SeqTrainer, Seq2SeqTrainingArguments,
                           set_seed)
@@ -74,14 +76,17 @@ def main():
     model.config.forced_decoder_ids = None
 
     raw = datasets.load_from_disk(args.data)
-    raw = raw.cast_column("audio", datasets.Audio(sampling_rate=processor.feature_extractor.sampling_rate))
+    # The example casts to Audio(sampling_rate=16000) and reads sample["array"]; datasets >= 4 decodes that
+    # through torchcodec and FFmpeg, which this machine lacks, so the clips (16 kHz WAV bytes written by
+    # data_prep) are decoded with soundfile, the library datasets 3 used for the same files.
+    raw = raw.cast_column("audio", datasets.Audio(decode=False))
     model_input_name = processor.feature_extractor.model_input_names[0]
 
     def prepare_dataset(batch):
-        sample = batch["audio"]
-        inputs = processor.feature_extractor(sample["array"], sampling_rate=sample["sampling_rate"])
+        array, rate = soundfile.read(io.BytesIO(batch["audio"]["bytes"]), dtype="float32")
+        inputs = processor.feature_extractor(array, sampling_rate=rate)
         batch[model_input_name] = inputs.get(model_input_name)[0]
-        batch["input_length"] = len(sample["array"])
+        batch["input_length"] = len(array)
         batch["labels"] = processor.tokenizer(batch["sentence"]).input_ids
         return batch
 
@@ -93,7 +98,7 @@ def main():
         output_dir=args.output_dir, per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate,
         warmup_steps=args.warmup, max_steps=args.steps, lr_scheduler_type="linear", optim="adamw_torch",
         weight_decay=0.0, max_grad_norm=1.0, eval_strategy="no", save_strategy="no", logging_steps=args.logging_steps,
-        report_to=[], seed=args.seed, dataloader_num_workers=0, group_by_length=False,
+        report_to=[], seed=args.seed, dataloader_num_workers=0, train_sampling_strategy="random",
         fp16=args.precision == "fp16", bf16=args.precision == "bf16",
         use_cpu=args.precision == "bf16" and not torch.cuda.is_available(),  # the Trainer's rule for bf16 on a CPU
         predict_with_generate=False, disable_tqdm=True)

@@ -7,7 +7,7 @@ of each child's process tree.
 
   (a) baseline  bench/baseline_seq2seq_trainer.py: features precomputed with Dataset.map into float32
                 lists, the example's DataCollatorSpeechSeq2SeqWithPadding, dataloader_num_workers=0,
-                group_by_length=False, no evaluation, no checkpoints
+                random batches, no evaluation, no checkpoints
   (b) ours      train/fine-tune_on_custom_dataset.py with its defaults for everything not listed above
                 (extra flags with --our_args); it always evaluates and saves, so it runs a single
                 evaluation at the last step (--eval_steps = --save_steps = --steps) on --eval_samples

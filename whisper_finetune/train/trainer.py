@@ -549,8 +549,9 @@ def training_arguments(config: TrainConfig, learning_rate, run_precision, metric
         predict_with_generate=True, gradient_checkpointing=config.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         bf16=run_precision[1], fp16=run_precision[2], seed=config.seed, data_seed=config.seed,
-        # bf16 on a CPU is torch.autocast on the CPU, which the Trainer only allows with use_cpu
-        use_cpu=run_precision[1] and not torch.cuda.is_available(),
+        # bf16 on a CPU is torch.autocast on the CPU, which the Trainer only allows with use_cpu; several
+        # processes without CUDA (torchrun on CPUs) form a gloo group only with use_cpu (accelerate >= 1.12)
+        use_cpu=not torch.cuda.is_available() and (run_precision[1] or int(os.environ.get("WORLD_SIZE", "1")) > 1),
         dataloader_num_workers=config.num_workers, remove_unused_columns=False, label_names=["labels"],
         # Batches of similar length fill their audio-context bucket (dynamic context only).
         train_sampling_strategy="group_by_length" if config.dynamic_audio_context else "random",
