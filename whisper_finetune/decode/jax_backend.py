@@ -25,6 +25,7 @@ import numpy as np
 from . import jax_whisper
 from .options import PreparedDecoder
 from ..errors import OptionError, UserError
+from ..extras import require
 from ..model.loading import is_english_only
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class JaxDecoder(PreparedDecoder):
     fork_safe = False
 
     def __init__(self, prepared, device=-1):
+        require("jax", "the JAX backend")  # one line naming the extra when jax is not installed
         import jax
         import jax.numpy as jnp
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
