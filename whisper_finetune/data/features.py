@@ -17,13 +17,14 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from datasets import Array2D, Audio, Features, Sequence, Value
+from datasets import Array2D, Features, Sequence, Value
 
 from ..audio import (CHUNK_SECONDS, DECODER_POSITIONS, ENCODER_STRIDE, MEL_FRAMES_PER_SECOND, N_FRAMES,
                      decode_example_audio)
 from . import timestamps
 from .bad_audio import BAD_LENGTH, decode_batch
-from .loading import AUDIO_COLUMN, END_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, RECORDING_COLUMN, START_COLUMN, TEXT_COLUMN
+from .loading import (AUDIO_COLUMN, END_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, RECORDING_COLUMN, START_COLUMN,
+                      TEXT_COLUMN, undecoded)
 from ..errors import UserError
 from ..options import option
 from ..text import language_code, language_name
@@ -238,7 +239,7 @@ def featurize_windows(dataset, processor, sampling_rate, ratio, lowercase=False,
     languages = _languages_of(dataset, processor, languages)
     window_languages = _window_languages(dataset, plans, languages) if languages is not None else None
 
-    stored = dataset.cast_column(AUDIO_COLUMN, Audio(decode=False))  # decoded below, by soundfile
+    stored = undecoded(dataset)  # decoded below, by soundfile
 
     def read(row):
         return decode_example_audio(stored[row][AUDIO_COLUMN], sampling_rate)

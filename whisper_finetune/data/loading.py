@@ -116,16 +116,28 @@ def load_custom_dataset(path):
     if missing:
         raise UserError(f"{path}: not a data_prep dataset: no column(s) {', '.join(missing)} "
                         f"(it has {', '.join(dataset.column_names)})")
-    # Undecoded, as every dataset here: audio is decoded by soundfile (audio.decode_example_audio), while
-    # datasets >= 4 would decode it through torchcodec and FFmpeg.
-    rate = getattr(dataset.features[AUDIO_COLUMN], "sampling_rate", None)
-    return dataset.cast_column(AUDIO_COLUMN, Audio(sampling_rate=rate, decode=False))
+    return undecoded(dataset)
 
 
 # An audio column as stored (``{bytes, path}``), without the ``Audio`` type: datasets >= 4 imports
 # torchcodec (and FFmpeg) to encode or decode ``Audio`` values, even bytes that are already a file;
 # our own code decodes them with soundfile (audio.decode_example_audio).
 RAW_AUDIO = {"bytes": Value("binary"), "path": Value("string")}
+
+
+
+def undecoded(dataset, column=AUDIO_COLUMN):
+    """``dataset`` with its ``Audio`` column left as stored (``{bytes, path}``), for audio.decode_example_audio.
+
+    A dataset keeps the ``Audio`` type with ``decode=False``; a stream, which encodes every example with its
+    features, carries :data:`RAW_AUDIO`, since datasets >= 4 encodes ``Audio`` only through torchcodec.
+    Any other column type is left as it is.
+    """
+    if not isinstance(dataset.features.get(column) if dataset.features else None, Audio):
+        return dataset
+    return dataset.cast_column(column, RAW_AUDIO if isinstance(dataset, datasets.IterableDataset)
+                               else Audio(decode=False))
+
 
 # What datasets >= 4 raises for a repository or folder whose only loader is a Python script.
 SCRIPT_REFUSED = "Dataset scripts are no longer supported"
@@ -221,11 +233,7 @@ def standardize(dataset, spec: DatasetSpec, keep_segments=False):
         raise UserError(f"{spec.label}: no audio column {spec.audio_column!r}; columns are: {', '.join(columns)}")
     text_column = detect_text_column(columns, spec.text_column, spec.label)
     id_column = next((c for c in ID_COLUMN_CANDIDATES if c in columns), None)
-    if isinstance(dataset.features.get(spec.audio_column) if dataset.features else None, Audio):
-        # A stream is encoded example by example with its features, and datasets >= 4 encodes Audio
-        # only through torchcodec: a stream carries the plain {bytes, path} struct instead.
-        undecoded = RAW_AUDIO if isinstance(dataset, datasets.IterableDataset) else Audio(decode=False)
-        dataset = dataset.cast_column(spec.audio_column, undecoded)
+    dataset = undecoded(dataset, spec.audio_column)
     renames = {}
     if spec.audio_column != AUDIO_COLUMN:
         renames[spec.audio_column] = AUDIO_COLUMN
