@@ -1,4 +1,5 @@
-"""Build the sets that tell whether a fine-tune on ../shared/data/espeak_en/train generalises.
+"""Build the sets that tell whether a fine-tune on ../shared/data/espeak_en/train (or espeak_hi/train)
+generalises.
 
 * ``en_other_voices/{retain,test}``: sentences of the training grammar spoken by espeak-ng voices the
   training set never had (``--voices``), two disjoint halves: ``retain`` to choose checkpoints and
@@ -7,12 +8,17 @@
   in the training grammar, in the training voice (en-us): does the model still write words it was
   not tuned on?
 
+With ``--language hi`` the same for Hindi (``hi_other_voices/{retain,test}``, ``hi_unseen_words/test``):
+espeak-ng has one Hindi voice, so the other speakers are its voice variants (``hi+m2``: other formants,
+pitch and breathiness; ``hi+klatt``: another synthesiser), which the training set (plain ``hi``) never had.
+
 Each set is a Kaldi-style folder (``text`` + ``audio_paths``) for custom_data/data_prep.py. Speech
 comes from ``../shared/data/make_data.py`` (espeak-ng, a Debian package); the sets are built, never
 committed.
 
-example:
+examples:
   python3 bench/generalisation_sets.py --output /tmp/gen
+  python3 bench/generalisation_sets.py --language hi --output /tmp/gen_hi
 """
 import importlib.util
 import os
@@ -26,9 +32,11 @@ from whisper_finetune.errors import UserError  # noqa: E402
 DEFAULT_MAKE_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
                                  "data", "make_data.py")
 # Voices other than the training set's en-us: three accents of espeak-ng's own English.
-DEFAULT_VOICES = "en-gb-scotland,en-gb-x-rp,en-029"
+DEFAULT_VOICES = {"en": "en-gb-scotland,en-gb-x-rp,en-029",
+                  # espeak-ng voice variants of its Hindi voice: two male, two female, one Klatt synthesiser
+                  "hi": "hi+m2,hi+m4,hi+f2,hi+f4,hi+klatt"}
 # Words the training grammar (make_data.EN) never uses, one list per slot of its sentence pattern.
-UNSEEN = {
+UNSEEN_EN = {
     "subj": ["the gardener", "a bearded fisherman", "my cousin", "the librarian", "a tall soldier", "the waiter",
              "her grandfather", "the clever artist", "a busy mechanic", "the shy girl"],
     "verb": ["polished", "wrapped", "delivered", "hid", "lifted", "examined", "returned", "folded", "stole", "fixed"],
@@ -37,6 +45,18 @@ UNSEEN = {
     "where": ["near the airport", "behind the museum", "at the factory", "in the afternoon", "after lunch",
               "throughout the concert", "inside the cave", "beside the lake", "under the stairs", "at midnight"],
 }
+# The same for make_data.HI's pattern "<subj> ने <where> <obj> <verb>।"
+UNSEEN_HI = {
+    "subj": ["मेरे दादा", "वह लड़की", "एक सिपाही", "हमारी दादी", "नया मैनेजर", "बूढ़ा माली", "उसका दोस्त",
+             "एक मछुआरा", "मोहन", "पुलिस वाला"],
+    "where": ["अस्पताल में", "दफ़्तर में", "बगीचे में", "पहाड़ पर", "दोपहर को", "पुल के पास", "कमरे में",
+              "सड़क पर", "जंगल में", "रसोई में"],
+    "obj": ["चावल", "अख़बार", "बिस्तर", "घड़ी", "चाबी", "जूते", "तस्वीर", "दवाई", "कंबल", "शीशा"],
+    "verb": ["सिला", "जलाया", "तोड़ा", "गिराया", "पकड़ा", "छिपाया", "सजाया", "माँगा", "चुराया", "धोया"],
+}
+# Function words the unseen lists may share with the training grammar.
+SHARED_WORDS = {"the", "a", "an", "at", "in", "near", "behind", "after", "under", "beside", "inside", "my",
+                "ने", "में", "पर", "को", "के", "पास", "एक", "वह"}
 
 
 def load_make_data(path):
@@ -46,33 +66,50 @@ def load_make_data(path):
     return module
 
 
-def unseen_sentence(rng):
-    return (f"{rng.choice(UNSEEN['subj'])} {rng.choice(UNSEEN['verb'])} {rng.choice(UNSEEN['obj'])} "
-            f"{rng.choice(UNSEEN['where'])}").capitalize() + "."
+def unseen_sentence_en(rng):
+    return (f"{rng.choice(UNSEEN_EN['subj'])} {rng.choice(UNSEEN_EN['verb'])} {rng.choice(UNSEEN_EN['obj'])} "
+            f"{rng.choice(UNSEEN_EN['where'])}").capitalize() + "."
 
 
-def build(output, make_data_path=DEFAULT_MAKE_DATA, voices=DEFAULT_VOICES, size=80, seed=11):
+def unseen_sentence_hi(rng):
+    return (f"{rng.choice(UNSEEN_HI['subj'])} ने {rng.choice(UNSEEN_HI['where'])} {rng.choice(UNSEEN_HI['obj'])} "
+            f"{rng.choice(UNSEEN_HI['verb'])}।")
+
+
+# Per language: make_data's grammar, sentence maker and training voice; our unseen lists and their sentences.
+LANGUAGES = {"en": ("EN", "sentence_en", "en-us", UNSEEN_EN, unseen_sentence_en),
+             "hi": ("HI", "sentence_hi", "hi", UNSEEN_HI, unseen_sentence_hi)}
+
+
+def build(output, make_data_path=DEFAULT_MAKE_DATA, voices=None, size=80, seed=11, language="en"):
     make_data = load_make_data(make_data_path)
-    trained = {w for slot in make_data.EN.values() for phrase in slot for w in phrase.split()}
-    clash = sorted({w for slot in UNSEEN.values() for phrase in slot for w in phrase.split()} & trained
-                   - {"the", "a", "an", "at", "in", "near", "behind", "after", "under", "beside", "inside", "my"})
+    grammar, sentence, training_voice, unseen, unseen_sentence = LANGUAGES[language]
+    trained = {w for slot in getattr(make_data, grammar).values() for phrase in slot for w in phrase.split()}
+    clash = sorted({w for slot in unseen.values() for phrase in slot for w in phrase.split()} & trained
+                   - SHARED_WORDS)
     if clash:  # function words aside, no word of the unseen set may occur in the training grammar
         raise UserError(f"unseen-word lists share words with the training grammar: {', '.join(clash)}")
     rng = random.Random(seed)
-    with open(os.path.join(os.path.dirname(make_data_path), "espeak_en", "train", "text"), encoding="utf-8") as f:
+    with open(os.path.join(os.path.dirname(make_data_path), f"espeak_{language}", "train", "text"),
+              encoding="utf-8") as f:
         train_texts = [line.split(" ", 1)[1].strip() for line in f if line.strip()]
-    other = make_data.unique(make_data.sentence_en, rng, 2 * size, exclude=train_texts)
-    voice_list = voices.split(",")
-    make_data.write_set(output, "en_other_voices/retain", other[:size], voice_list, rng)
-    make_data.write_set(output, "en_other_voices/test", other[size:], voice_list, rng)
-    make_data.write_set(output, "en_unseen_words/test", make_data.unique(unseen_sentence, rng, size), ["en-us"], rng)
+    other = make_data.unique(getattr(make_data, sentence), rng, 2 * size, exclude=train_texts)
+    voice_list = (voices or DEFAULT_VOICES[language]).split(",")
+    make_data.write_set(output, f"{language}_other_voices/retain", other[:size], voice_list, rng)
+    make_data.write_set(output, f"{language}_other_voices/test", other[size:], voice_list, rng)
+    make_data.write_set(output, f"{language}_unseen_words/test", make_data.unique(unseen_sentence, rng, size),
+                        [training_voice], rng)
 
 
 def main(argv=None):
     p = cli.parser(__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--output", required=True, help="folder to create (must not exist)")
     p.add_argument("--make_data", default=DEFAULT_MAKE_DATA, help="path of ../shared/data/make_data.py")
-    p.add_argument("--voices", default=DEFAULT_VOICES, help="comma-separated espeak-ng voices of the other-voice sets")
+    p.add_argument("--language", default="en", choices=sorted(LANGUAGES),
+                   help="en: sets for espeak_en/train; hi: sets for espeak_hi/train")
+    p.add_argument("--voices", default=None,
+                   help="comma-separated espeak-ng voices of the other-voice sets (default: "
+                        + "; ".join(f"{k}: {v}" for k, v in DEFAULT_VOICES.items()) + ")")
     p.add_argument("--size", type=int, default=80, help="sentences per set")
     p.add_argument("--seed", type=int, default=11, help="seed of sentences, voices, speeds and pitches")
     args = p.parse_args(argv)
@@ -80,8 +117,9 @@ def main(argv=None):
         raise UserError(f"--output {args.output}: already exists")
     if not os.path.isfile(args.make_data):
         raise UserError(f"--make_data {args.make_data}: no such file")
-    build(args.output, args.make_data, args.voices, args.size, args.seed)
-    print(f"wrote {args.output}/en_other_voices/{{retain,test}} and {args.output}/en_unseen_words/test")
+    build(args.output, args.make_data, args.voices, args.size, args.seed, args.language)
+    lang = args.language
+    print(f"wrote {args.output}/{lang}_other_voices/{{retain,test}} and {args.output}/{lang}_unseen_words/test")
     return 0
 
 

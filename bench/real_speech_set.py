@@ -45,6 +45,7 @@ import soundfile as sf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from whisper_finetune import cli  # noqa: E402
 from whisper_finetune.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from whisper_finetune.data import labelling  # noqa: E402
 from whisper_finetune.errors import UserError  # noqa: E402
 from whisper_finetune.files import atomic_write_bytes  # noqa: E402
 
@@ -203,24 +204,12 @@ def speaker_clips(cache):
     return clips, {c for c in clips if speakers[c] in held or c == last_window}
 
 
-def label(clips, model, language="en", num_beams=5, batch_size=8):
-    """{clip id: the model's transcript} (beam search, one 30 s window per clip)."""
-    from whisper_finetune.model import loading
-    from whisper_finetune.decode.options import DecodingOptions
-    from whisper_finetune.decode.backends import make_decoder
-
-    prepared = loading.prepare_source(loading.resolve_model(model, "label_model"), language,
-                                       DecodingOptions(num_beams=num_beams, max_new_tokens=220, batch_size=batch_size))
-    decoder = make_decoder(prepared, "cpu")
-    extractor = prepared.processor.feature_extractor
-    ids = sorted(clips)
-    texts = {}
-    for start in range(0, len(ids), batch_size):
-        batch = ids[start:start + batch_size]
-        features = extractor([clips[i] for i in batch], sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
-        texts.update(zip(batch, (t.strip() for t in decoder.decode(features))))  # features: (batch, n_mels, 3000)
-        logger.info("labelled %d of %d clips", min(start + batch_size, len(ids)), len(ids))
-    return texts
+def label(clips, model, language="en", num_beams=5):
+    """{clip id: the model's transcript} (beam search, one 30 s window per clip; the library's labelling, the
+    one --replay_audio uses)."""
+    labels = labelling.label_windows(dict(sorted(clips.items())), model, language, num_beams,
+                                     progress=lambda done, total: logger.info("labelled %d of %d clips", done, total))
+    return {clip: label.text for clip, label in labels.items()}
 
 
 def build(output, label_model, cache, language="en", num_beams=5, more_speakers=False):

@@ -21,9 +21,10 @@ pytestmark = pytest.mark.slow
     ("bench/longform_set.py", ["--source", "--output", "--seed", "--copies", "--min_seconds", "--max_seconds",
                                "--min_pause", "--max_pause"]),
     ("bench/longform_eval.py", ["--model", "--data", "--modes", "--tolerance", "--language", "--output"]),
-    ("bench/generalisation_sets.py", ["--output", "--make_data", "--voices", "--size", "--seed"]),
+    ("bench/generalisation_sets.py", ["--output", "--make_data", "--language", "--voices", "--size", "--seed"]),
     ("bench/real_speech_set.py", ["--output", "--label_model", "--language", "--num_beams", "--more_speakers",
                                   "--cache"]),
+    ("bench/ggml_activation.py", ["--model", "--ggml", "--data"]),
 ])
 def test_help_lists_every_flag(script, flags):
     result = run_script(script, "-h")

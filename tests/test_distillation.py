@@ -177,8 +177,9 @@ def test_replay_rows_alone_pay_the_term_in_a_run(tiny_model_dir, tiny_dataset_di
 @pytest.mark.parametrize("overrides", [{"distill_weight": 1.0}, {"replay_datasets": ("somewhere",)}])
 def test_distill_rows_replay_needs_a_weight_and_replay_sets(tiny_model_dir, tiny_dataset_dir, tmp_path, overrides):
     config = quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path / "out", distill_rows="replay", **overrides)
-    with pytest.raises(UserError, match=re.escape("--distill_rows replay holds the --replay_datasets rows to the base "
-                                                  "model: it needs --distill_weight above 0 and --replay_datasets")):
+    with pytest.raises(UserError, match="^" + re.escape("--distill_rows replay holds the replayed rows to the base model: "
+                                                        "it needs --distill_weight above 0 and --replay_datasets or "
+                                                        "--replay_audio") + "$"):
         check_config(config)
 
 

@@ -98,7 +98,8 @@ class PrepSummary:
 # would import torchcodec (and FFmpeg) to "encode" bytes that are already a WAV file.
 
 
-def _prep_features(sampling_rate, with_speaker=False, with_segments=False, with_language=False):
+def prep_features(sampling_rate, with_speaker=False, with_segments=False, with_language=False):
+    """The columns of a data_prep dataset as written (audio as the raw ``{bytes, path}`` struct)."""
     columns = {ID_COLUMN: Value("string"), AUDIO_COLUMN: RAW_AUDIO,
                TEXT_COLUMN: Value("string"), DURATION_COLUMN: Value("float32")}
     if with_speaker:
@@ -208,7 +209,7 @@ def prepare_dataset(config: DataPrepConfig) -> PrepSummary:
             shards = [units[a:b] for a, b in zip(bounds, bounds[1:])]
             dataset = Dataset.from_generator(
                 _generate_segment_rows if with_segments else _generate_rows,
-                features=_prep_features(config.sampling_rate, with_speaker, with_segments, with_language),
+                features=prep_features(config.sampling_rate, with_speaker, with_segments, with_language),
                 gen_kwargs={"shards": shards, "sampling_rate": config.sampling_rate, "with_speaker": with_speaker,
                             "with_language": with_language},
                 num_proc=num_proc if num_proc > 1 else None, cache_dir=os.path.join(work, "cache"),

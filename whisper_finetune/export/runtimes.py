@@ -85,9 +85,12 @@ class WhisperCppRuntime(Runtime):
       non-speech symbols, such as quotes and brackets) at every step; whisper.cpp suppresses the same list
       only when asked;
     * ``flash_attn`` off: whisper.cpp's flash-attention kernel (on by default since 1.8) moved 6 clips on its
-      own; the plain attention path is closer to PyTorch's float32 attention. What remains is whisper.cpp's
-      float16 arithmetic (its attention and key/value caches are float16 whatever the file), not the file:
-      our ggml file holds the same tensors, bit for bit, as whisper.cpp's own converter writes.
+      own; the plain attention path is closer to PyTorch's float32 attention.
+
+    What remains is whisper.cpp's activation, not the file: its MLPs use ggml's tanh approximation of GELU
+    where Whisper has the exact (erf) GELU. PyTorch with the tanh GELU writes whisper.cpp's 80 transcripts
+    word for word (3 differ from the exact GELU's); no setting of whisper.cpp 1.8 changes it. Our ggml file
+    holds the same tensors, bit for bit, as whisper.cpp's own converter writes.
     """
 
     name = "whisper.cpp"

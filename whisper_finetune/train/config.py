@@ -18,6 +18,7 @@ from transformers import GenerationConfig, WhisperConfig
 from . import checkpoints, merging
 from .. import hub
 from ..model import loading
+from ..data import labelling
 from ..data.loading import LANGUAGE_COLUMN, DatasetSpec, check_parallel_lists, load_custom_dataset
 from ..errors import OptionError, UserError
 from ..data.bad_audio import max_bad_examples_option
@@ -43,8 +44,8 @@ HF_ONLY = ("train_dataset_configs", "train_dataset_splits", "train_dataset_text_
 # What --metric_for_best_model may select on: the eval set's primary metric (wer stands for it, so with
 # --primary_metric cer it is CER), the retain sets' WER, or eval + the retain WER's increase over step 0.
 BEST_MODEL_METRICS = ("wer", "retain_wer", "combined")
-# Which training rows --distill_weight holds to the base model: every row, or the --replay_datasets rows
-# alone (the training rows then learn freely; the replayed speech is kept as the base model heard it).
+# Which training rows --distill_weight holds to the base model: every row, or the replayed rows
+# (--replay_datasets, --replay_audio) alone (the training rows then learn freely; the replayed speech is kept as the base model heard it).
 DISTILL_ROWS = ("all", "replay")
 # Files that mark an earlier run in --output_dir.
 RUN_MARKERS = ("trainer_state.json", SUMMARY_FILE, "config.json", "model.safetensors",
@@ -105,8 +106,8 @@ class TrainConfig:
         "without forgetting) to the loss. Costs one forward pass of the base model per step", group="retain",
         default_text="0 (off)")
     distill_rows: str = option(
-        "all", "with --distill_weight: the training rows the term applies to: all, or replay (the --replay_datasets "
-        "rows alone: the base model runs on those rows only, and the training data is learned without the pull "
+        "all", "with --distill_weight: the training rows the term applies to: all, or replay (the replayed "
+        "rows alone, of --replay_datasets and --replay_audio: the base model runs on those rows only, and the training data is learned without the pull "
         "back)", choices=DISTILL_ROWS, group="retain")
     merge_ratio: str = option(
         "1", "the final model is base + RATIO x (fine-tune - base) (WiSE-FT weight interpolation): below 1 it keeps "
@@ -161,12 +162,20 @@ class TrainConfig:
     replay_dataset_text_columns: Optional[Tuple[str, ...]] = option(
         None, "one transcription column per --replay_datasets entry", group="replay",
         default_text="the first of sentence, text, transcription, ... that exists")
+    replay_audio: Optional[Tuple[str, ...]] = option(
+        None, "speech the model should keep that has no transcripts: folders of audio files (searched recursively; "
+        "files over 30 s cut into equal parts) or data_prep folders (their text ignored). The base model labels "
+        "each clip once (beam 5; the language of --replay_language, else each clip's detected one), cached in "
+        "OUTPUT_DIR/replay_audio/labels.jsonl for later runs, and the clips are replayed like --replay_datasets "
+        "(with them, or alone); use --distill_rows replay to hold the fine-tune to the base model on them",
+        group="replay", default_text="none")
     replay_language: Optional[str] = option(
         None, "language of the replay examples that have no language column of their own, a name or code (e.g. "
-        "en); English-only (.en) models take none", group="replay",
-        default_text="each example's language column (required without one)")
-    replay_ratio: float = option(0.2, "with --replay_datasets: the share of training examples drawn from the replay "
-                                 "sets (a replay set too small for it is repeated)", group="replay")
+        "en); with --replay_audio, the language its clips are labelled in; English-only (.en) models take none",
+        group="replay", default_text="each example's language column (required without one); --replay_audio: "
+        "each clip's detected language")
+    replay_ratio: float = option(0.2, "with --replay_datasets or --replay_audio: the share of training examples drawn "
+                                 "from the replay sets (a replay set too small for it is repeated)", group="replay")
     spec_augment: bool = option(False, "SpecAugment while training (transformers' own for Whisper): zero random "
                                 "stretches of time frames and mel channels of the log-mel input; never applied "
                                 "in evaluation, and off in the saved config.json", group="augmentation")
@@ -372,9 +381,9 @@ def _check_values(config: TrainConfig):
     _check_merge(config)
     if not (config.distill_weight >= 0 and math.isfinite(config.distill_weight)):
         raise OptionError("distill_weight", config.distill_weight, "must be 0 (off) or more")
-    if config.distill_rows == "replay" and not (config.distill_weight and config.replay_datasets):
-        raise UserError("--distill_rows replay holds the --replay_datasets rows to the base model: it needs "
-                        "--distill_weight above 0 and --replay_datasets")
+    if config.distill_rows == "replay" and not (config.distill_weight and replays(config)):
+        raise UserError("--distill_rows replay holds the replayed rows to the base model: it needs "
+                        "--distill_weight above 0 and --replay_datasets or --replay_audio")
     if config.lora and (config.freeze_encoder or config.freeze_decoder):
         flag = "--freeze_encoder" if config.freeze_encoder else "--freeze_decoder"
         raise UserError(f"--lora and {flag} together: LoRA already freezes the base model; pick one")
@@ -438,23 +447,32 @@ def _check_streaming(config: TrainConfig):
             raise UserError("--interleave_probabilities: values must be non-negative with a positive sum")
 
 
+def replays(config: TrainConfig):
+    """True when the run mixes replay rows into training (--replay_datasets, --replay_audio or both)."""
+    return bool(config.replay_datasets or config.replay_audio)
+
+
 def _check_replay(config: TrainConfig, generation):
-    """Replay options: only with --replay_datasets; a ratio in (0, 1); a language every replay example can be
-    labelled with (checked here for data_prep folders, at loading for Hub datasets)."""
+    """Replay options: only with --replay_datasets or --replay_audio; a ratio in (0, 1); a language every replay
+    example can be labelled with (checked here for data_prep folders, at loading for Hub datasets); audio in
+    every --replay_audio entry."""
     if not 0 < config.replay_ratio < 1:
         raise OptionError("replay_ratio", config.replay_ratio, "must be more than 0 and less than 1")
-    if not config.replay_datasets:
-        for name in ("replay_dataset_configs", "replay_dataset_splits", "replay_dataset_text_columns",
-                     "replay_language"):
-            if getattr(config, name) is not None:
-                shown = getattr(config, name)
-                shown = " ".join(map(str, shown)) if isinstance(shown, tuple) else shown
-                raise OptionError(name, shown, "needs --replay_datasets")
+    for name in ("replay_dataset_configs", "replay_dataset_splits", "replay_dataset_text_columns",
+                 *(() if config.replay_audio else ("replay_language",))):
+        if not config.replay_datasets and getattr(config, name) is not None:
+            shown = getattr(config, name)
+            shown = " ".join(map(str, shown)) if isinstance(shown, tuple) else shown
+            raise OptionError(name, shown, "needs --replay_datasets" + (
+                " or --replay_audio" if name == "replay_language" else ""))
+    if not replays(config):
         return
     if config.streaming:
-        raise UserError("--replay_datasets with --streaming True: replay is mixed into a featurised training set; "
+        flag = "--replay_datasets" if config.replay_datasets else "--replay_audio"
+        raise UserError(f"{flag} with --streaming True: replay is mixed into a featurised training set; "
                         "add the replay sets to --train_datasets with --interleave_probabilities instead")
-    dataset_specs(config, "replay")
+    for source in config.replay_audio or ():
+        labelling.check_source(source)
     try:
         code = language_code(config.replay_language)
     except UserError as exc:
@@ -463,6 +481,9 @@ def _check_replay(config: TrainConfig, generation):
     if english_only and code not in (None, "en"):
         raise OptionError("replay_language", config.replay_language,
                           "the model is English-only (.en) and can be trained on English only; give en or None")
+    if not config.replay_datasets:
+        return
+    dataset_specs(config, "replay")
     if not config.custom:
         return
     for name in config.replay_datasets:

@@ -23,8 +23,9 @@ logger = logging.getLogger(__name__)
 LABELS_FORMAT = "per-example language"  # in the feature cache's key: what the labels hold (see cache_path)
 
 
-def mix_replay(config, train_set, processor):
-    """The training set with replay examples added: ``replay_ratio`` of the result comes from the replay sets.
+def mix_replay(config, train_set, processor, specs=None):
+    """The training set with replay examples added: ``replay_ratio`` of the result comes from the replay sets
+    (``specs``; by default the --replay_datasets).
 
     The replay sets are shuffled and cut to the number needed, ``ratio / (1 - ratio)`` times the training
     set (repeated when too small), featurised like the training set, each example with its own language
@@ -38,8 +39,8 @@ def mix_replay(config, train_set, processor):
 
     needed = max(1, round(len(train_set) * config.replay_ratio / (1 - config.replay_ratio)))
     replay_language = language_code(config.replay_language)
-    replay, counts = prepare_split(config, "replay", dataset_specs(config, "replay"), needed, processor,
-                                    replay_language)
+    specs = dataset_specs(config, "replay") if specs is None else specs
+    replay, counts = prepare_split(config, "replay", specs, needed, processor, replay_language)
     copies = math.ceil(needed / len(replay))
     if copies > 1:
         logger.info("replay data: %d example(s) for the %d needed: each is used %d times at most", len(replay),

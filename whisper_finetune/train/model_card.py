@@ -69,7 +69,7 @@ def render_model_card(summary, hub_model_id=None):
     else:
         lines += ["No evaluation was recorded.", ""]
     lines += _retain_section(summary)
-    lines += _replay_and_augmentation(config)
+    lines += _replay_and_augmentation(config, summary.get("replay_audio"))
     if config.get("dynamic_audio_context"):
         bucket = config["audio_context"]["audio_context_bucket_seconds"]
         lines += [f"Trained with a dynamic audio context: the encoder ran on each batch's own length rounded up "
@@ -96,9 +96,19 @@ def render_model_card(summary, hub_model_id=None):
     return "\n".join(lines)
 
 
-def _replay_and_augmentation(config):
+def _replay_and_augmentation(config, replay_audio=None):
     """Lines saying how the training data was mixed (replay) and which augmentation was used."""
     lines = []
+    if replay_audio:
+        settings = replay_audio["settings"]
+        languages = ", ".join(f"{code} {count}" for code, count in replay_audio["languages"].items()) or "none"
+        language = f"in `{settings['language']}`" if settings["language"] else "each in its detected language"
+        names = ", ".join(f"`{name}`" for name in replay_audio["sources"])
+        lines += [f"Replay audio: {replay_audio['clips']} clips ({replay_audio['seconds'] / 60:.1f} min) of untranscribed "
+                  f"speech from {names}, labelled by `{settings['model']}` itself (beam {settings['num_beams']}, "
+                  f"{language}; clips per language token: {languages}; {replay_audio['empty']} without words, not "
+                  f"replayed); {config['replay_ratio']:.0%} of the training examples were drawn from the replay "
+                  f"sets. The labels are in `{replay_audio['cache']}`.", ""]
     if config.get("replay_datasets"):
         language = config.get("replay_language")
         tokens = f"`{language}` unless an example has a language of its own" if language else "each example's own"

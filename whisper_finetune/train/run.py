@@ -24,13 +24,15 @@ import torch
 from transformers.trainer_callback import TrainerState
 
 from .. import files, hub, runlock
+from ..data import labelling
 from ..data.bad_audio import logged_count
 from ..data.features import DataCollatorSpeechSeq2SeqWithPadding
-from ..data.loading import source_format
+from ..data.loading import DatasetSpec, source_format
+from ..errors import UserError
 from ..model import loading
-from ..text import choose_metric, choose_normalizer
+from ..text import choose_metric, choose_normalizer, language_code
 from . import checkpoints
-from .config import TrainConfig, check_config, dataset_specs, precision
+from .config import TrainConfig, check_config, dataset_specs, precision, replays
 from .data import hours, mix_replay, numbered, on_the_fly_features, prepare_split, prepare_stream
 from .merging import MERGED_PREFIX, merge_summary, merge_with_base
 from .model_setup import (build_model, configure_tokenizer, context_frozen, make_distiller, retain_decode_kwargs,
@@ -71,6 +73,7 @@ class RunData:
     eval: object
     retain: object  # None without retain sets
     counts: dict  # per role: utterances kept and dropped, by reason
+    replay_audio: Optional[labelling.ReplayAudio] = None  # what --replay_audio labelled (None without it)
 
 
 def train(config: TrainConfig) -> TrainSummary:
@@ -156,7 +159,7 @@ def plan_run(config: TrainConfig) -> RunPlan:
 
 def prepare_data(config: TrainConfig, plan: RunPlan) -> RunData:
     """Every role's featurised set, prepared by the main process first (the others then read its cache)."""
-    counts, retain_set = {}, None
+    counts, retain_set, labelled = {}, None, None
     with plan.args.main_process_first(desc="dataset preparation"):
         if config.streaming:
             train_set, counts["train"] = prepare_stream(config, dataset_specs(config, "train"), plan.processor,
@@ -164,8 +167,12 @@ def prepare_data(config: TrainConfig, plan: RunPlan) -> RunData:
         else:
             train_set, counts["train"] = prepare_split(config, "train", dataset_specs(config, "train"),
                                                        config.max_train_samples, plan.processor)
-            if config.replay_datasets:
-                train_set, counts["replay"] = mix_replay(config, train_set, plan.processor)
+            if replays(config):
+                specs = dataset_specs(config, "replay") if config.replay_datasets else []
+                if config.replay_audio:
+                    labelled = label_replay_audio(config, plan)
+                    specs += [DatasetSpec(labelled.dataset, split=None)] if labelled.dataset else []
+                train_set, counts["replay"] = mix_replay(config, train_set, plan.processor, specs)
             if config.augment:
                 train_set = numbered(train_set)
         eval_set, counts["eval"] = prepare_split(config, "eval", dataset_specs(config, "eval"),
@@ -175,7 +182,22 @@ def prepare_data(config: TrainConfig, plan: RunPlan) -> RunData:
                                                          config.max_eval_samples, plan.retain_processor)
     # The summary's order: train, eval, retain, replay.
     order = ("train", "eval", "retain", "replay")
-    return RunData(train_set, eval_set, retain_set, {role: counts[role] for role in order if role in counts})
+    return RunData(train_set, eval_set, retain_set, {role: counts[role] for role in order if role in counts},
+                   labelled)
+
+
+def label_replay_audio(config: TrainConfig, plan: RunPlan) -> labelling.ReplayAudio:
+    """--replay_audio's clips labelled by the base model (the cache under ``output_dir`` first); the main process
+    labels, the others (run after it) find every label cached."""
+    settings = labelling.LabelSettings(config.model_name, language_code(config.replay_language))
+    labelled = labelling.replay_audio(config.replay_audio, settings, config.output_dir, plan.args.device)
+    logger.info("--replay_audio: %d clip(s) (%.1f min): %d labelled now, %d from %s, %d without words (not "
+                "replayed)", labelled.clips, labelled.seconds / 60, labelled.decoded, labelled.cached, labelled.cache,
+                labelled.empty)
+    if labelled.dataset is None and not config.replay_datasets:
+        raise UserError(f"--replay_audio: the base model heard no words in any of its {labelled.clips} clip(s); "
+                        f"nothing to replay")
+    return labelled
 
 
 def make_trainer(config: TrainConfig, plan: RunPlan, data: RunData, model, generation_config):
@@ -292,6 +314,7 @@ def summarise(config, plan, data, trainer, retain, merge, per_dataset, retain_pe
         best_model_metric=config.metric_for_best_model,
         early_stopped_at=early_stopping.stopped_at if early_stopping else None,
         merge=merge_summary(merge), skipped_bad_audio=skipped, **retain_fields,
+        replay_audio=json.loads(json.dumps(dataclasses.asdict(data.replay_audio))) if data.replay_audio else None,
         source_formats={name: origin for role in ("train", "eval", "retain", "replay")
                         for name in getattr(config, f"{role}_datasets") or () if (origin := source_format(name))})
 

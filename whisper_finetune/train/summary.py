@@ -91,6 +91,9 @@ class TrainSummary:
     source_formats: dict = field(default_factory=dict)
     # role -> examples skipped because their audio could not be decoded (--max_bad_examples; {} when none)
     skipped_bad_audio: dict = field(default_factory=dict)
+    # --replay_audio: labelling.ReplayAudio as a dict (sources, the labelled dataset, the cache, the labelling
+    # settings: model, language, num_beams, max_new_tokens; clips, seconds, decoded, cached, empty, languages)
+    replay_audio: Optional[dict] = None
 
     def to_dict(self):
         return asdict(self)

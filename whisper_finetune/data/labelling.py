@@ -1,0 +1,271 @@
+"""Transcripts made by a model for audio that has none: ``--replay_audio``'s labels, cached, and the labels
+of ``bench/real_speech_set.py``.
+
+A fine-tune keeps what its base model could do by replaying speech of the old domain (``--replay_datasets``),
+but users often hold that audio without transcripts. The base model itself then labels it, once, with beam
+search: replayed with ``--distill_rows replay``, those rows ask the fine-tune to keep answering as the base
+model did, which needs the base model's own words, not correct ones. Labels are cached by the audio's
+content and the labelling settings (``labels.jsonl``, one line per clip, appended as each batch is done), so
+a second run, a resumed run or another rank decodes nothing, and a run killed while labelling loses at most
+one batch.
+"""
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .. import files
+from ..audio import SAMPLE_RATE, decode_example_audio, encode_wav, load_audio
+from ..errors import UserError
+from ..text import language_code
+from .loading import (AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, TEXT_COLUMN, is_saved_dataset,
+                      load_custom_dataset)
+
+logger = logging.getLogger(__name__)
+
+# Beam 5: openai-whisper's and faster-whisper's beam size, the base model's best decoding.
+LABEL_BEAMS = 5
+# Whisper's own cap on tokens sampled per 30 s window (openai-whisper's sample_len = n_text_ctx // 2 = 224),
+# less the 4 prompt tokens.
+LABEL_MAX_NEW_TOKENS = 220
+LABEL_BATCH_SIZE = 8  # windows decoded together (beam 5: 40 hypotheses)
+# A clip is labelled in windows that fit Whisper's 30 s input; a longer file is cut into equal parts.
+WINDOW_SECONDS = 30.0
+REPLAY_AUDIO_DIR = "replay_audio"  # in --output_dir: the cache and the labelled dataset
+CACHE_FILE = "labels.jsonl"
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """Which model labels, and how: the cache key of every label, recorded in the training summary."""
+
+    model: str
+    language: Optional[str] = None  # a Whisper code; None: each clip's detected language (English for .en models)
+    num_beams: int = LABEL_BEAMS
+    max_new_tokens: int = LABEL_MAX_NEW_TOKENS
+
+    @property
+    def key(self):
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Label:
+    """One clip's transcript and the language token it was decoded with (None: an English-only model)."""
+
+    text: str
+    language: Optional[str]
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A window of audio to label: 16 kHz mono float32, with where it came from."""
+
+    id: str
+    source: str
+    audio: np.ndarray  # (samples,)
+
+    @property
+    def sha256(self):
+        return hashlib.sha256(np.ascontiguousarray(self.audio, dtype=np.float32).tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ReplayAudio:
+    """What ``--replay_audio`` became: the labelled dataset replayed, and how its labels were made."""
+
+    sources: Tuple[str, ...]
+    dataset: Optional[str]  # the data_prep-style dataset written from the labels; None when every label is empty
+    cache: str
+    settings: LabelSettings
+    clips: int
+    seconds: float
+    decoded: int  # clips labelled by this run
+    cached: int  # clips whose label came from the cache
+    empty: int  # clips the base model heard no words in: not replayed
+    languages: Dict[str, int]  # replayed clips per language token
+
+
+def label_windows(clips: Dict[str, np.ndarray], model: str, language: Optional[str] = None,
+                  num_beams: int = LABEL_BEAMS, batch_size: int = LABEL_BATCH_SIZE, device="cpu",
+                  max_new_tokens: int = LABEL_MAX_NEW_TOKENS, progress=None) -> Dict[str, Label]:
+    """{clip id: the model's :class:`Label`} for 16 kHz clips of at most 30 s, one window each.
+
+    ``language``: the prompt's language for every clip (multilingual models); ``None``: the language saved
+    with the model, else each clip's own (transformers' ``detect_language``), decoded in that language. ``progress(done, total)`` is called
+    after each batch.
+    """
+    from ..decode.options import DecodingOptions
+    from ..decode.torch_backend import TorchDecoder
+    from ..model import loading
+
+    source = loading.resolve_model(model, "model_name")
+    generation_config = loading.generation_config_of(source)
+    english_only = loading.is_english_only(generation_config)
+    # As the model decodes by default: the language given, else the one saved with it (a model we fine-tuned),
+    # else each clip's detected one. Not loading.resolve_language, which warns in that last case that Whisper
+    # will detect one per batch.
+    code = None if english_only else language_code(language or getattr(generation_config, "language", None))
+    options = DecodingOptions(language=code, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                              batch_size=batch_size)
+    prepared = loading.PreparedModel(source, loading.load_processor(source.processor_path), generation_config,
+                                     options, english_only)
+    decoder = TorchDecoder(prepared, device)
+    extractor = prepared.processor.feature_extractor
+    ids = list(clips)
+    labels = {}
+    for start in range(0, len(ids), batch_size):
+        batch = ids[start:start + batch_size]
+        features = extractor([clips[i] for i in batch], sampling_rate=SAMPLE_RATE,
+                             return_tensors="np").input_features  # (B, n_mels, 3000)
+        if prepared.english_only:
+            languages = [None] * len(batch)
+        elif prepared.options.language:
+            languages = [prepared.options.language] * len(batch)
+        else:
+            languages = decoder.detect_languages(features)
+        for code in sorted(set(languages), key=str):  # one generate call per language in the batch
+            rows = [i for i, lang in enumerate(languages) if lang == code]
+            texts = decoder.decode(features[rows], language=code)
+            labels.update({batch[i]: Label(text.strip(), code) for i, text in zip(rows, texts)})
+        if progress:
+            progress(min(start + batch_size, len(ids)), len(ids))
+    return labels
+
+
+def audio_clips(source: str) -> List[Clip]:
+    """The clips of one ``--replay_audio`` entry: every audio file under a folder (searched recursively), or
+    every row of a data_prep dataset (its text ignored); each cut into windows of at most 30 s."""
+    clips = []
+    if is_saved_dataset(source):
+        dataset = load_custom_dataset(source)
+        for uid, value in zip(dataset[ID_COLUMN], dataset[AUDIO_COLUMN]):
+            clips += _windows(str(uid), source, decode_example_audio(value))
+        return clips
+    for path in audio_files(source):
+        uid = os.path.splitext(os.path.relpath(path, source))[0].replace(os.sep, "/")
+        clips += _windows(uid, source, load_audio(path))
+    return clips
+
+
+def audio_files(source: str) -> List[str]:
+    """The audio files under ``source`` (audiomentations' list of extensions), sorted; a one-line error when
+    ``source`` is neither a folder holding some nor a data_prep dataset."""
+    from audiomentations.core.utils import SUPPORTED_EXTENSIONS, find_audio_files
+
+    if not os.path.isdir(source):
+        raise UserError(f"--replay_audio {source}: no such folder")
+    found = sorted(str(p) for p in find_audio_files(source))
+    if not found:
+        raise UserError(f"--replay_audio {source}: no audio files in it (looked for {' '.join(SUPPORTED_EXTENSIONS)}) "
+                        f"and not a data_prep dataset")
+    return found
+
+
+def check_source(source: str):
+    """Fail in seconds, before any model is loaded, on an entry that holds no audio."""
+    if not is_saved_dataset(source):
+        audio_files(source)
+
+
+def _windows(uid, source, audio):
+    """``audio`` (samples,) as one clip, or cut into equal windows of at most :data:`WINDOW_SECONDS`."""
+    window = int(WINDOW_SECONDS * SAMPLE_RATE)
+    if len(audio) <= window:
+        return [Clip(uid, source, audio)]
+    parts = -(-len(audio) // window)  # ceil
+    bounds = np.linspace(0, len(audio), parts + 1).astype(int)
+    return [Clip(f"{uid}#{k}", source, audio[a:b]) for k, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+
+
+def read_cache(path, settings: LabelSettings) -> Dict[str, Label]:
+    """{audio sha256: label} of the cache lines made with ``settings``; a line cut off by a kill is skipped."""
+    labels = {}
+    if not os.path.isfile(path):
+        return labels
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("%s line %d: not a whole JSON line (a run killed while writing it); it is labelled "
+                               "again", path, number)
+                continue
+            if entry.get("settings") == settings.key:
+                labels[entry["sha256"]] = Label(entry["text"], entry["language"])
+    return labels
+
+
+def replay_audio(sources, settings: LabelSettings, output_dir, device="cpu", progress=None) -> ReplayAudio:
+    """Label every clip of ``sources`` not yet in the cache under ``output_dir``/replay_audio, and write the
+    labelled clips as a dataset (audio, sentence, id, duration, language) that training reads like a data_prep
+    folder. Its folder is named by its content, so a changed set never reuses an older feature cache."""
+    folder = os.path.join(output_dir, REPLAY_AUDIO_DIR)
+    os.makedirs(folder, exist_ok=True)
+    cache = os.path.join(folder, CACHE_FILE)
+    clips = [clip for source in sources for clip in audio_clips(source)]
+    known = read_cache(cache, settings)
+    todo = {}
+    for clip in clips:
+        if clip.sha256 not in known:
+            todo.setdefault(clip.sha256, clip)
+    logger.info("--replay_audio: %d clip(s), %d labelled before; labelling %d with %s (beam %d)", len(clips),
+                len(clips) - sum(1 for c in clips if c.sha256 in todo), len(todo), settings.model,
+                settings.num_beams)
+    if todo:
+        chunk = LABEL_BATCH_SIZE * 4  # appended to the cache after each chunk: a kill loses at most one
+        items = list(todo.values())
+        for start in range(0, len(items), chunk):
+            part = items[start:start + chunk]
+            labels = label_windows({c.sha256: c.audio for c in part}, settings.model, settings.language,
+                                   settings.num_beams, device=device, max_new_tokens=settings.max_new_tokens)
+            with open(cache, "a", encoding="utf-8") as f:
+                for clip in part:
+                    label = labels[clip.sha256]
+                    f.write(json.dumps({"sha256": clip.sha256, "settings": settings.key, "source": clip.source,
+                                        "id": clip.id, "text": label.text, "language": label.language},
+                                       ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            known.update(labels)
+            if progress:
+                progress(min(start + chunk, len(items)), len(items))
+    kept = [clip for clip in clips if known[clip.sha256].text]
+    dataset = _write_dataset(folder, kept, known) if kept else None
+    if not kept:
+        logger.warning("--replay_audio: the base model heard no words in any of the %d clip(s): nothing to replay",
+                       len(clips))
+    languages = Counter(known[clip.sha256].language or "en" for clip in kept)
+    return ReplayAudio(tuple(sources), dataset, cache, settings, len(clips),
+                       round(sum(len(c.audio) for c in clips) / SAMPLE_RATE, 2),
+                       decoded=sum(1 for c in clips if c.sha256 in todo),
+                       cached=sum(1 for c in clips if c.sha256 not in todo),
+                       empty=len(clips) - len(kept), languages=dict(sorted(languages.items())))
+
+
+def _write_dataset(folder, clips, labels):
+    from datasets import Audio, Dataset
+
+    from .corpus import prep_features, small_write_batches
+
+    content = hashlib.sha256("\n".join(f"{c.id} {c.sha256} {labels[c.sha256].text} {labels[c.sha256].language}"
+                                       for c in clips).encode("utf-8")).hexdigest()[:16]
+    path = os.path.join(folder, f"dataset-{content}")
+    if is_saved_dataset(path):
+        return path
+    rows = [{ID_COLUMN: f"{i:06d}-{clip.id}", AUDIO_COLUMN: {"bytes": encode_wav(clip.audio, SAMPLE_RATE),
+                                                           "path": f"{i:06d}.wav"},
+             TEXT_COLUMN: labels[clip.sha256].text, DURATION_COLUMN: len(clip.audio) / SAMPLE_RATE,
+             LANGUAGE_COLUMN: labels[clip.sha256].language or "en"}
+            for i, clip in enumerate(clips)]
+    dataset = Dataset.from_list(rows, features=prep_features(SAMPLE_RATE, with_language=True))
+    dataset = dataset.cast_column(AUDIO_COLUMN, Audio(sampling_rate=SAMPLE_RATE))
+    with files.atomic_dir(path) as staged, small_write_batches():
+        dataset.save_to_disk(staged)
+    return path
