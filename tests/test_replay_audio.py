@@ -72,9 +72,9 @@ def test_labels_once_then_reuses_the_cache_and_rows_carry_the_base_models_langua
     assert {json.loads(line["settings"])["num_beams"] for line in lines} == {2}
 
     def no_decoding(*args, **kwargs):
-        raise AssertionError("decoded a clip the cache holds")
+        raise AssertionError("loaded the model to label clips the cache holds")
 
-    monkeypatch.setattr(labelling, "label_windows", no_decoding)
+    monkeypatch.setattr(labelling, "Labeller", no_decoding)
     again = labelling.replay_audio([folder], settings, str(tmp_path / "out"))
     assert (again.decoded, again.cached, again.dataset) == (0, 3, first.dataset)
 
@@ -171,9 +171,9 @@ def test_a_run_replays_the_labelled_audio_and_a_second_run_decodes_nothing(tiny_
             f"`{tiny_model_dir}` itself (beam 5, each in its detected language") in card
 
     def no_decoding(*args, **kwargs):
-        raise AssertionError("decoded a clip the cache holds")
+        raise AssertionError("loaded the model to label clips the cache holds")
 
-    monkeypatch.setattr(labelling, "label_windows", no_decoding)
+    monkeypatch.setattr(labelling, "Labeller", no_decoding)
     again = train_run(quick_config(tiny_model_dir, tiny_dataset_dir, out, replay_audio=(folder,), replay_ratio=0.5,
                                    distill_weight=1.0, distill_rows="replay", num_steps=2, eval_steps=2,
                                    overwrite_output_dir=True))
@@ -183,8 +183,14 @@ def test_a_run_replays_the_labelled_audio_and_a_second_run_decodes_nothing(tiny_
 
 def test_audio_the_model_hears_no_words_in_is_not_replayed(tiny_model_dir, tiny_dataset_dir, tmp_path, monkeypatch):
     folder = audio_folder(tmp_path, seconds=(1.0, 1.2))
-    monkeypatch.setattr(labelling, "label_windows",
-                        lambda clips, *a, **k: {key: labelling.Label("", "en") for key in clips})
+    class Deaf:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def label(self, clips, progress=None):
+            return {key: labelling.Label("", "en") for key in clips}
+
+    monkeypatch.setattr(labelling, "Labeller", Deaf)
     result = labelling.replay_audio([folder], labelling.LabelSettings(tiny_model_dir), str(tmp_path / "out"))
     assert (result.empty, result.dataset) == (2, None)
     with pytest.raises(UserError, match=r"^--replay_audio: the base model heard no words in any of its 2 clip\(s\); "

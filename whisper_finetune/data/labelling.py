@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .. import files
 from ..audio import SAMPLE_RATE, decode_example_audio, encode_wav, load_audio
@@ -92,51 +93,55 @@ class ReplayAudio:
     languages: Dict[str, int]  # replayed clips per language token
 
 
-def label_windows(clips: Dict[str, np.ndarray], model: str, language: Optional[str] = None,
-                  num_beams: int = LABEL_BEAMS, batch_size: int = LABEL_BATCH_SIZE, device="cpu",
-                  max_new_tokens: int = LABEL_MAX_NEW_TOKENS, progress=None) -> Dict[str, Label]:
-    """{clip id: the model's :class:`Label`} for 16 kHz clips of at most 30 s, one window each.
+class Labeller:
+    """A model loaded once to label 16 kHz clips of at most 30 s, one window each (beam search by default).
 
     ``language``: the prompt's language for every clip (multilingual models); ``None``: the language saved
-    with the model, else each clip's own (transformers' ``detect_language``), decoded in that language. ``progress(done, total)`` is called
-    after each batch.
+    with the model, else each clip's own (transformers' ``detect_language``), decoded in that language.
     """
-    from ..decode.options import DecodingOptions
-    from ..decode.torch_backend import TorchDecoder
-    from ..model import loading
 
-    source = loading.resolve_model(model, "model_name")
-    generation_config = loading.generation_config_of(source)
-    english_only = loading.is_english_only(generation_config)
-    # As the model decodes by default: the language given, else the one saved with it (a model we fine-tuned),
-    # else each clip's detected one. Not loading.resolve_language, which warns in that last case that Whisper
-    # will detect one per batch.
-    code = None if english_only else language_code(language or getattr(generation_config, "language", None))
-    options = DecodingOptions(language=code, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                              batch_size=batch_size)
-    prepared = loading.PreparedModel(source, loading.load_processor(source.processor_path), generation_config,
-                                     options, english_only)
-    decoder = TorchDecoder(prepared, device)
-    extractor = prepared.processor.feature_extractor
-    ids = list(clips)
-    labels = {}
-    for start in range(0, len(ids), batch_size):
-        batch = ids[start:start + batch_size]
-        features = extractor([clips[i] for i in batch], sampling_rate=SAMPLE_RATE,
-                             return_tensors="np").input_features  # (B, n_mels, 3000)
-        if prepared.english_only:
-            languages = [None] * len(batch)
-        elif prepared.options.language:
-            languages = [prepared.options.language] * len(batch)
-        else:
-            languages = decoder.detect_languages(features)
-        for code in sorted(set(languages), key=str):  # one generate call per language in the batch
-            rows = [i for i, lang in enumerate(languages) if lang == code]
-            texts = decoder.decode(features[rows], language=code)
-            labels.update({batch[i]: Label(text.strip(), code) for i, text in zip(rows, texts)})
-        if progress:
-            progress(min(start + batch_size, len(ids)), len(ids))
-    return labels
+    def __init__(self, model: str, language: Optional[str] = None, num_beams: int = LABEL_BEAMS,
+                 max_new_tokens: int = LABEL_MAX_NEW_TOKENS, batch_size: int = LABEL_BATCH_SIZE, device="cpu"):
+        from ..decode.options import DecodingOptions
+        from ..decode.torch_backend import TorchDecoder
+        from ..model import loading
+
+        source = loading.resolve_model(model, "model_name")
+        generation_config = loading.generation_config_of(source)
+        english_only = loading.is_english_only(generation_config)
+        # As the model decodes by default: the language given, else the one saved with it (a model we
+        # fine-tuned), else each clip's detected one. Not loading.resolve_language, which warns in that last
+        # case that Whisper will detect one per batch.
+        code = None if english_only else language_code(language or getattr(generation_config, "language", None))
+        options = DecodingOptions(language=code, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                                  batch_size=batch_size)
+        self.prepared = loading.PreparedModel(source, loading.load_processor(source.processor_path),
+                                              generation_config, options, english_only)
+        self.decoder = TorchDecoder(self.prepared, device)
+        self.batch_size = batch_size
+
+    def label(self, clips: Dict[str, np.ndarray], progress=None) -> Dict[str, Label]:
+        """{clip id: :class:`Label`}; ``progress(clips done)`` after each batch."""
+        extractor = self.prepared.processor.feature_extractor
+        ids = list(clips)
+        labels = {}
+        for start in range(0, len(ids), self.batch_size):
+            batch = ids[start:start + self.batch_size]
+            features = extractor([clips[i] for i in batch], sampling_rate=SAMPLE_RATE,
+                                 return_tensors="np").input_features  # (B, n_mels, 3000)
+            if self.prepared.english_only:
+                languages = [None] * len(batch)
+            elif self.prepared.options.language:
+                languages = [self.prepared.options.language] * len(batch)
+            else:
+                languages = self.decoder.detect_languages(features)
+            for code in sorted(set(languages), key=str):  # one generate call per language in the batch
+                rows = [i for i, lang in enumerate(languages) if lang == code]
+                texts = self.decoder.decode(features[rows], language=code)
+                labels.update({batch[i]: Label(text.strip(), code) for i, text in zip(rows, texts)})
+            if progress:
+                progress(len(batch))
+        return labels
 
 
 def audio_clips(source: str) -> List[Clip]:
@@ -202,7 +207,7 @@ def read_cache(path, settings: LabelSettings) -> Dict[str, Label]:
     return labels
 
 
-def replay_audio(sources, settings: LabelSettings, output_dir, device="cpu", progress=None) -> ReplayAudio:
+def replay_audio(sources, settings: LabelSettings, output_dir, device="cpu") -> ReplayAudio:
     """Label every clip of ``sources`` not yet in the cache under ``output_dir``/replay_audio, and write the
     labelled clips as a dataset (audio, sentence, id, duration, language) that training reads like a data_prep
     folder. Its folder is named by its content, so a changed set never reuses an older feature cache."""
@@ -219,23 +224,15 @@ def replay_audio(sources, settings: LabelSettings, output_dir, device="cpu", pro
                 len(clips) - sum(1 for c in clips if c.sha256 in todo), len(todo), settings.model,
                 settings.num_beams)
     if todo:
-        chunk = LABEL_BATCH_SIZE * 4  # appended to the cache after each chunk: a kill loses at most one
+        labeller = Labeller(settings.model, settings.language, settings.num_beams, settings.max_new_tokens,
+                            device=device)
         items = list(todo.values())
-        for start in range(0, len(items), chunk):
-            part = items[start:start + chunk]
-            labels = label_windows({c.sha256: c.audio for c in part}, settings.model, settings.language,
-                                   settings.num_beams, device=device, max_new_tokens=settings.max_new_tokens)
-            with open(cache, "a", encoding="utf-8") as f:
-                for clip in part:
-                    label = labels[clip.sha256]
-                    f.write(json.dumps({"sha256": clip.sha256, "settings": settings.key, "source": clip.source,
-                                        "id": clip.id, "text": label.text, "language": label.language},
-                                       ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            known.update(labels)
-            if progress:
-                progress(min(start + chunk, len(items)), len(items))
+        with tqdm(total=len(items), desc="labelling --replay_audio", unit="clip") as bar:
+            for start in range(0, len(items), LABEL_BATCH_SIZE):  # cached batch by batch: a kill loses one
+                part = items[start:start + LABEL_BATCH_SIZE]
+                labels = labeller.label({c.sha256: c.audio for c in part}, progress=bar.update)
+                _append(cache, settings, part, labels)
+                known.update(labels)
     kept = [clip for clip in clips if known[clip.sha256].text]
     dataset = _write_dataset(folder, kept, known) if kept else None
     if not kept:
@@ -247,6 +244,17 @@ def replay_audio(sources, settings: LabelSettings, output_dir, device="cpu", pro
                        decoded=sum(1 for c in clips if c.sha256 in todo),
                        cached=sum(1 for c in clips if c.sha256 not in todo),
                        empty=len(clips) - len(kept), languages=dict(sorted(languages.items())))
+
+
+def _append(cache, settings, clips, labels):
+    """One cache line per clip, flushed to disk before the next batch is decoded."""
+    with open(cache, "a", encoding="utf-8") as f:
+        for clip in clips:
+            label = labels[clip.sha256]
+            f.write(json.dumps({"sha256": clip.sha256, "settings": settings.key, "source": clip.source, "id": clip.id,
+                                "text": label.text, "language": label.language}, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _write_dataset(folder, clips, labels):
