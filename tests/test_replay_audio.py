@@ -1,4 +1,5 @@
 """--replay_audio: untranscribed audio labelled once by the base model (beam search, cached) and replayed."""
+import functools
 import json
 import os
 from collections import Counter
@@ -98,6 +99,8 @@ def test_a_cut_off_cache_line_is_labelled_again(tiny_model_dir, tmp_path):
         f.write(lines[0] + lines[1][: len(lines[1]) // 2])
     again = labelling.replay_audio([folder], settings, str(tmp_path / "out"))
     assert (again.decoded, again.cached) == (1, 1)
+    third = labelling.replay_audio([folder], settings, str(tmp_path / "out"))  # the new line was written whole
+    assert (third.decoded, third.cached) == (0, 2)
 
 
 def test_a_data_prep_folder_is_read_for_its_audio_and_its_text_ignored(tiny_model_dir, tmp_path):
@@ -156,13 +159,15 @@ def test_a_run_replays_the_labelled_audio_and_a_second_run_decodes_nothing(tiny_
                                                                           tmp_path, monkeypatch):
     folder = audio_folder(tmp_path)
     out = tmp_path / "out"
+    # the run's own settings (beam 5), with the random model's babble cut at 8 tokens to keep the test quick
+    monkeypatch.setattr(labelling, "LabelSettings", functools.partial(labelling.LabelSettings, max_new_tokens=8))
     config = quick_config(tiny_model_dir, tiny_dataset_dir, out, replay_audio=(folder,), replay_ratio=0.5,
                           distill_weight=1.0, distill_rows="replay", num_steps=2, eval_steps=2)
     summary = train_run(config)
     assert summary.filtering["replay"]["mixed_in"] == 8 and summary.train_samples == 16
     made = summary.replay_audio
     assert (made["clips"], made["decoded"], made["cached"]) == (3, 3, 0)
-    assert made["settings"] == {"model": tiny_model_dir, "language": None, "num_beams": 5, "max_new_tokens": 220}
+    assert made["settings"] == {"model": tiny_model_dir, "language": None, "num_beams": 5, "max_new_tokens": 8}
     assert summary_of(out).replay_audio == made
     labelled = load_custom_dataset(made["dataset"])
     assert set(labelled["language"]) == set(made["languages"])

@@ -247,7 +247,11 @@ def replay_audio(sources, settings: LabelSettings, output_dir, device="cpu") -> 
 
 
 def _append(cache, settings, clips, labels):
-    """One cache line per clip, flushed to disk before the next batch is decoded."""
+    """One cache line per clip, flushed to disk before the next batch is decoded; a line a kill cut off is
+    ended first, so that the new lines stay whole."""
+    with open(cache, "ab") as f:
+        if f.tell() and _last_byte(cache) != b"\n":
+            f.write(b"\n")
     with open(cache, "a", encoding="utf-8") as f:
         for clip in clips:
             label = labels[clip.sha256]
@@ -255,6 +259,12 @@ def _append(cache, settings, clips, labels):
                                 "text": label.text, "language": label.language}, ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def _last_byte(path):
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
 
 
 def _write_dataset(folder, clips, labels):
