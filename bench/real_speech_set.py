@@ -45,7 +45,7 @@ import soundfile as sf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from whisper_finetune import cli  # noqa: E402
 from whisper_finetune.audio import SAMPLE_RATE, load_audio  # noqa: E402
-from whisper_finetune.data import labelling  # noqa: E402
+from whisper_finetune.train import labelling  # noqa: E402
 from whisper_finetune.errors import UserError  # noqa: E402
 from whisper_finetune.files import atomic_write_bytes  # noqa: E402
 

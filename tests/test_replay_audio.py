@@ -12,7 +12,7 @@ import torch
 from conftest import run_script
 from test_replay_augment import prepared, train_run
 from test_train import CUSTOM, HF, QUICK, quick_config, summary_of
-from whisper_finetune.data import labelling
+from whisper_finetune.train import labelling
 from whisper_finetune.data.loading import load_custom_dataset
 from whisper_finetune.errors import UserError
 from whisper_finetune.model import loading

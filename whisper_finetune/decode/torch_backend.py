@@ -29,13 +29,13 @@ class TorchDecoder(PreparedDecoder):
             # transformers runs language detection whenever this attribute exists, even when it is None
             del self.model.generation_config.lang_to_id
 
-    def generate_kwargs(self, language=None):
-        """Arguments to ``generate``: the prompt's language (``language``, else the options') and task given
-        explicitly (not via config), and the hallucination guards that are on (none by default)."""
+    def generate_kwargs(self):
+        """Arguments to ``generate``: the prompt's language and task given explicitly (not via config), and the
+        hallucination guards that are on (none by default)."""
         kwargs = {"max_new_tokens": self.options.max_new_tokens, "num_beams": self.options.num_beams,
                   "return_timestamps": False, **self.options.guards.generate_kwargs()}
         if not self.english_only:
-            kwargs.update(language=language or self.options.language, task=self.options.task)
+            kwargs.update(language=self.options.language, task=self.options.task)
         return kwargs
 
     def _generate(self, *args, **kwargs):
@@ -47,25 +47,14 @@ class TorchDecoder(PreparedDecoder):
             return self.model.generate(*args, **kwargs)
 
     @torch.inference_mode()
-    def decode(self, features, language=None):
-        """One text per row of ``features`` (B, n_mels, frames); ``language``: this call's prompt language (a
-        Whisper code) in place of the options' (multilingual models)."""
+    def decode(self, features):
         inputs = torch.from_numpy(np.ascontiguousarray(features)).to(self.device, self.dtype)  # (B, n_mels, frames)
         if not self.options.guards.batch_safe():
-            return [text for row in inputs.split(1) for text in self._decode_tensor(row, language)]
-        return self._decode_tensor(inputs, language)
+            return [text for row in inputs.split(1) for text in self._decode_tensor(row)]
+        return self._decode_tensor(inputs)
 
-    @torch.inference_mode()
-    def detect_languages(self, features):
-        """The Whisper code of each row's most likely language token (transformers' ``detect_language``: one
-        decoder step after ``<|startoftranscript|>``); multilingual models only."""
-        inputs = torch.from_numpy(np.ascontiguousarray(features)).to(self.device, self.dtype)  # (B, n_mels, frames)
-        ids = self.model.detect_language(inputs, num_segment_frames=inputs.shape[-1])  # (B,) or (B, 1) token ids
-        tokens = self.processor.tokenizer.convert_ids_to_tokens(ids.reshape(-1).tolist())
-        return [token[2:-2] for token in tokens]  # "<|hi|>" -> "hi"
-
-    def _decode_tensor(self, inputs, language=None):
-        tokens = self._generate(inputs, **self.generate_kwargs(language))  # (B, generated) prompt stripped
+    def _decode_tensor(self, inputs):
+        tokens = self._generate(inputs, **self.generate_kwargs())  # (B, generated) prompt stripped
         # A window skipped by --no_speech_threshold comes back as an empty float tensor, and transformers
         # pads the whole batch in that dtype: token ids must be integers again for the tokenizer.
         return [t.strip() for t in self.processor.batch_decode(tokens.long(), skip_special_tokens=True)]

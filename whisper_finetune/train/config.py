@@ -15,10 +15,9 @@ from typing import Optional, Tuple
 import torch
 from transformers import GenerationConfig, WhisperConfig
 
-from . import checkpoints, merging
+from . import checkpoints, labelling, merging
 from .. import hub
 from ..model import loading
-from ..data import labelling
 from ..data.loading import LANGUAGE_COLUMN, DatasetSpec, check_parallel_lists, load_custom_dataset
 from ..errors import OptionError, UserError
 from ..data.bad_audio import max_bad_examples_option

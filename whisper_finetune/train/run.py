@@ -24,14 +24,13 @@ import torch
 from transformers.trainer_callback import TrainerState
 
 from .. import files, hub, runlock
-from ..data import labelling
 from ..data.bad_audio import logged_count
 from ..data.features import DataCollatorSpeechSeq2SeqWithPadding
 from ..data.loading import DatasetSpec, source_format
 from ..errors import UserError
 from ..model import loading
 from ..text import choose_metric, choose_normalizer, language_code
-from . import checkpoints
+from . import checkpoints, labelling
 from .config import TrainConfig, check_config, dataset_specs, precision, replays
 from .data import hours, mix_replay, numbered, on_the_fly_features, prepare_split, prepare_stream
 from .merging import MERGED_PREFIX, merge_summary, merge_with_base

@@ -19,14 +19,16 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from .. import files
 from ..audio import SAMPLE_RATE, decode_example_audio, encode_wav, load_audio
+from ..data.loading import (AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, TEXT_COLUMN, is_saved_dataset,
+                            load_custom_dataset)
 from ..errors import UserError
+from ..model import loading
 from ..text import language_code
-from .loading import (AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, TEXT_COLUMN, is_saved_dataset,
-                      load_custom_dataset)
 
 logger = logging.getLogger(__name__)
 
@@ -102,42 +104,53 @@ class Labeller:
 
     def __init__(self, model: str, language: Optional[str] = None, num_beams: int = LABEL_BEAMS,
                  max_new_tokens: int = LABEL_MAX_NEW_TOKENS, batch_size: int = LABEL_BATCH_SIZE, device="cpu"):
-        from ..decode.options import DecodingOptions
-        from ..decode.torch_backend import TorchDecoder
-        from ..model import loading
-
         source = loading.resolve_model(model, "model_name")
         generation_config = loading.generation_config_of(source)
-        english_only = loading.is_english_only(generation_config)
+        self.english_only = loading.is_english_only(generation_config)
         # As the model decodes by default: the language given, else the one saved with it (a model we
-        # fine-tuned), else each clip's detected one. Not loading.resolve_language, which warns in that last
-        # case that Whisper will detect one per batch.
-        code = None if english_only else language_code(language or getattr(generation_config, "language", None))
-        options = DecodingOptions(language=code, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                                  batch_size=batch_size)
-        self.prepared = loading.PreparedModel(source, loading.load_processor(source.processor_path),
-                                              generation_config, options, english_only)
-        self.decoder = TorchDecoder(self.prepared, device)
+        # fine-tuned), else each clip's detected one.
+        self.language = None if self.english_only else language_code(
+            language or getattr(generation_config, "language", None))
+        self.processor = loading.load_processor(source.processor_path)
+        self.model = loading.load_model(source.model_path, device)
+        if self.english_only and hasattr(self.model.generation_config, "lang_to_id"):
+            # transformers runs language detection whenever this attribute exists, even when it is None
+            del self.model.generation_config.lang_to_id
+        self.generate_kwargs = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "return_timestamps": False}
+        self.device = torch.device(device)
         self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def _detect(self, inputs):
+        """The Whisper code of each row's most likely language token (transformers' ``detect_language``)."""
+        ids = self.model.detect_language(inputs)  # (B,) or (B, 1) language token ids
+        return [token[2:-2] for token in self.processor.tokenizer.convert_ids_to_tokens(ids.reshape(-1).tolist())]
+
+    @torch.inference_mode()
+    def _generate(self, inputs, language):
+        kwargs = dict(self.generate_kwargs) if self.english_only else {
+            **self.generate_kwargs, "language": language, "task": "transcribe"}
+        tokens = self.model.generate(inputs, **kwargs)  # (B, generated), prompt stripped
+        return [t.strip() for t in self.processor.batch_decode(tokens, skip_special_tokens=True)]
 
     def label(self, clips: Dict[str, np.ndarray], progress=None) -> Dict[str, Label]:
         """{clip id: :class:`Label`}; ``progress(clips done)`` after each batch."""
-        extractor = self.prepared.processor.feature_extractor
+        extractor = self.processor.feature_extractor
         ids = list(clips)
         labels = {}
         for start in range(0, len(ids), self.batch_size):
             batch = ids[start:start + self.batch_size]
-            features = extractor([clips[i] for i in batch], sampling_rate=SAMPLE_RATE,
-                                 return_tensors="np").input_features  # (B, n_mels, 3000)
-            if self.prepared.english_only:
+            inputs = extractor([clips[i] for i in batch], sampling_rate=SAMPLE_RATE,
+                               return_tensors="pt").input_features.to(self.device)  # (B, n_mels, 3000)
+            if self.english_only:
                 languages = [None] * len(batch)
-            elif self.prepared.options.language:
-                languages = [self.prepared.options.language] * len(batch)
+            elif self.language:
+                languages = [self.language] * len(batch)
             else:
-                languages = self.decoder.detect_languages(features)
+                languages = self._detect(inputs)
             for code in sorted(set(languages), key=str):  # one generate call per language in the batch
                 rows = [i for i, lang in enumerate(languages) if lang == code]
-                texts = self.decoder.decode(features[rows], language=code)
+                texts = self._generate(inputs[rows], code)
                 labels.update({batch[i]: Label(text.strip(), code) for i, text in zip(rows, texts)})
             if progress:
                 progress(len(batch))
@@ -270,7 +283,7 @@ def _last_byte(path):
 def _write_dataset(folder, clips, labels):
     from datasets import Audio, Dataset
 
-    from .corpus import prep_features, small_write_batches
+    from ..data.corpus import prep_features, small_write_batches
 
     content = hashlib.sha256("\n".join(f"{c.id} {c.sha256} {labels[c.sha256].text} {labels[c.sha256].language}"
                                        for c in clips).encode("utf-8")).hexdigest()[:16]
