@@ -2,6 +2,7 @@
 import functools
 import json
 import os
+import re
 from collections import Counter
 
 import numpy as np
@@ -135,11 +136,12 @@ def test_a_folder_without_audio_is_refused_in_one_line(tiny_model_dir, tiny_data
     assert proc.stderr.strip() == (f"error: --replay_audio {empty}: no audio files in it (looked for "
                                    f"{' '.join(SUPPORTED_EXTENSIONS)}) and not a data_prep dataset")
     assert not os.path.exists(tmp_path / "out")
-    missing = run_script(script, "--model_name", tiny_model_dir, "--train_datasets", tiny_dataset_dir,
-                         "--eval_datasets", tiny_dataset_dir, "--output_dir", tmp_path / "out", "--language", "hi",
-                         "--replay_audio", tmp_path / "nowhere", "--num_steps", 2, *QUICK)
-    assert missing.returncode == 2
-    assert missing.stderr.strip() == f"error: --replay_audio {tmp_path / 'nowhere'}: no such folder"
+
+
+def test_a_missing_folder_is_refused_before_any_work(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="^" + re.escape(f"--replay_audio {missing}: no such folder") + "$"):
+        check_config(quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path / "out", replay_audio=(missing,)))
 
 
 def test_replay_language_and_distill_rows_replay_work_with_replay_audio_alone(tiny_model_dir, tiny_dataset_dir,
