@@ -25,9 +25,8 @@ class TorchDecoder(PreparedDecoder):
         loading.set_language_and_task(self.model, options.language, options.task)
         if options.audio_context == "dynamic":
             loading.enable_dynamic_audio_context(self.model)
-        if self.english_only and hasattr(self.model.generation_config, "lang_to_id"):
-            # transformers runs language detection whenever this attribute exists, even when it is None
-            del self.model.generation_config.lang_to_id
+        if self.english_only:
+            loading.skip_language_detection(self.model)
 
     def generate_kwargs(self):
         """Arguments to ``generate``: the prompt's language and task given explicitly (not via config), and the

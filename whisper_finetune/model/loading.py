@@ -248,6 +248,13 @@ def load_model(path, device="cpu", dtype=torch.float32, attn_implementation="sdp
     return model.to(device).eval()
 
 
+def skip_language_detection(model):
+    """Keep ``generate`` from detecting a language on an English-only model: transformers runs language
+    detection whenever its generation config has ``lang_to_id``, even when it is None."""
+    if hasattr(model.generation_config, "lang_to_id"):
+        del model.generation_config.lang_to_id
+
+
 def narrow_positions_for_short_inputs(encoder):
     """Let transformers' ``WhisperEncoder`` run on fewer than 3000 log-mel frames (a dynamic audio context).
 

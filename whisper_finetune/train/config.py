@@ -44,7 +44,8 @@ HF_ONLY = ("train_dataset_configs", "train_dataset_splits", "train_dataset_text_
 # --primary_metric cer it is CER), the retain sets' WER, or eval + the retain WER's increase over step 0.
 BEST_MODEL_METRICS = ("wer", "retain_wer", "combined")
 # Which training rows --distill_weight holds to the base model: every row, or the replayed rows
-# (--replay_datasets, --replay_audio) alone (the training rows then learn freely; the replayed speech is kept as the base model heard it).
+# (--replay_datasets, --replay_audio) alone (the training rows then learn freely; the replayed speech is
+# kept as the base model heard it).
 DISTILL_ROWS = ("all", "replay")
 # Files that mark an earlier run in --output_dir.
 RUN_MARKERS = ("trainer_state.json", SUMMARY_FILE, "config.json", "model.safetensors",
@@ -106,8 +107,8 @@ class TrainConfig:
         default_text="0 (off)")
     distill_rows: str = option(
         "all", "with --distill_weight: the training rows the term applies to: all, or replay (the replayed "
-        "rows alone, of --replay_datasets and --replay_audio: the base model runs on those rows only, and the training data is learned without the pull "
-        "back)", choices=DISTILL_ROWS, group="retain")
+        "rows alone, of --replay_datasets and --replay_audio: the base model runs on those rows only, and the "
+        "training data is learned without the pull back)", choices=DISTILL_ROWS, group="retain")
     merge_ratio: str = option(
         "1", "the final model is base + RATIO x (fine-tune - base) (WiSE-FT weight interpolation): below 1 it keeps "
         "more of what the base model knew, at some cost on the eval sets; auto: the lowest of 0.2, 0.3 ... 0.9 whose "
@@ -457,13 +458,15 @@ def _check_replay(config: TrainConfig, generation):
     every --replay_audio entry."""
     if not 0 < config.replay_ratio < 1:
         raise OptionError("replay_ratio", config.replay_ratio, "must be more than 0 and less than 1")
-    for name in ("replay_dataset_configs", "replay_dataset_splits", "replay_dataset_text_columns",
-                 *(() if config.replay_audio else ("replay_language",))):
-        if not config.replay_datasets and getattr(config, name) is not None:
-            shown = getattr(config, name)
-            shown = " ".join(map(str, shown)) if isinstance(shown, tuple) else shown
-            raise OptionError(name, shown, "needs --replay_datasets" + (
-                " or --replay_audio" if name == "replay_language" else ""))
+    # each option, and the flags that give it a use
+    uses = {"replay_dataset_configs": ("replay_datasets",), "replay_dataset_splits": ("replay_datasets",),
+            "replay_dataset_text_columns": ("replay_datasets",),
+            "replay_language": ("replay_datasets", "replay_audio")}
+    for name, flags in uses.items():
+        value = getattr(config, name)
+        if value is not None and not any(getattr(config, flag) for flag in flags):
+            raise OptionError(name, " ".join(map(str, value)) if isinstance(value, tuple) else value,
+                              "needs " + " or ".join(f"--{flag}" for flag in flags))
     if not replays(config):
         return
     if config.streaming:

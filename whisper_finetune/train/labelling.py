@@ -10,6 +10,7 @@ a second run, a resumed run or another rank decodes nothing, and a run killed wh
 one batch.
 """
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -74,7 +75,7 @@ class Clip:
     source: str
     audio: np.ndarray  # (samples,)
 
-    @property
+    @functools.cached_property  # looked up many times per run: hashed once
     def sha256(self):
         return hashlib.sha256(np.ascontiguousarray(self.audio, dtype=np.float32).tobytes()).hexdigest()
 
@@ -113,9 +114,8 @@ class Labeller:
             language or getattr(generation_config, "language", None))
         self.processor = loading.load_processor(source.processor_path)
         self.model = loading.load_model(source.model_path, device)
-        if self.english_only and hasattr(self.model.generation_config, "lang_to_id"):
-            # transformers runs language detection whenever this attribute exists, even when it is None
-            del self.model.generation_config.lang_to_id
+        if self.english_only:
+            loading.skip_language_detection(self.model)
         self.generate_kwargs = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "return_timestamps": False}
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -262,22 +262,18 @@ def replay_audio(sources, settings: LabelSettings, output_dir, device="cpu") -> 
 def _append(cache, settings, clips, labels):
     """One cache line per clip, flushed to disk before the next batch is decoded; a line a kill cut off is
     ended first, so that the new lines stay whole."""
-    with open(cache, "ab") as f:
-        if f.tell() and _last_byte(cache) != b"\n":
-            f.write(b"\n")
-    with open(cache, "a", encoding="utf-8") as f:
-        for clip in clips:
-            label = labels[clip.sha256]
-            f.write(json.dumps({"sha256": clip.sha256, "settings": settings.key, "source": clip.source, "id": clip.id,
-                                "text": label.text, "language": label.language}, ensure_ascii=False) + "\n")
+    lines = [json.dumps({"sha256": clip.sha256, "settings": settings.key, "source": clip.source, "id": clip.id,
+                         "text": labels[clip.sha256].text, "language": labels[clip.sha256].language},
+                        ensure_ascii=False) + "\n" for clip in clips]
+    with open(cache, "a+b") as f:  # appends go to the end wherever the last-byte check leaves the position
+        end = f.seek(0, os.SEEK_END)
+        if end:
+            f.seek(end - 1)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write("".join(lines).encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
-
-
-def _last_byte(path):
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1)
 
 
 def _write_dataset(folder, clips, labels):

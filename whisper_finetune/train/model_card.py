@@ -104,11 +104,12 @@ def _replay_and_augmentation(config, replay_audio=None):
         languages = ", ".join(f"{code} {count}" for code, count in replay_audio["languages"].items()) or "none"
         language = f"in `{settings['language']}`" if settings["language"] else "each in its detected language"
         names = ", ".join(f"`{name}`" for name in replay_audio["sources"])
-        lines += [f"Replay audio: {replay_audio['clips']} clips ({replay_audio['seconds'] / 60:.1f} min) of untranscribed "
-                  f"speech from {names}, labelled by `{settings['model']}` itself (beam {settings['num_beams']}, "
-                  f"{language}; clips per language token: {languages}; {replay_audio['empty']} without words, not "
-                  f"replayed); {config['replay_ratio']:.0%} of the training examples were drawn from the replay "
-                  f"sets. The labels are in `{replay_audio['cache']}`.", ""]
+        lines += [f"Replay audio: {replay_audio['clips']} clips ({replay_audio['seconds'] / 60:.1f} min) of "
+                  f"untranscribed speech from {names}, labelled by `{settings['model']}` itself "
+                  f"(beam {settings['num_beams']}, {language}; clips per language token: {languages}; "
+                  f"{replay_audio['empty']} without words, not replayed); {config['replay_ratio']:.0%} of the "
+                  f"training examples were drawn from the replay sets. The labels are in `{replay_audio['cache']}`.",
+                  ""]
     if config.get("replay_datasets"):
         language = config.get("replay_language")
         tokens = f"`{language}` unless an example has a language of its own" if language else "each example's own"
