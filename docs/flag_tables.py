@@ -31,9 +31,9 @@ RETAIN = ("retain_datasets", "retain_language", "metric_for_best_model", "early_
           "merge_tolerance", "merge_encoder_ratio")
 # Replay and augmentation (docs/retain.md); the HF script's per-dataset replay lists are in
 # train_hf_only.
-REPLAY_AUGMENT = ("replay_datasets", "replay_language", "replay_ratio", "spec_augment", "mask_time_prob",
-                  "mask_time_length", "mask_feature_prob", "mask_feature_length", "augment", "noise_dir",
-                  "augment_snr_db")
+REPLAY_AUGMENT = ("replay_datasets", "replay_audio", "replay_language", "replay_ratio", "spec_augment",
+                  "mask_time_prob", "mask_time_length", "mask_feature_prob", "mask_feature_length", "augment",
+                  "noise_dir", "augment_snr_db", "augment_pitch_semitones")
 TABLES = {
     "data_prep": lambda: markdown_table(DataPrepConfig),
     "train": lambda: markdown_table(TrainConfig, exclude=HF_ONLY),

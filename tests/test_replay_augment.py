@@ -274,6 +274,28 @@ def test_augment_changes_each_examples_features_between_epochs(tiny_model_dir, t
     assert np.array_equal(np.random.get_state()[1], state)
 
 
+def dominant_hz(audio, rate=16000):
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+    return float(np.fft.rfftfreq(len(audio), 1 / rate)[np.argmax(spectrum)])
+
+
+@pytest.mark.parametrize("semitones, low, high, shifted", [
+    # speed alone: 200 Hz x 0.9 / 1.0 / 1.1
+    (0.0, 179.0, 221.0, False),
+    # and a pitch shift of up to 4 semitones (x 2 ** (+-4 / 12)) on half the clips
+    (4.0, 200 * 0.9 * 2 ** (-4 / 12) - 1, 200 * 1.1 * 2 ** (4 / 12) + 1, True),
+])
+def test_pitch_shift_moves_a_tone_within_the_given_semitones(semitones, low, high, shifted):
+    tone = (0.5 * np.sin(2 * np.pi * 200 * np.arange(16000) / 16000)).astype(np.float32)  # (16000,), 1 s
+    tone.setflags(write=False)  # as a dataset's decoded audio is
+    augmenter = augment.WaveformAugmenter(16000, (60.0, 60.0), pitch_semitones=semitones)
+    heard = [dominant_hz(augmenter(tone, seed)) for seed in range(40)]
+    assert all(low <= hz <= high for hz in heard), heard
+    # beyond what speed perturbation alone can reach (180-220 Hz), and only for some of the clips
+    beyond = [hz for hz in heard if not 179 <= hz <= 221]
+    assert (0 < len(beyond) < len(heard)) if shifted else not beyond, heard
+
+
 def test_without_augment_features_are_computed_once_as_before(tiny_model_dir, tiny_dataset_dir, tmp_path,
                                                               monkeypatch):
     def refuse(*args, **kwargs):
@@ -319,6 +341,9 @@ def bad_option_cases(tmp_path, tiny_dataset_dir):
         ({"augment_snr_db": (30.0, 10.0)}, "--augment_snr_db 30.0 10.0: the first value (min) exceeds the second"),
         ({"augment_snr_db": (10.0,)}, "--augment_snr_db 10.0: give two values, min and max (dB), e.g. 10 30"),
         ({"noise_dir": str(empty)}, f"--noise_dir {empty}: needs --augment True"),
+        ({"augment_pitch_semitones": 3.0}, "--augment_pitch_semitones 3.0: needs --augment True"),
+        ({"augment": True, "augment_pitch_semitones": 13.0}, "--augment_pitch_semitones 13.0: give 0 (off) to 12"),
+        ({"augment": True, "augment_pitch_semitones": -2.0}, "--augment_pitch_semitones -2.0: give 0 (off) to 12"),
         ({"augment": True, "noise_dir": str(empty)},
          f"--noise_dir {empty}: holds no audio files (wav, flac, mp3, ogg...)"),
         ({"augment": True, "noise_dir": "/no/such/noise"}, "--noise_dir /no/such/noise: no such folder"),

@@ -240,6 +240,20 @@ def test_freeze_encoder_accumulation_and_checkpointing(tiny_model_dir, tiny_data
     assert any(not torch.equal(before[k], after[k]) for k in decoder)
 
 
+def test_freeze_encoder_layers_trains_only_the_layers_above(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    out = tmp_path / "lower"
+    train(quick_config(tiny_model_dir, tiny_dataset_dir, out, freeze_encoder_layers=1, num_steps=2, eval_steps=2,
+                       learning_rate=1e-2))
+    before, after = weights(tiny_model_dir), weights(out)
+    frozen = [k for k in after if k.startswith(("model.encoder.conv", "model.encoder.layers.0."))]
+    trained = [k for k in after if k.startswith(("model.encoder.layers.1.", "model.decoder.layers."))]
+    assert len(frozen) > 4 and all(torch.equal(before[k], after[k]) for k in frozen)
+    # every weight matrix above the frozen layers moved (biases initialised to zero may stay)
+    assert all(not torch.equal(before[k], after[k]) for k in trained if k.endswith("proj.weight"))
+    config = json.loads((out / "training_summary.json").read_text())["config"]
+    assert config["freeze_encoder_layers"] == 1
+
+
 def test_bf16_on_cpu_trains_and_times_checkpoints_apart(tiny_model_dir, tiny_dataset_dir, tmp_path):
     out = tmp_path / "bf16"
     summary = train(quick_config(tiny_model_dir, tiny_dataset_dir, out, mixed_precision="bf16", num_steps=2,

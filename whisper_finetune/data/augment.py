@@ -10,7 +10,11 @@ each clip with audiomentations' transforms and featurises the batch:
   clip is resampled and read at the original rate, so tempo and pitch change together;
 * additive noise at a signal-to-noise ratio drawn from ``--augment_snr_db``: a random stretch of a
   random file of ``--noise_dir``, or, without one, coloured noise (white to brown or violet);
-* gain of -6 to +6 dB.
+* gain of -6 to +6 dB;
+* with ``--augment_pitch_semitones X``: half the clips shifted in pitch by a draw from -X..+X semitones,
+  tempo kept (audiomentations' PitchShift, signalsmith-stretch: milliseconds a clip, where librosa's phase
+  vocoder takes seconds), so one training voice is heard higher and lower than speed perturbation alone
+  makes it.
 
 An example's augmentation is drawn from a seed made of ``--seed``, the epoch and the example's row
 number, so a rerun or a resumed run sees the same audio, and each epoch different audio.
@@ -33,6 +37,10 @@ SPEEDS = (0.9, 1.1)  # with the untouched clip (1.0): three speeds, one third ea
 NOISE_PROBABILITY = 0.5  # half the clips stay clean, as the evaluation audio may be
 GAIN_DB = (-6.0, 6.0)
 GAIN_PROBABILITY = 0.5
+PITCH_PROBABILITY = 0.5  # half the clips keep the voice's own pitch
+# An octave either way covers a man's voice read as a child's; past it the shifted speech stops sounding
+# like anyone's voice.
+MAX_PITCH_SEMITONES = 12.0
 
 
 @contextlib.contextmanager
@@ -62,10 +70,11 @@ def noise_files(folder):
 
 
 class WaveformAugmenter:
-    """Speed, noise and gain for one mono clip (see the module docstring)."""
+    """Speed, pitch, noise and gain for one mono clip (see the module docstring)."""
 
-    def __init__(self, sampling_rate, snr_db: Tuple[float, float], noise_dir: Optional[str] = None):
-        from audiomentations import AddBackgroundNoise, AddColorNoise, Compose, Gain, OneOf, Resample
+    def __init__(self, sampling_rate, snr_db: Tuple[float, float], noise_dir: Optional[str] = None,
+                 pitch_semitones: float = 0.0):
+        from audiomentations import AddBackgroundNoise, AddColorNoise, Compose, Gain, OneOf, PitchShift, Resample
 
         self.sampling_rate = sampling_rate
         self.max_samples = CHUNK_SECONDS * sampling_rate
@@ -77,6 +86,8 @@ class WaveformAugmenter:
         noise = (AddBackgroundNoise(sounds_path=noise_dir, min_snr_db=low, max_snr_db=high, p=NOISE_PROBABILITY)
                  if noise_dir else AddColorNoise(min_snr_db=low, max_snr_db=high, p=NOISE_PROBABILITY))
         self.level = Compose([noise, Gain(min_gain_db=GAIN_DB[0], max_gain_db=GAIN_DB[1], p=GAIN_PROBABILITY)])
+        self.pitch = (PitchShift(min_semitones=-pitch_semitones, max_semitones=pitch_semitones,
+                                 method="signalsmith_stretch", p=PITCH_PROBABILITY) if pitch_semitones else None)
 
     def __call__(self, audio, seed):
         """The augmented ``audio`` (float32, ``(samples,)``), the same for the same ``seed``."""
@@ -86,6 +97,9 @@ class WaveformAugmenter:
             # not from the labels: such a clip keeps its own speed.
             if len(faster_or_slower) <= self.max_samples:
                 audio = faster_or_slower
+            if self.pitch is not None:
+                # signalsmith-stretch refuses a read-only buffer (an unsped clip is the dataset's own)
+                audio = self.pitch(np.require(audio, np.float32, ["C", "W"]), self.sampling_rate)
             return self.level(audio, self.sampling_rate)
 
 

@@ -21,6 +21,7 @@ from ..model import loading
 from ..data.loading import LANGUAGE_COLUMN, DatasetSpec, check_parallel_lists, load_custom_dataset
 from ..errors import OptionError, UserError
 from ..data.bad_audio import max_bad_examples_option
+from ..data.augment import MAX_PITCH_SEMITONES
 from ..data.features import AudioContext
 from ..options import option
 from .summary import SUMMARY_FILE
@@ -195,6 +196,10 @@ class TrainConfig:
     augment_snr_db: Tuple[float, ...] = option((10.0, 30.0), "with --augment: the range (min max, dB) the "
                                                "signal-to-noise ratio of the added noise is drawn from",
                                                group="augmentation")
+    augment_pitch_semitones: float = option(0.0, "with --augment: shift the pitch of half the clips by up to this "
+                                            "many semitones up or down (drawn uniformly; tempo kept; audiomentations' "
+                                            "PitchShift with signalsmith-stretch), on top of the speed perturbation: "
+                                            "other voices than the training set's; 0: off", group="augmentation")
     sampling_rate: int = option(16000, "resample all audio to this rate (Hz)", group="data")
     num_proc: int = option(1, "processes computing log-mel features (once, before training)", group="data")
     train_strategy: str = option("steps", "train for --num_steps or --num_epochs", choices=STRATEGIES,
@@ -215,6 +220,11 @@ class TrainConfig:
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory, "
                                           "about 30% slower)", group="model")
     freeze_encoder: bool = option(False, "train the decoder only", group="model")
+    freeze_encoder_layers: int = option(0, "freeze the encoder's convolutions, positions and its first N layers "
+                                        "(counted from the input) and train the layers above them and the decoder: "
+                                        "the low layers keep the base model's acoustics for every speaker and "
+                                        "language, and their backward pass is not run (whisper-base has 6 layers, "
+                                        "small 12, large 32); 0: train them all", group="model")
     freeze_decoder: bool = option(False, "train the encoder only (the decoder, its embeddings and output layer "
                                   "stay the base model's: its language model is kept)", group="model")
     mixed_precision: str = option("auto", "auto: bf16 on GPUs that support it, else fp16; fp32 on CPU. bf16 also "
@@ -387,6 +397,10 @@ def _check_values(config: TrainConfig):
     if config.lora and (config.freeze_encoder or config.freeze_decoder):
         flag = "--freeze_encoder" if config.freeze_encoder else "--freeze_decoder"
         raise UserError(f"--lora and {flag} together: LoRA already freezes the base model; pick one")
+    if config.freeze_encoder_layers and (config.freeze_encoder or config.lora):
+        flag = "--freeze_encoder True" if config.freeze_encoder else "--lora True"
+        raise UserError(f"--freeze_encoder_layers {config.freeze_encoder_layers} with {flag}: that already "
+                        "freezes every encoder layer; pick one")
     if config.freeze_encoder and config.freeze_decoder:
         raise UserError("--freeze_encoder True and --freeze_decoder True together leave nothing to train; pick one")
     for name in ("deepspeed", "fsdp_config"):
@@ -523,6 +537,11 @@ def _check_augmentation(config: TrainConfig, model_config):
         raise OptionError("augment_snr_db", " ".join(map(str, snr)), "the first value (min) exceeds the second (max)")
     if config.noise_dir is not None and not config.augment:
         raise OptionError("noise_dir", config.noise_dir, "needs --augment True")
+    if not 0 <= config.augment_pitch_semitones <= MAX_PITCH_SEMITONES:
+        raise OptionError("augment_pitch_semitones", config.augment_pitch_semitones,
+                          f"give 0 (off) to {MAX_PITCH_SEMITONES:g}")
+    if config.augment_pitch_semitones and not config.augment:
+        raise OptionError("augment_pitch_semitones", config.augment_pitch_semitones, "needs --augment True")
     if not config.augment:
         return
     if config.streaming:
@@ -564,6 +583,9 @@ def check_config(config: TrainConfig) -> CheckedRun:
     _check_retain_datasets(config)
     model_config, generation = _load_model_config(config.model_name)
     loading.resolve_language(config.language, generation, config.task)
+    if not 0 <= config.freeze_encoder_layers <= model_config.encoder_layers:
+        raise OptionError("freeze_encoder_layers", config.freeze_encoder_layers,
+                          f"give 0 to {model_config.encoder_layers} (the model's encoder layers)")
     _check_replay_and_augmentation(config, model_config, generation)
     retain_language = _retain_language(config, generation)
     if config.timestamps and getattr(generation, "no_timestamps_token_id", None) is None:

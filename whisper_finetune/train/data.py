@@ -63,8 +63,11 @@ def on_the_fly_features(config, processor):
         return None
     from ..data.augment import OnTheFlyFeatures, WaveformAugmenter
 
-    augmenter = WaveformAugmenter(config.sampling_rate, tuple(config.augment_snr_db), config.noise_dir)
-    logger.info("augmenting the training audio each epoch: speed 0.9/1.0/1.1, %s at %g-%g dB SNR, gain",
+    augmenter = WaveformAugmenter(config.sampling_rate, tuple(config.augment_snr_db), config.noise_dir,
+                                  config.augment_pitch_semitones)
+    logger.info("augmenting the training audio each epoch: speed 0.9/1.0/1.1, %s%s at %g-%g dB SNR, gain",
+                f"pitch within +-{config.augment_pitch_semitones:g} semitones on half the clips, "
+                if config.augment_pitch_semitones else "",
                 f"noise from {config.noise_dir}" if config.noise_dir else "coloured noise", *config.augment_snr_db)
     return OnTheFlyFeatures(processor.feature_extractor, augmenter, config.sampling_rate, config.seed)
 

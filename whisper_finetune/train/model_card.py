@@ -15,7 +15,8 @@ STEP_UPDATES = {"encoder": " (the others updated the encoder only)",
                 "split": " (those updated the decoder only, the others the encoder only)", "all": ""}
 # Training arguments shown in the card (the full set is in training_summary.json).
 SHOWN_ARGUMENTS = ("train_strategy", "num_steps", "num_epochs", "learning_rate", "warmup", "lr_scheduler_type",
-                   "train_batchsize", "gradient_accumulation_steps", "mixed_precision", "freeze_encoder", "freeze_decoder",
+                   "train_batchsize", "gradient_accumulation_steps", "mixed_precision", "freeze_encoder",
+                   "freeze_encoder_layers", "freeze_decoder",
                    "lora", "gradient_checkpointing", "streaming", "shuffle_buffer_size", "interleave_probabilities",
                    "lowercase", "remove_punctuation", "seed", "dynamic_audio_context", "full_context_ratio",
                    "short_context_updates", "metric_for_best_model", "early_stopping_patience")
@@ -129,8 +130,10 @@ def _replay_and_augmentation(config, replay_audio=None):
     if config.get("augment"):
         low, high = config["augment_snr_db"]
         noise = f"noise from `{config['noise_dir']}`" if config.get("noise_dir") else "coloured noise"
-        used.append(f"waveform augmentation drawn anew each epoch (speed 0.9/1.0/1.1, {noise} at {low:g}-{high:g} dB "
-                    f"SNR, gain -6 to +6 dB; audiomentations)")
+        pitch = config.get("augment_pitch_semitones")
+        pitch = f"pitch shifted by up to {pitch:g} semitones on half the clips, " if pitch else ""
+        used.append(f"waveform augmentation drawn anew each epoch (speed 0.9/1.0/1.1, {pitch}{noise} at {low:g}-{high:g} "
+                    f"dB SNR, gain -6 to +6 dB; audiomentations)")
     lines += [f"Augmentation: {'; '.join(used) if used else 'none'}.", ""]
     return lines
 

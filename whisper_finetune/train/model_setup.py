@@ -25,6 +25,8 @@ def build_model(config, language):
     set_spec_augment(model, config)
     if config.freeze_encoder:
         model.freeze_encoder()
+    if config.freeze_encoder_layers:
+        freeze_lower_encoder(model, config.freeze_encoder_layers)
     if config.freeze_decoder:
         # proj_out shares its weight with the decoder's token embeddings, so it is frozen with them.
         for parameter in model.model.decoder.parameters():
@@ -39,6 +41,17 @@ def build_model(config, language):
     total = sum(p.numel() for p in model.parameters())
     logger.info("trainable parameters: %d of %d (%.1f%%)", trainable, total, 100 * trainable / total)
     return model
+
+
+def freeze_lower_encoder(model, layers):
+    """Freeze what the encoder computes below its layer ``layers``: the two convolutions, the positional
+    embeddings and layers ``0 .. layers-1``. Nothing below the first trained layer needs a gradient, so
+    autograd stops there and the backward pass through those layers is never run."""
+    encoder = model.model.encoder
+    for module in (encoder.conv1, encoder.conv2, encoder.embed_positions, *encoder.layers[:layers]):
+        for parameter in module.parameters():
+            parameter.requires_grad = False
+    logger.info("encoder: convolutions and the first %d of its %d layers frozen", layers, len(encoder.layers))
 
 
 def make_distiller(config, language, device):
