@@ -132,8 +132,8 @@ def _replay_and_augmentation(config, replay_audio=None):
         noise = f"noise from `{config['noise_dir']}`" if config.get("noise_dir") else "coloured noise"
         pitch = config.get("augment_pitch_semitones")
         pitch = f"pitch shifted by up to {pitch:g} semitones on half the clips, " if pitch else ""
-        used.append(f"waveform augmentation drawn anew each epoch (speed 0.9/1.0/1.1, {pitch}{noise} at {low:g}-{high:g} "
-                    f"dB SNR, gain -6 to +6 dB; audiomentations)")
+        used.append(f"waveform augmentation drawn anew each epoch (speed 0.9/1.0/1.1, {pitch}{noise} at "
+                    f"{low:g}-{high:g} dB SNR, gain -6 to +6 dB; audiomentations)")
     lines += [f"Augmentation: {'; '.join(used) if used else 'none'}.", ""]
     return lines
 
