@@ -51,8 +51,8 @@ def test_whisper_base_learns_to_write_hindi_in_devanagari(real_multilingual_mode
     # Decoder-only fine-tuning is enough to move the output script, and about twice as fast on CPU.
     proc = run_script(CUSTOM, "--model_name", real_multilingual_model_dir, "--language", "Hindi",
                       "--train_datasets", train_dir, "--eval_datasets", train_dir, "--max_train_samples", 32,
-                      "--max_eval_samples", 4, "--train_strategy", "steps", "--num_steps", 8, "--eval_steps", 8,
-                      "--train_batchsize", 8, "--eval_batchsize", 8, "--learning_rate", 1e-4, "--warmup", 1,
+                      "--max_eval_samples", 4, "--train_strategy", "steps", "--num_steps", 5, "--eval_steps", 5,
+                      "--train_batchsize", 8, "--eval_batchsize", 8, "--learning_rate", 2e-4, "--warmup", 1,
                       "--freeze_encoder", "True", "--generation_max_new_tokens", 40, "--num_proc", 2,
                       "--report_to", "none", "--output_dir", out, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
