@@ -12,6 +12,10 @@ With ``--language hi`` the same for Hindi (``hi_other_voices/{retain,test}``, ``
 espeak-ng has one Hindi voice, so the other speakers are its voice variants (``hi+m2``: other formants,
 pitch and breathiness; ``hi+klatt``: another synthesiser), which the training set (plain ``hi``) never had.
 
+With ``--train_voices`` also ``<language>_several_voices/train``: the training set's own sentences, each
+spoken by one of several voices none of the other-voice sets has, for training on a few speakers and
+testing on others.
+
 Each set is a Kaldi-style folder (``text`` + ``audio_paths``) for custom_data/data_prep.py. Speech
 comes from ``../shared/data/make_data.py`` (espeak-ng, a Debian package); the sets are built, never
 committed.
@@ -19,6 +23,7 @@ committed.
 examples:
   python3 bench/generalisation_sets.py --output /tmp/gen
   python3 bench/generalisation_sets.py --language hi --output /tmp/gen_hi
+  python3 bench/generalisation_sets.py --language hi --train_voices hi,hi+m1,hi+f1,hi+klatt3 --output /tmp/gen_hi4
 """
 import importlib.util
 import os
@@ -81,7 +86,7 @@ LANGUAGES = {"en": ("EN", "sentence_en", "en-us", UNSEEN_EN, unseen_sentence_en)
              "hi": ("HI", "sentence_hi", "hi", UNSEEN_HI, unseen_sentence_hi)}
 
 
-def build(output, make_data_path=DEFAULT_MAKE_DATA, voices=None, size=80, seed=11, language="en"):
+def build(output, make_data_path=DEFAULT_MAKE_DATA, voices=None, size=80, seed=11, language="en", train_voices=None):
     make_data = load_make_data(make_data_path)
     grammar, sentence, training_voice, unseen, unseen_sentence = LANGUAGES[language]
     trained = {w for slot in getattr(make_data, grammar).values() for phrase in slot for w in phrase.split()}
@@ -99,6 +104,11 @@ def build(output, make_data_path=DEFAULT_MAKE_DATA, voices=None, size=80, seed=1
     make_data.write_set(output, f"{language}_other_voices/test", other[size:], voice_list, rng)
     make_data.write_set(output, f"{language}_unseen_words/test", make_data.unique(unseen_sentence, rng, size),
                         [training_voice], rng)
+    if train_voices:
+        # The training sentences again, each in one of several voices; a generator of its own, so that the
+        # sets above stay the same with or without this one.
+        make_data.write_set(output, f"{language}_several_voices/train", train_texts, train_voices.split(","),
+                            random.Random(seed + 1))
 
 
 def main(argv=None):
@@ -110,6 +120,10 @@ def main(argv=None):
     p.add_argument("--voices", default=None,
                    help="comma-separated espeak-ng voices of the other-voice sets (default: "
                         + "; ".join(f"{k}: {v}" for k, v in DEFAULT_VOICES.items()) + ")")
+    p.add_argument("--train_voices", default=None,
+                   help="comma-separated espeak-ng voices: also write <language>_several_voices/train, the "
+                        "training set's sentences each spoken by one of them (none of --voices may be among "
+                        "them), to train on several speakers and test on others, e.g. hi,hi+m1,hi+f1,hi+klatt3")
     p.add_argument("--size", type=int, default=80, help="sentences per set")
     p.add_argument("--seed", type=int, default=11, help="seed of sentences, voices, speeds and pitches")
     args = p.parse_args(argv)
@@ -117,9 +131,15 @@ def main(argv=None):
         raise UserError(f"--output {args.output}: already exists")
     if not os.path.isfile(args.make_data):
         raise UserError(f"--make_data {args.make_data}: no such file")
-    build(args.output, args.make_data, args.voices, args.size, args.seed, args.language)
+    test_voices = (args.voices or DEFAULT_VOICES[args.language]).split(",")
+    heard = [v for v in (args.train_voices or "").split(",") if v in test_voices]
+    if heard:
+        raise UserError(f"--train_voices {','.join(heard)}: also an other-voice set's voice "
+                        f"({','.join(test_voices)}); those must stay unheard in training")
+    build(args.output, args.make_data, args.voices, args.size, args.seed, args.language, args.train_voices)
     lang = args.language
-    print(f"wrote {args.output}/{lang}_other_voices/{{retain,test}} and {args.output}/{lang}_unseen_words/test")
+    print(f"wrote {args.output}/{lang}_other_voices/{{retain,test}} and {args.output}/{lang}_unseen_words/test"
+          + (f" and {args.output}/{lang}_several_voices/train" if args.train_voices else ""))
     return 0
 
 

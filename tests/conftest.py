@@ -11,9 +11,16 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-import pytest
-import soundfile as sf
+# pytest-xdist's N test processes would each start a thread per core (torch, OpenBLAS, the scripts they
+# launch): N x cores threads spinning on cores cores. Each process gets its share instead; set before
+# numpy and torch are imported, as both read it once.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import soundfile as sf  # noqa: E402
 
 # Tests never reach the Hugging Face Hub; set before transformers/datasets are imported anywhere.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
     ("bench/longform_set.py", ["--source", "--output", "--seed", "--copies", "--min_seconds", "--max_seconds",
                                "--min_pause", "--max_pause"]),
     ("bench/longform_eval.py", ["--model", "--data", "--modes", "--tolerance", "--language", "--output"]),
-    ("bench/generalisation_sets.py", ["--output", "--make_data", "--language", "--voices", "--size", "--seed"]),
+    ("bench/generalisation_sets.py", ["--output", "--make_data", "--language", "--voices", "--train_voices", "--size",
+                                      "--seed"]),
     ("bench/real_speech_set.py", ["--output", "--label_model", "--language", "--num_beams", "--more_speakers",
                                   "--cache"]),
     ("bench/ggml_activation.py", ["--model", "--ggml", "--data"]),
@@ -345,11 +346,19 @@ def test_generalisation_sets_hold_new_sentences_and_words(shared_data_dir, tmp_p
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
     out = tmp_path / "gen"
     make_data = os.path.join(shared_data_dir, "make_data.py")
+    module = bench_module("generalisation_sets", pytest.MonkeyPatch())
+    test_voices = module.DEFAULT_VOICES[language].split(",")
+    assert len(test_voices) == voice_count
+    heard = run_script("bench/generalisation_sets.py", "--language", language, "--output", out, "--make_data",
+                       make_data, "--train_voices", f"{language},{test_voices[1]}")
+    assert heard.returncode == 2 and heard.stderr.strip() == (
+        f"error: --train_voices {test_voices[1]}: also an other-voice set's voice ({','.join(test_voices)}); "
+        "those must stay unheard in training")
+    assert not out.exists()
     result = run_script("bench/generalisation_sets.py", "--language", language, "--size", 4, "--output", out,
                         "--make_data", make_data)
     assert result.returncode == 0, result.stderr[-2000:]
-    module = bench_module("generalisation_sets", pytest.MonkeyPatch())
-    assert len(module.DEFAULT_VOICES[language].split(",")) == voice_count
+    assert not (out / f"{language}_several_voices").exists()
 
     def sentences(folder):
         lines = (out / folder / "text").read_text(encoding="utf-8").splitlines()
@@ -366,6 +375,26 @@ def test_generalisation_sets_hold_new_sentences_and_words(shared_data_dir, tmp_p
     for sentence in sentences(f"{language}_unseen_words/test"):
         words = {w.strip(".।").lower() for w in sentence.split()}
         assert not (words & {w.lower() for w in grammar}) - module.SHARED_WORDS, sentence
+
+
+def test_generalisation_sets_speak_the_training_sentences_in_several_voices(shared_data_dir, tmp_path):
+    import shutil
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    make_data = os.path.join(shared_data_dir, "make_data.py")
+    plain, several = tmp_path / "plain", tmp_path / "several"
+    for out, extra in ((plain, []), (several, ["--train_voices", "hi,hi+m1"])):
+        result = run_script("bench/generalisation_sets.py", "--language", "hi", "--size", 4, "--output", out,
+                            "--make_data", make_data, *extra)
+        assert result.returncode == 0, result.stderr[-2000:]
+    train = os.path.join(shared_data_dir, "espeak_hi", "train", "text")
+    assert sentences_of(str(several / "hi_several_voices" / "train" / "text")) == sentences_of(train)
+    for folder in ("hi_other_voices/retain", "hi_other_voices/test", "hi_unseen_words/test"):  # unchanged by it
+        assert (plain / folder / "text").read_text(encoding="utf-8") == (several / folder / "text").read_text(
+            encoding="utf-8")
+        first = (plain / folder / "audio" / f"{folder.replace('/', '_')}_0000.flac")
+        assert first.read_bytes() == (several / first.relative_to(plain)).read_bytes()
 
 
 def sentences_of(path):
