@@ -28,6 +28,8 @@ examples:
 import importlib.util
 import os
 import random
+import shutil
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -86,6 +88,36 @@ LANGUAGES = {"en": ("EN", "sentence_en", "en-us", UNSEEN_EN, unseen_sentence_en)
              "hi": ("HI", "sentence_hi", "hi", UNSEEN_HI, unseen_sentence_hi)}
 
 
+def espeak_voices():
+    """``(voices, variants)`` of the installed espeak-ng, lower case: each voice by its language code and its
+    file name (``hi``, ``en-us``), each variant by its file name (``m1``, ``klatt3``), as ``-v voice+variant``
+    takes them."""
+    if shutil.which("espeak-ng") is None:
+        raise UserError("espeak-ng is not installed (apt-get install espeak-ng): it speaks every set")
+
+    def rows(which):  # columns: Pty, Language, Age/Gender, VoiceName, File, Other Languages
+        listing = subprocess.run(["espeak-ng", f"--voices={which}" if which else "--voices"], capture_output=True,
+                                 text=True, check=True).stdout
+        return [line.split() for line in listing.lower().splitlines()[1:] if len(line.split()) >= 5]
+
+    voices = {name for row in rows(None) for name in (row[1], row[4].rsplit("/", 1)[-1])}
+    return voices, {row[4].rsplit("/", 1)[-1] for row in rows("variant")}
+
+
+def check_voices(flag, voices, known):
+    """Refuse, naming it, a voice or variant this espeak-ng lacks: it would otherwise stop the build half-way
+    (an unknown voice) or quietly speak the plain voice (an unknown variant)."""
+    known_voices, known_variants = known
+    for voice in voices:
+        base, _, variant = voice.lower().partition("+")
+        if base not in known_voices:
+            raise UserError(f"{flag} {voice}: espeak-ng has no voice '{base}' "
+                            f"(its voices: {', '.join(sorted(known_voices))})")
+        if variant and variant not in known_variants:
+            raise UserError(f"{flag} {voice}: espeak-ng has no voice variant '{variant}' "
+                            f"(its variants: {', '.join(sorted(known_variants))})")
+
+
 def build(output, make_data_path=DEFAULT_MAKE_DATA, voices=None, size=80, seed=11, language="en", train_voices=None):
     make_data = load_make_data(make_data_path)
     grammar, sentence, training_voice, unseen, unseen_sentence = LANGUAGES[language]
@@ -132,7 +164,11 @@ def main(argv=None):
     if not os.path.isfile(args.make_data):
         raise UserError(f"--make_data {args.make_data}: no such file")
     test_voices = (args.voices or DEFAULT_VOICES[args.language]).split(",")
-    heard = [v for v in (args.train_voices or "").split(",") if v in test_voices]
+    train_voices = args.train_voices.split(",") if args.train_voices else []
+    known = espeak_voices()
+    check_voices("--voices", test_voices, known)
+    check_voices("--train_voices", train_voices, known)
+    heard = [v for v in train_voices if v in test_voices]
     if heard:
         raise UserError(f"--train_voices {','.join(heard)}: also an other-voice set's voice "
                         f"({','.join(test_voices)}); those must stay unheard in training")

@@ -354,6 +354,11 @@ def test_generalisation_sets_hold_new_sentences_and_words(shared_data_dir, tmp_p
     assert heard.returncode == 2 and heard.stderr.strip() == (
         f"error: --train_voices {test_voices[1]}: also an other-voice set's voice ({','.join(test_voices)}); "
         "those must stay unheard in training")
+    unknown = run_script("bench/generalisation_sets.py", "--language", language, "--output", out, "--make_data",
+                         make_data, "--train_voices", f"{language}+zz")
+    assert unknown.returncode == 2 and unknown.stderr.startswith(
+        f"error: --train_voices {language}+zz: espeak-ng has no voice variant 'zz' (its variants: ")
+    assert ", m1, " in unknown.stderr and len(unknown.stderr.strip().splitlines()) == 1
     assert not out.exists()
     result = run_script("bench/generalisation_sets.py", "--language", language, "--size", 4, "--output", out,
                         "--make_data", make_data)
