@@ -168,7 +168,7 @@ def main(argv=None):
     known = espeak_voices()
     check_voices("--voices", test_voices, known)
     check_voices("--train_voices", train_voices, known)
-    heard = [v for v in train_voices if v in test_voices]
+    heard = [v for v in train_voices if v.lower() in {t.lower() for t in test_voices}]  # espeak-ng ignores case
     if heard:
         raise UserError(f"--train_voices {','.join(heard)}: also an other-voice set's voice "
                         f"({','.join(test_voices)}); those must stay unheard in training")
