@@ -89,18 +89,18 @@ LANGUAGES = {"en": ("EN", "sentence_en", "en-us", UNSEEN_EN, unseen_sentence_en)
 
 
 def espeak_voices():
-    """``(voices, variants)`` of the installed espeak-ng, lower case: each voice by its language code and its
-    file name (``hi``, ``en-us``), each variant by its file name (``m1``, ``klatt3``), as ``-v voice+variant``
-    takes them."""
+    """``(voices, variants)`` of the installed espeak-ng as ``-v voice+variant`` takes them: each voice by its
+    language code and its file name, lower case (``hi``, ``en-us``: it ignores their case), each variant by
+    its file name as written (``m1``, ``Alex``: ``hi+M1`` is spoken as plain ``hi``)."""
     if shutil.which("espeak-ng") is None:
         raise UserError("espeak-ng is not installed (apt-get install espeak-ng): it speaks every set")
 
     def rows(which):  # columns: Pty, Language, Age/Gender, VoiceName, File, Other Languages
         listing = subprocess.run(["espeak-ng", f"--voices={which}" if which else "--voices"], capture_output=True,
                                  text=True, check=True).stdout
-        return [line.split() for line in listing.lower().splitlines()[1:] if len(line.split()) >= 5]
+        return [line.split() for line in listing.splitlines()[1:] if len(line.split()) >= 5]
 
-    voices = {name for row in rows(None) for name in (row[1], row[4].rsplit("/", 1)[-1])}
+    voices = {name.lower() for row in rows(None) for name in (row[1], row[4].rsplit("/", 1)[-1])}
     return voices, {row[4].rsplit("/", 1)[-1] for row in rows("variant")}
 
 
@@ -109,13 +109,22 @@ def check_voices(flag, voices, known):
     (an unknown voice) or quietly speak the plain voice (an unknown variant)."""
     known_voices, known_variants = known
     for voice in voices:
-        base, _, variant = voice.lower().partition("+")
-        if base not in known_voices:
+        base, _, variant = voice.partition("+")
+        if base.lower() not in known_voices:
             raise UserError(f"{flag} {voice}: espeak-ng has no voice '{base}' "
                             f"(its voices: {', '.join(sorted(known_voices))})")
         if variant and variant not in known_variants:
             raise UserError(f"{flag} {voice}: espeak-ng has no voice variant '{variant}' "
                             f"(its variants: {', '.join(sorted(known_variants))})")
+
+
+def same_voice_in(voice, voices):
+    """Whether ``voices`` holds ``voice``'s espeak-ng voice: the voice's case ignored, the variant's not."""
+    def key(v):
+        base, plus, variant = v.partition("+")
+        return base.lower() + plus + variant
+
+    return key(voice) in {key(v) for v in voices}
 
 
 def build(output, make_data_path=DEFAULT_MAKE_DATA, voices=None, size=80, seed=11, language="en", train_voices=None):
@@ -168,7 +177,7 @@ def main(argv=None):
     known = espeak_voices()
     check_voices("--voices", test_voices, known)
     check_voices("--train_voices", train_voices, known)
-    heard = [v for v in train_voices if v.lower() in {t.lower() for t in test_voices}]  # espeak-ng ignores case
+    heard = [v for v in train_voices if same_voice_in(v, test_voices)]
     if heard:
         raise UserError(f"--train_voices {','.join(heard)}: also an other-voice set's voice "
                         f"({','.join(test_voices)}); those must stay unheard in training")
