@@ -389,6 +389,15 @@ def test_generalisation_sets_speak_the_training_sentences_in_several_voices(shar
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
     make_data = os.path.join(shared_data_dir, "make_data.py")
     plain, several = tmp_path / "plain", tmp_path / "several"
+    # as espeak-ng reads a name: the voice's case ignored (HI+m2 is hi+m2), the variant's kept (hi+M1 is plain hi)
+    for voices, message in (("HI+m2", "error: --train_voices HI+m2: also an other-voice set's voice "
+                                      "(hi+m2,hi+m4,hi+f2,hi+f4,hi+klatt); those must stay unheard in training"),
+                            ("hi+M1",
+                             "error: --train_voices hi+M1: espeak-ng has no voice variant 'M1' (its variants: ")):
+        refused = run_script("bench/generalisation_sets.py", "--language", "hi", "--output", plain, "--make_data",
+                             make_data, "--train_voices", voices)
+        assert refused.returncode == 2 and refused.stderr.startswith(message), refused.stderr[:300]
+    assert not plain.exists()
     for out, extra in ((plain, []), (several, ["--train_voices", "hi,hi+m1"])):
         result = run_script("bench/generalisation_sets.py", "--language", "hi", "--size", 4, "--output", out,
                             "--make_data", make_data, *extra)
