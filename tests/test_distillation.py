@@ -110,6 +110,26 @@ def test_a_training_step_pays_the_term_and_the_run_records_it(tiny_model_dir, ti
     assert "Distillation: each training step added 2 x the KL divergence from the base model's" in card
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_the_teacher_runs_at_the_training_precision(tiny_model_dir, tiny_dataset_dir, tmp_path, monkeypatch,
+                                                   precision):
+    # accelerate's autocast wraps the student's forward only; the teacher's pass must be under it too
+    seen = []
+    original = Distiller.loss
+
+    def spy(self, outputs, inputs, rows=None):
+        handle = self.teacher.register_forward_hook(lambda module, args, output: seen.append(output.logits.dtype))
+        try:
+            return original(self, outputs, inputs, rows)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(Distiller, "loss", spy)
+    train(quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path / "out", distill_weight=1.0, num_steps=2,
+                       eval_steps=2, mixed_precision=precision))
+    assert seen == [torch.bfloat16 if precision == "bf16" else torch.float32] * 2
+
+
 @pytest.mark.parametrize("weight", [-0.5, math.nan])
 def test_a_bad_weight_is_refused(tiny_model_dir, tiny_dataset_dir, tmp_path, weight):
     with pytest.raises(UserError, match=re.escape(f"--distill_weight {weight}: must be 0 (off) or more")):
