@@ -223,8 +223,8 @@ class WhisperTrainer(Seq2SeqTrainer):
         # as is the distillation term: the Trainer scales both alike for gradient accumulation.
         rows = inputs.pop(REPLAY_COLUMN, None)  # --distill_rows replay: (batch,) bool, True on replay rows
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        # accelerate puts autocast around the model's forward only; the teacher runs at the same precision
-        # (in fp32 under --mixed_precision bf16 it took a fifth of a frozen-encoder step on a CPU).
+        # accelerate puts autocast around the model's forward only, so without this the teacher ran in fp32
+        # under --mixed_precision bf16. (The term's log-softmax and KL are fp32 either way: token_kl casts.)
         with self.accelerator.autocast():
             loss = loss + self.parts.distiller.loss(outputs, inputs, rows)
         return (loss, outputs) if return_outputs else loss
