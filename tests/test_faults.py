@@ -205,6 +205,42 @@ def test_sigterm_to_one_torchrun_rank_checkpoints_every_rank_and_resumes_exactly
         torch.testing.assert_close(weights[1][name], weights[0][name], rtol=1e-5, atol=1e-6)
 
 
+def test_the_staging_folder_outlives_the_slowest_rank_in_train(tmp_path):
+    """Every rank lists the staging folder as transformers' ``train()`` ends; rank 0, out first, removes it only
+    once every rank is out (a torchrun resume failed with FileNotFoundError when rank 0 was quicker)."""
+    from types import SimpleNamespace
+
+    from whisper_finetune.train.run import fit
+
+    staging = tmp_path / "staging.partial"
+    (staging / "checkpoint-10").mkdir(parents=True)
+    everyone = threading.Barrier(2, timeout=30)
+    listed, failures = [], []
+
+    def rank(index):
+        def train(resume_from_checkpoint=None):
+            if index == 1:
+                time.sleep(0.5)  # the slower rank
+                listed.append(sorted(os.listdir(staging)))  # as transformers' checkpoint sort does
+
+        trainer = SimpleNamespace(preemption=SimpleNamespace(armed=contextlib.nullcontext), train=train,
+                                  accelerator=SimpleNamespace(wait_for_everyone=everyone.wait),
+                                  is_world_process_zero=lambda: index == 0,
+                                  args=SimpleNamespace(output_dir=str(staging)), output_dir=str(tmp_path))
+        try:
+            fit(trainer, None, 10)
+        except Exception as exc:  # reported to the test's thread below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=rank, args=(index,)) for index in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == [] and listed == [["checkpoint-10"]]
+    assert not staging.exists()  # removed once both were out
+
+
 # ------------------------------------------------------------------------------------------------ full disk
 @pytest.mark.slow
 def test_full_disk_during_a_checkpoint_keeps_the_previous_and_resumes(tiny_model_dir, tiny_dataset_dir, tmp_path):

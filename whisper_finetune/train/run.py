@@ -267,6 +267,9 @@ def _fit(trainer, resume, max_steps):
             load_best_model(trainer)
     else:
         trainer.train(resume_from_checkpoint=resume)
+    # Every rank lists the staging folder as transformers' train() ends (its checkpoint sort), so the first rank
+    # out must not remove it before the others are out too.
+    trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         shutil.rmtree(trainer.args.output_dir, ignore_errors=True)  # the staging folder: every checkpoint is out
 
