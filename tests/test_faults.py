@@ -588,6 +588,32 @@ def test_sigterm_becomes_an_exception_that_unwinds_the_stack():
     assert cleaned == [True]
 
 
+@pytest.mark.parametrize("installed, signum", [("terminate_raises", signal.SIGTERM),
+                                                ("graceful_stop", signal.SIGTERM), ("graceful_stop", signal.SIGINT)])
+def test_a_child_forked_under_our_handler_dies_of_a_signal_sent_at_once(installed, signum):
+    """A child forked while our handler is installed takes the signal with the default action, even one sent
+    before it ran a line (a pool told to stop just after starting its workers hung on the one it missed)."""
+    def fork_and_signal_at_once():
+        statuses = []
+        for _ in range(10):
+            pid = os.fork()
+            if pid == 0:  # the child: were the signal lost, it would sleep on and exit 0
+                time.sleep(5)
+                os._exit(0)
+            os.kill(pid, signum)
+            statuses.append(os.waitpid(pid, 0)[1])
+        return statuses
+
+    if installed == "terminate_raises":
+        with signals.terminate_raises():
+            statuses = fork_and_signal_at_once()
+    else:
+        with signals.GracefulStop().installed() as stop:
+            statuses = fork_and_signal_at_once()
+        assert stop.signum is None  # the children's signals never reached the parent's handler
+    assert [os.WIFSIGNALED(status) and os.WTERMSIG(status) for status in statuses] == [signum] * 10
+
+
 def test_a_script_stopped_by_sigterm_exits_143_with_one_line(tmp_path):
     script = tmp_path / "slow.py"
     script.write_text("import os, sys, time\nsys.path.insert(0, sys.argv[1])\nfrom whisper_finetune import cli\n"

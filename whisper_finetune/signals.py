@@ -10,6 +10,12 @@ Training wants more than that: finish the optimizer step and save a checkpoint f
 (:mod:`whisper_finetune.train.preemption`), which :class:`GracefulStop` provides: while it is installed,
 the first SIGTERM or SIGINT only raises a flag that the training loop reads between steps; a second one
 aborts at once.
+
+Both handlers are the parent's alone. A process forked while one is installed (a DataLoader or ``datasets``
+pool worker) takes SIGTERM and SIGINT with the default action, from its first instruction: the signals are
+blocked across the fork and unblocked in the child only once the default is back. Without that, a SIGTERM
+that reaches a child before Python's after-fork set-up is discarded by it (CPython clears the signals that
+arrived "in both processes"), and a pool worker told to stop at once waits forever for a task instead.
 """
 import contextlib
 import ctypes
@@ -33,18 +39,44 @@ def exit_status(signum):
     return 128 + int(signum)
 
 
+HANDLED = (signal.SIGTERM, signal.SIGINT)
+
+
 def _in_main_thread():
     return threading.current_thread() is threading.main_thread()
 
 
-def _forwarded_in_child(owner_pid, signum):
-    """In a process forked after the handler was installed (a DataLoader worker) the handler is not ours to run:
-    restore the default and take the signal as if no handler had been installed. Returns whether it did."""
-    if os.getpid() == owner_pid:
-        return False
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
-    return True
+def _parents_only(handler):
+    """Mark ``handler`` as one a forked child must not inherit (see the module's docstring)."""
+    handler.parents_only = True
+    return handler
+
+
+def _inherited():
+    """The signals whose installed handler is one of ours."""
+    return [signum for signum in HANDLED if getattr(signal.getsignal(signum), "parents_only", False)]
+
+
+_mask_before_fork = threading.local()  # the forking thread's signal mask, restored after the fork
+
+
+def _block_before_fork():
+    _mask_before_fork.value = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED) if _inherited() else None
+
+
+def _restore_after_fork(in_child):
+    mask = getattr(_mask_before_fork, "value", None)
+    if mask is None:
+        return
+    if in_child:
+        for signum in _inherited():
+            signal.signal(signum, signal.SIG_DFL)
+    _mask_before_fork.value = None
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal that came meanwhile is taken now
+
+
+os.register_at_fork(before=_block_before_fork, after_in_parent=lambda: _restore_after_fork(False),
+                    after_in_child=lambda: _restore_after_fork(True))
 
 
 @contextlib.contextmanager
@@ -54,11 +86,10 @@ def terminate_raises():
     if not _in_main_thread():
         yield
         return
-    owner = os.getpid()
 
+    @_parents_only
     def handler(signum, frame):
-        if not _forwarded_in_child(owner, signum):
-            raise Terminated()
+        raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
@@ -76,10 +107,9 @@ class GracefulStop:
         self.signum = None  # the first signal received, else None
         self.received_at = None  # time.perf_counter() when it came
 
-    def _handler(self, owner):
+    def _handler(self):
+        @_parents_only
         def handler(signum, frame):
-            if _forwarded_in_child(owner, signum):
-                return
             if self.signum is not None:
                 raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
             self.signum, self.received_at = signum, time.perf_counter()
@@ -92,8 +122,8 @@ class GracefulStop:
         if not _in_main_thread():
             yield self
             return
-        handler = self._handler(os.getpid())
-        previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
+        handler = self._handler()
+        previous = {signum: signal.signal(signum, handler) for signum in HANDLED}
         try:
             yield self
         finally:
