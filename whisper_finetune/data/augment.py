@@ -69,6 +69,17 @@ def noise_files(folder):
     return find_audio_files(folder)
 
 
+def describe(snr_db: Tuple[float, float], noise_dir: Optional[str] = None, pitch_semitones: float = 0.0,
+             quote=str) -> str:
+    """What :class:`WaveformAugmenter` with these settings does, in a line (the run's log and its model card);
+    ``quote`` formats the noise folder's name."""
+    low, high = snr_db
+    speeds = "/".join(f"{speed:.1f}" for speed in sorted((*SPEEDS, 1.0)))
+    pitch = f"pitch shifted by up to {pitch_semitones:g} semitones on half the clips, " if pitch_semitones else ""
+    noise = f"noise from {quote(noise_dir)}" if noise_dir else "coloured noise"
+    return f"speed {speeds}, {pitch}{noise} at {low:g}-{high:g} dB SNR, gain {GAIN_DB[0]:+g} to {GAIN_DB[1]:+g} dB"
+
+
 class WaveformAugmenter:
     """Speed, pitch, noise and gain for one mono clip (see the module docstring)."""
 

@@ -61,14 +61,12 @@ def on_the_fly_features(config, processor):
     without it ``None``, and no augmentation object is made (features were computed once)."""
     if not config.augment:
         return None
-    from ..data.augment import OnTheFlyFeatures, WaveformAugmenter
+    from ..data.augment import OnTheFlyFeatures, WaveformAugmenter, describe
 
     augmenter = WaveformAugmenter(config.sampling_rate, tuple(config.augment_snr_db), config.noise_dir,
                                   config.augment_pitch_semitones)
-    logger.info("augmenting the training audio each epoch: speed 0.9/1.0/1.1, %s%s at %g-%g dB SNR, gain",
-                f"pitch within +-{config.augment_pitch_semitones:g} semitones on half the clips, "
-                if config.augment_pitch_semitones else "",
-                f"noise from {config.noise_dir}" if config.noise_dir else "coloured noise", *config.augment_snr_db)
+    logger.info("augmenting the training audio each epoch: %s",
+                describe(tuple(config.augment_snr_db), config.noise_dir, config.augment_pitch_semitones))
     return OnTheFlyFeatures(processor.feature_extractor, augmenter, config.sampling_rate, config.seed)
 
 

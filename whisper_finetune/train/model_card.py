@@ -7,6 +7,7 @@ curve, and how to use the model.
 """
 import os
 
+from ..data.augment import describe
 from ..files import atomic_write_text
 
 CARD_FILE = "README.md"
@@ -128,12 +129,9 @@ def _replay_and_augmentation(config, replay_audio=None):
                     f"{config['mask_time_prob']:.0%} of frames, mel-channel masks of {config['mask_feature_length']} "
                     f"over {config['mask_feature_prob']:.0%} of channels; off in evaluation and in config.json)")
     if config.get("augment"):
-        low, high = config["augment_snr_db"]
-        noise = f"noise from `{config['noise_dir']}`" if config.get("noise_dir") else "coloured noise"
-        pitch = config.get("augment_pitch_semitones")
-        pitch = f"pitch shifted by up to {pitch:g} semitones on half the clips, " if pitch else ""
-        used.append(f"waveform augmentation drawn anew each epoch (speed 0.9/1.0/1.1, {pitch}{noise} at "
-                    f"{low:g}-{high:g} dB SNR, gain -6 to +6 dB; audiomentations)")
+        waveform = describe(tuple(config["augment_snr_db"]), config.get("noise_dir"),
+                            config.get("augment_pitch_semitones") or 0.0, quote=lambda name: f"`{name}`")
+        used.append(f"waveform augmentation drawn anew each epoch ({waveform}; audiomentations)")
     lines += [f"Augmentation: {'; '.join(used) if used else 'none'}.", ""]
     return lines
 
