@@ -23,7 +23,7 @@ import contextlib
 import logging
 import random
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -69,7 +69,7 @@ def noise_files(folder):
     return find_audio_files(folder)
 
 
-def describe(snr_db: Tuple[float, float], noise_dir: Optional[str] = None, pitch_semitones: float = 0.0,
+def describe(snr_db: Sequence[float], noise_dir: Optional[str] = None, pitch_semitones: Optional[float] = None,
              quote=str) -> str:
     """What :class:`WaveformAugmenter` with these settings does, in a line (the run's log and its model card);
     ``quote`` formats the noise folder's name."""

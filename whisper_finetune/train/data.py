@@ -66,7 +66,7 @@ def on_the_fly_features(config, processor):
     augmenter = WaveformAugmenter(config.sampling_rate, tuple(config.augment_snr_db), config.noise_dir,
                                   config.augment_pitch_semitones)
     logger.info("augmenting the training audio each epoch: %s",
-                describe(tuple(config.augment_snr_db), config.noise_dir, config.augment_pitch_semitones))
+                describe(config.augment_snr_db, config.noise_dir, config.augment_pitch_semitones))
     return OnTheFlyFeatures(processor.feature_extractor, augmenter, config.sampling_rate, config.seed)
 
 

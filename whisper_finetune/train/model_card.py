@@ -129,8 +129,8 @@ def _replay_and_augmentation(config, replay_audio=None):
                     f"{config['mask_time_prob']:.0%} of frames, mel-channel masks of {config['mask_feature_length']} "
                     f"over {config['mask_feature_prob']:.0%} of channels; off in evaluation and in config.json)")
     if config.get("augment"):
-        waveform = describe(tuple(config["augment_snr_db"]), config.get("noise_dir"),
-                            config.get("augment_pitch_semitones") or 0.0, quote=lambda name: f"`{name}`")
+        waveform = describe(config["augment_snr_db"], config.get("noise_dir"), config.get("augment_pitch_semitones"),
+                            quote=lambda name: f"`{name}`")
         used.append(f"waveform augmentation drawn anew each epoch ({waveform}; audiomentations)")
     lines += [f"Augmentation: {'; '.join(used) if used else 'none'}.", ""]
     return lines
