@@ -16,6 +16,7 @@ from whisper_finetune.model import loading
 from whisper_finetune.errors import UserError
 from whisper_finetune.data.features import DataCollatorSpeechSeq2SeqWithPadding, clean_text, featurize
 from whisper_finetune.train.summary import PLOT_FILE, SUMMARY_FILE, TrainSummary
+from whisper_finetune.train import config as train_config
 from whisper_finetune.train.config import TrainConfig, check_config
 from whisper_finetune.train.run import train
 
@@ -254,7 +255,8 @@ def test_freeze_encoder_layers_trains_only_the_layers_above(tiny_model_dir, tiny
     assert config["freeze_encoder_layers"] == 1
 
 
-def test_bf16_on_cpu_trains_and_times_checkpoints_apart(tiny_model_dir, tiny_dataset_dir, tmp_path):
+def test_bf16_on_cpu_trains_and_times_checkpoints_apart(tiny_model_dir, tiny_dataset_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_config, "cpu_bf16_slowdown", lambda: 0.8)  # as on a CPU with bfloat16 instructions
     out = tmp_path / "bf16"
     summary = train(quick_config(tiny_model_dir, tiny_dataset_dir, out, mixed_precision="bf16", num_steps=2,
                                  eval_steps=2, learning_rate=1e-2))
@@ -265,6 +267,32 @@ def test_bf16_on_cpu_trains_and_times_checkpoints_apart(tiny_model_dir, tiny_dat
     before, after = weights(tiny_model_dir), weights(out)
     assert all(w.dtype == torch.float32 for w in after.values())  # mixed precision: weights stay float32
     assert any(not torch.equal(before[k], after[k]) for k in after)
+
+
+def test_bf16_is_refused_on_a_cpu_that_runs_it_slowly(tiny_model_dir, tiny_dataset_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_config, "cpu_bf16_slowdown", lambda: 48.3)  # as timed on a 2-core AVX2 EPYC
+    out = tmp_path / "bf16"
+    with pytest.raises(UserError, match=re.escape(
+            "--mixed_precision bf16: this CPU runs bfloat16 48x slower than fp32 (it has no bfloat16 instructions: "
+            "timed on a small layer's forward and backward); use fp32 or auto")):
+        train(quick_config(tiny_model_dir, tiny_dataset_dir, out, mixed_precision="bf16", num_steps=2))
+    assert not out.exists()
+
+
+def test_the_cpu_bf16_timing_compares_both_precisions(monkeypatch):
+    # the ratio is this CPU's own (about 1 with bfloat16 instructions, tens without); what must hold anywhere is
+    # that bf16 ran under autocast once per timed pass and the ratio is a finite positive number
+    autocasts = []
+    real_autocast = torch.autocast
+
+    def spy(device_type, dtype=None, enabled=True):
+        autocasts.append((device_type, dtype, enabled))
+        return real_autocast(device_type, dtype=dtype, enabled=enabled)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    slowdown = train_config.cpu_bf16_slowdown(size=32, repeats=2)
+    assert 0 < slowdown < float("inf")
+    assert autocasts == [("cpu", torch.bfloat16, True)] * 3 + [("cpu", torch.bfloat16, False)] * 3
 
 
 @pytest.mark.parametrize("leftover", ["bf16", "fp16"])

@@ -9,6 +9,7 @@ import glob
 import importlib.util
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -48,6 +49,15 @@ BEST_MODEL_METRICS = ("wer", "retain_wer", "combined")
 # (--replay_datasets, --replay_audio) alone (the training rows then learn freely; the replayed speech is
 # kept as the base model heard it).
 DISTILL_ROWS = ("all", "replay")
+# --mixed_precision bf16 on a CPU is fast only where the CPU has bfloat16 instructions (AVX-512 BF16, AMX);
+# elsewhere torch falls back to slow generic kernels. Measured 2026-12-07, torch 2.13.0:
+# on a 2-core AVX2 EPYC a linear layer's forward and backward took 48x as long under bf16 autocast as in fp32,
+# and a step of the Hindi recipe of docs/recipes/new-language.md (whisper-base) about 40x (254 and 244 s for its
+# first two steps; 6.4 s a step over steps 2-10 in fp32); on an EPYC with AVX-512 BF16, bf16 made its steps 1.4x
+# faster. torch tells those CPUs apart only through private functions, so the check times a small
+# matmul's forward and backward in both precisions; a CPU on which bf16 is this many times slower is refused
+# (the timing gave 20-48x on the AVX2 EPYC, by load; where bf16 is native it is about 1 or less).
+CPU_BF16_MAX_SLOWDOWN = 3.0
 # Files that mark an earlier run in --output_dir.
 RUN_MARKERS = ("trainer_state.json", SUMMARY_FILE, "config.json", "model.safetensors",
                "adapter_config.json")
@@ -228,7 +238,8 @@ class TrainConfig:
     freeze_decoder: bool = option(False, "train the encoder only (the decoder, its embeddings and output layer "
                                   "stay the base model's: its language model is kept)", group="model")
     mixed_precision: str = option("auto", "auto: bf16 on GPUs that support it, else fp16; fp32 on CPU. bf16 also "
-                                  "runs on a CPU (autocast); fp16 needs a GPU. Overrides "
+                                  "runs on a CPU (autocast), and is refused on one without bfloat16 instructions, "
+                                  "where it runs many times slower than fp32; fp16 needs a GPU. Overrides "
                                   "ACCELERATE_MIXED_PRECISION (accelerate launch's)", choices=PRECISIONS, group="model")
     eval_steps: Optional[int] = option(None, "evaluate (WER/CER with generation) every N steps with "
                                        "--train_strategy steps; epoch strategy: every epoch", group="schedule",
@@ -308,8 +319,28 @@ def intervals(config: TrainConfig):
     return eval_steps, config.save_steps or eval_steps
 
 
+def cpu_bf16_slowdown(size=256, repeats=3):
+    """How many times as long a (size x size) linear layer's forward and backward takes under CPU bf16 autocast
+    as in fp32 (best of ``repeats`` each, after a warm-up run): about 1 or less on CPUs with bfloat16
+    instructions, tens where torch falls back to generic kernels. Takes well under a second either way."""
+    layer = torch.nn.Linear(size, size)
+    inputs = torch.randn(size, size, requires_grad=True)  # (rows, features)
+
+    def best_seconds(bf16):
+        times = []
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                layer(inputs).float().sum().backward()
+            times.append(time.perf_counter() - start)
+        return min(times[1:])
+
+    return best_seconds(True) / best_seconds(False)
+
+
 def precision(choice):
-    """The (name, bf16, fp16) to train with: bf16 on GPUs that support it, else fp16; fp32 on CPU."""
+    """The (name, bf16, fp16) to train with: bf16 on GPUs that support it, else fp16; fp32 on CPU.
+    bf16 on a CPU is refused where :func:`cpu_bf16_slowdown` finds it over CPU_BF16_MAX_SLOWDOWN times slower."""
     if choice == "auto":
         if torch.cuda.is_available():
             choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -317,6 +348,12 @@ def precision(choice):
             choice = "fp32"
     if choice == "fp16" and not torch.cuda.is_available():
         raise OptionError("mixed_precision", choice, "needs a GPU; use bf16 or fp32 on CPU")
+    if choice == "bf16" and not torch.cuda.is_available():
+        slowdown = cpu_bf16_slowdown()
+        if slowdown > CPU_BF16_MAX_SLOWDOWN:
+            raise OptionError("mixed_precision", choice,
+                              f"this CPU runs bfloat16 {slowdown:.0f}x slower than fp32 (it has no bfloat16 "
+                              "instructions: timed on a small layer's forward and backward); use fp32 or auto")
     return choice, choice == "bf16", choice == "fp16"
 
 
