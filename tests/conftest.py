@@ -170,8 +170,11 @@ def prepared_shared(shared_data_dir, tmp_path_factory):
     def prepare(name):
         if name not in cache:
             out = str(root / name.replace("/", "_"))
+            # One process: this runs inside the test worker, which may have started JAX's threads in an earlier
+            # test, and forking a process with threads risks a deadlock (Python warns of it). test_data_prep
+            # covers --num_proc 2.
             prepare_dataset(DataPrepConfig(source_data_dir=os.path.join(shared_data_dir, name), output_data_dir=out,
-                                           num_proc=2))
+                                           num_proc=1))
             cache[name] = out
         return cache[name]
 
