@@ -279,6 +279,13 @@ def test_bf16_is_refused_on_a_cpu_that_runs_it_slowly(tiny_model_dir, tiny_datas
     assert not out.exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused only without a GPU")
+def test_fp16_is_refused_on_a_cpu_with_the_precisions_it_takes():
+    with pytest.raises(UserError, match=re.escape(
+            "--mixed_precision fp16: needs a GPU; use fp32 on CPU (or bf16, on a CPU with bfloat16 instructions)")):
+        train_config.precision("fp16")
+
+
 def test_the_cpu_bf16_timing_compares_both_precisions(monkeypatch):
     # the ratio is this CPU's own (about 1 with bfloat16 instructions, tens without); what must hold anywhere is
     # that bf16 ran under autocast once per timed pass and the ratio is a finite positive number

@@ -347,7 +347,8 @@ def precision(choice):
         else:
             choice = "fp32"
     if choice == "fp16" and not torch.cuda.is_available():
-        raise OptionError("mixed_precision", choice, "needs a GPU; use bf16 or fp32 on CPU")
+        raise OptionError("mixed_precision", choice,
+                          "needs a GPU; use fp32 on CPU (or bf16, on a CPU with bfloat16 instructions)")
     if choice == "bf16" and not torch.cuda.is_available():
         slowdown = cpu_bf16_slowdown()
         if slowdown > CPU_BF16_MAX_SLOWDOWN:
