@@ -53,10 +53,11 @@ DISTILL_ROWS = ("all", "replay")
 # elsewhere torch falls back to slow generic kernels. Measured 2026-12-07, torch 2.13.0:
 # on a 2-core AVX2 EPYC a linear layer's forward and backward took 48x as long under bf16 autocast as in fp32,
 # and a step of the Hindi recipe of docs/recipes/new-language.md (whisper-base, with --dynamic_audio_context)
-# about 40x (254 and 244 s for its first two steps; 6.4 s a step over steps 2-10 in fp32); on an EPYC with AVX-512 BF16, bf16 made its steps 1.4x
-# faster. torch tells those CPUs apart only through private functions, so the check times a small
-# matmul's forward and backward in both precisions; a CPU on which bf16 is this many times slower is refused
-# (the timing gave 20-48x on the AVX2 EPYC, by load; where bf16 is native it is about 1 or less).
+# about 40x (254 and 244 s for its first two steps; 6.4 s a step over steps 2-10 in fp32); on an EPYC with
+# AVX-512 BF16, bf16 made its steps 1.4x faster. torch tells those CPUs apart only through private functions,
+# so the check times a small matmul's forward and backward in both precisions; a CPU on which bf16 is this
+# many times slower is refused (the timing gave 20-48x on the AVX2 EPYC, by load; where bf16 is native it is
+# about 1 or less).
 CPU_BF16_MAX_SLOWDOWN = 3.0
 # Files that mark an earlier run in --output_dir.
 RUN_MARKERS = ("trainer_state.json", SUMMARY_FILE, "config.json", "model.safetensors",
