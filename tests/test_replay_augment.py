@@ -88,10 +88,12 @@ def test_replay_mixes_two_languages_into_one_batch_with_each_rows_language_token
     processor = tokenizer_for(tiny_model_dir, "hi")
     tokenizer = processor.tokenizer
     train_set, _ = train_data.prepare_split(config, "train", [DatasetSpec(tiny_dataset_dir)], None, processor)
-    mixed, counts = train_data.mix_replay(config, train_set, processor)
+    mixed, counts, rows = train_data.mix_replay(config, train_set, processor)
     assert counts == {"kept": 4, "dropped_over_30s": 0, "dropped_labels_over_448_tokens": 0, "mixed_in": 8,
                       "repeated": True}
     assert len(mixed) == 16
+    # the replay rows as --ewc_weight's Fisher takes them: each of the four once
+    assert sorted(tokenizer.decode(row["labels"], skip_special_tokens=True) for row in rows) == sorted(REPLAY_SENTENCES)
 
     language_of = {**{s: "hi" for s in datasets.load_from_disk(tiny_dataset_dir)["sentence"]},
                    REPLAY_SENTENCES[0]: "fr", REPLAY_SENTENCES[1]: "fr", REPLAY_SENTENCES[2]: "en",

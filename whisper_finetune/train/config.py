@@ -121,6 +121,13 @@ class TrainConfig:
         "all", "with --distill_weight: the training rows the term applies to: all, or replay (the replayed "
         "rows alone, of --replay_datasets and --replay_audio: the base model runs on those rows only, and the "
         "training data is learned without the pull back)", choices=DISTILL_ROWS, group="retain")
+    ewc_weight: float = option(
+        0.0, "hold the weights the replayed speech needs (elastic weight consolidation): before training, the "
+        "base model's diagonal Fisher information on the replay clips (--replay_datasets, --replay_audio; up to "
+        "256, one forward and backward pass each) weighs each trained weight, and each step adds WEIGHT / 2 x "
+        "sum F (weight - base weight)^2 to the loss: to second order, WEIGHT x the KL divergence per label token "
+        "from the base model on every replay clip. Holds a copy of the trained weights and their Fisher",
+        group="retain", default_text="0 (off)")
     merge_ratio: str = option(
         "1", "the final model is base + RATIO x (fine-tune - base) (WiSE-FT weight interpolation): below 1 it keeps "
         "more of what the base model knew, at some cost on the eval sets; auto: the lowest of 0.2, 0.3 ... 0.9 whose "
@@ -433,6 +440,14 @@ def _check_values(config: TrainConfig):
     if config.distill_rows == "replay" and not (config.distill_weight and replays(config)):
         raise UserError("--distill_rows replay holds the replayed rows to the base model: it needs "
                         "--distill_weight above 0 and --replay_datasets or --replay_audio")
+    if not (config.ewc_weight >= 0 and math.isfinite(config.ewc_weight)):
+        raise OptionError("ewc_weight", config.ewc_weight, "must be 0 (off) or more")
+    if config.ewc_weight and not replays(config):
+        raise UserError(f"--ewc_weight {config.ewc_weight:g} weighs the weights by the replayed speech: it needs "
+                        "--replay_datasets or --replay_audio")
+    if config.ewc_weight and config.lora:
+        raise UserError(f"--ewc_weight {config.ewc_weight:g} with --lora True: LoRA leaves the base weights as "
+                        "they are, so there is nothing for it to hold; pick one")
     if config.lora and (config.freeze_encoder or config.freeze_decoder):
         flag = "--freeze_encoder" if config.freeze_encoder else "--freeze_decoder"
         raise UserError(f"--lora and {flag} together: LoRA already freezes the base model; pick one")

@@ -24,8 +24,9 @@ LABELS_FORMAT = "per-example language"  # in the feature cache's key: what the l
 
 
 def mix_replay(config, train_set, processor, specs=None):
-    """The training set with replay examples added: ``replay_ratio`` of the result comes from the replay sets
-    (``specs``; by default the --replay_datasets).
+    """``(training set with replay examples added, counts, the replay rows)``: ``replay_ratio`` of the result
+    comes from the replay sets (``specs``; by default the --replay_datasets); the replay rows are the featurised
+    replay examples, each once (what ``--ewc_weight`` estimates its Fisher on).
 
     The replay sets are shuffled and cut to the number needed, ``ratio / (1 - ratio)`` times the training
     set (repeated when too small), featurised like the training set, each example with its own language
@@ -41,6 +42,7 @@ def mix_replay(config, train_set, processor, specs=None):
     replay_language = language_code(config.replay_language)
     specs = dataset_specs(config, "replay") if specs is None else specs
     replay, counts = prepare_split(config, "replay", specs, needed, processor, replay_language)
+    rows = replay
     copies = math.ceil(needed / len(replay))
     if copies > 1:
         logger.info("replay data: %d example(s) for the %d needed: each is used %d times at most", len(replay),
@@ -53,7 +55,7 @@ def mix_replay(config, train_set, processor, specs=None):
     if config.distill_weight and config.distill_rows == "replay":  # the distillation term needs to tell them apart
         train_set = train_set.add_column(REPLAY_COLUMN, [0] * len(train_set))
         replay = replay.add_column(REPLAY_COLUMN, [1] * len(replay))
-    return concatenate_datasets([train_set, replay]).with_format("numpy"), counts
+    return concatenate_datasets([train_set, replay]).with_format("numpy"), counts, rows.with_format("numpy")
 
 
 def on_the_fly_features(config, processor):

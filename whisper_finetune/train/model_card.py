@@ -71,7 +71,7 @@ def render_model_card(summary, hub_model_id=None):
     else:
         lines += ["No evaluation was recorded.", ""]
     lines += _retain_section(summary)
-    lines += _replay_and_augmentation(config, summary.get("replay_audio"))
+    lines += _replay_and_augmentation(config, summary.get("replay_audio"), summary.get("consolidation"))
     if config.get("dynamic_audio_context"):
         bucket = config["audio_context"]["audio_context_bucket_seconds"]
         lines += [f"Trained with a dynamic audio context: the encoder ran on each batch's own length rounded up "
@@ -98,7 +98,7 @@ def render_model_card(summary, hub_model_id=None):
     return "\n".join(lines)
 
 
-def _replay_and_augmentation(config, replay_audio=None):
+def _replay_and_augmentation(config, replay_audio=None, consolidation=None):
     """Lines saying how the training data was mixed (replay) and which augmentation was used."""
     lines = []
     if replay_audio:
@@ -123,6 +123,13 @@ def _replay_and_augmentation(config, replay_audio=None):
         lines += [f"Distillation: each training step added {config['distill_weight']:g} x the KL divergence from the "
                   f"base model's next-token distributions to the model's (temperature 2, per label token{rows}) to its "
                   "loss, holding it to the base model's answers (learning without forgetting).", ""]
+    if consolidation:
+        fisher = consolidation["fisher"]
+        lines += [f"Elastic weight consolidation: each training step added {consolidation['weight']:g} / 2 x sum F "
+                  "(weight - base weight)^2 to its loss, F the base model's diagonal Fisher information on "
+                  f"{fisher['clips']} replay clip(s) ({fisher['label_tokens']} label tokens). For the final model, "
+                  "1/2 sum F (weight - base weight)^2, an estimate of its KL divergence per token from the base "
+                  f"model on those clips, is {consolidation['final_estimated_kl']:.4g}.", ""]
     used = []
     if config.get("spec_augment"):
         used.append(f"SpecAugment in training steps (time masks of {config['mask_time_length']} frames over "

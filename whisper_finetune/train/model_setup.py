@@ -4,7 +4,7 @@ import copy
 import logging
 
 from ..model import loading
-from . import distillation
+from . import consolidation, distillation
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,19 @@ def make_distiller(config, language, device):
     return distillation.Distiller(teacher, config.distill_weight,
                                   share_encoder=config.freeze_encoder and not config.spec_augment,
                                   replay_only=config.distill_rows == "replay")
+
+
+def make_consolidation(config, model, replay_rows, extractor, device):
+    """With --ewc_weight: the base model's Fisher on the replay rows, and the term that holds each step to it.
+    Run on ``device`` (the Trainer would move the model there anyway); every process computes the same one."""
+    if not config.ewc_weight:
+        return None
+    model.to(device)
+    fisher, estimate = consolidation.fisher_diagonal(model, replay_rows, extractor, device)
+    logger.info("elastic weight consolidation: weight %g; Fisher of %d trained weights on %d replay clip(s) "
+                "(%d label tokens) in %.0f s", config.ewc_weight, estimate.parameters, estimate.clips,
+                estimate.label_tokens, estimate.seconds)
+    return consolidation.Consolidation(model, fisher, config.ewc_weight, estimate)
 
 
 def set_spec_augment(model, config):

@@ -34,8 +34,8 @@ from . import checkpoints, labelling
 from .config import TrainConfig, check_config, dataset_specs, precision, replays
 from .data import hours, mix_replay, numbered, on_the_fly_features, prepare_split, prepare_stream
 from .merging import MERGED_PREFIX, merge_summary, merge_with_base
-from .model_setup import (build_model, configure_tokenizer, context_frozen, make_distiller, retain_decode_kwargs,
-                          retain_processor)
+from .model_setup import (build_model, configure_tokenizer, context_frozen, make_consolidation, make_distiller,
+                          retain_decode_kwargs, retain_processor)
 from .output import clear_earlier_run, evaluate_each, save_final
 from .summary import RETAIN_PREFIX, TrainSummary, mean_logged_loss, retain_summary, write_reports
 from .trainer import (EarlyStopping, EvalSet, TrainerParts, WhisperTrainer, load_best_model, metrics_function,
@@ -73,6 +73,7 @@ class RunData:
     retain: object  # None without retain sets
     counts: dict  # per role: utterances kept and dropped, by reason
     replay_audio: Optional[labelling.ReplayAudio] = None  # what --replay_audio labelled (None without it)
+    replay_rows: object = None  # the featurised replay examples, each once (None without replay)
 
 
 def train(config: TrainConfig) -> TrainSummary:
@@ -158,7 +159,7 @@ def plan_run(config: TrainConfig) -> RunPlan:
 
 def prepare_data(config: TrainConfig, plan: RunPlan) -> RunData:
     """Every role's featurised set, prepared by the main process first (the others then read its cache)."""
-    counts, retain_set, labelled = {}, None, None
+    counts, retain_set, labelled, replay_rows = {}, None, None, None
     with plan.args.main_process_first(desc="dataset preparation"):
         if config.streaming:
             train_set, counts["train"] = prepare_stream(config, dataset_specs(config, "train"), plan.processor,
@@ -171,7 +172,7 @@ def prepare_data(config: TrainConfig, plan: RunPlan) -> RunData:
                 if config.replay_audio:
                     labelled = label_replay_audio(config, plan)
                     specs += [DatasetSpec(labelled.dataset, split=None)] if labelled.dataset else []
-                train_set, counts["replay"] = mix_replay(config, train_set, plan.processor, specs)
+                train_set, counts["replay"], replay_rows = mix_replay(config, train_set, plan.processor, specs)
             if config.augment:
                 train_set = numbered(train_set)
         eval_set, counts["eval"] = prepare_split(config, "eval", dataset_specs(config, "eval"),
@@ -182,7 +183,7 @@ def prepare_data(config: TrainConfig, plan: RunPlan) -> RunData:
     # The summary's order: train, eval, retain, replay.
     order = ("train", "eval", "retain", "replay")
     return RunData(train_set, eval_set, retain_set, {role: counts[role] for role in order if role in counts},
-                   labelled)
+                   labelled, replay_rows)
 
 
 def label_replay_audio(config: TrainConfig, plan: RunPlan) -> labelling.ReplayAudio:
@@ -219,6 +220,8 @@ def make_trainer(config: TrainConfig, plan: RunPlan, data: RunData, model, gener
         full_context_ratio=config.full_context_ratio, short_context_frozen=tuple(short_context_frozen),
         full_context_frozen=tuple(full_context_frozen), retain=retain, primary_metric=plan.metric,
         spec_augment=config.spec_augment, distiller=make_distiller(config, plan.language, plan.args.device),
+        consolidation=make_consolidation(config, model, data.replay_rows, processor.feature_extractor,
+                                         plan.args.device),
         max_bad_examples=config.max_bad_examples if config.streaming else 0)
     trainer = WhisperTrainer(
         model=model, args=plan.args, train_dataset=data.train, eval_dataset=data.eval, processing_class=processor,
@@ -317,8 +320,20 @@ def summarise(config, plan, data, trainer, retain, merge, per_dataset, retain_pe
         early_stopped_at=early_stopping.stopped_at if early_stopping else None,
         merge=merge_summary(merge), skipped_bad_audio=skipped, **retain_fields,
         replay_audio=json.loads(json.dumps(dataclasses.asdict(data.replay_audio))) if data.replay_audio else None,
+        consolidation=consolidation_summary(trainer.parts.consolidation),
         source_formats={name: origin for role in ("train", "eval", "retain", "replay")
                         for name in getattr(config, f"{role}_datasets") or () if (origin := source_format(name))})
+
+
+def consolidation_summary(consolidation):
+    """--ewc_weight: its weight, what the Fisher was estimated on, and the final model's estimated KL per label
+    token from the base model on the replay clips (1/2 sum F (theta - theta0)^2; after any merge)."""
+    if consolidation is None:
+        return None
+    with torch.no_grad():
+        distance = float(consolidation.distance())
+    return {"weight": consolidation.weight, "fisher": dataclasses.asdict(consolidation.estimate),
+            "final_estimated_kl": round(distance, 6)}
 
 
 def start_step(resume):

@@ -94,6 +94,9 @@ class TrainSummary:
     # --replay_audio: labelling.ReplayAudio as a dict (sources, the labelled dataset, the cache, the labelling
     # settings: model, language, num_beams, max_new_tokens; clips, seconds, decoded, cached, empty, languages)
     replay_audio: Optional[dict] = None
+    # --ewc_weight: weight, fisher (consolidation.FisherEstimate as a dict: clips, label_tokens, parameters,
+    # seconds) and final_estimated_kl (the final model's 1/2 sum F (theta - theta0)^2)
+    consolidation: Optional[dict] = None
 
     def to_dict(self):
         return asdict(self)

@@ -71,6 +71,7 @@ class TrainerParts:
     primary_metric: str = "wer"
     spec_augment: bool = False
     distiller: object = None  # distillation.Distiller: its term is added to training losses
+    consolidation: object = None  # consolidation.Consolidation (--ewc_weight): its term too
     max_bad_examples: int = 0  # undecodable examples a stream may skip (counted in output_dir's bad_examples.jsonl)
 
 
@@ -217,16 +218,21 @@ class WhisperTrainer(Seq2SeqTrainer):
         return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.parts.distiller is None or not model.training:
+        distiller, consolidation = self.parts.distiller, self.parts.consolidation
+        if (distiller is None and consolidation is None) or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         # Whisper's forward takes no loss kwargs, so its loss is this micro-batch's mean per label token,
-        # as is the distillation term: the Trainer scales both alike for gradient accumulation.
+        # as are the terms added here: the Trainer scales them all alike for gradient accumulation (the
+        # consolidation term, the same in every micro-batch, so counts once per optimizer step).
         rows = inputs.pop(REPLAY_COLUMN, None)  # --distill_rows replay: (batch,) bool, True on replay rows
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        # accelerate puts autocast around the model's forward only, so without this the teacher ran in fp32
-        # under --mixed_precision bf16. (The term's log-softmax and KL are fp32 either way: token_kl casts.)
-        with self.accelerator.autocast():
-            loss = loss + self.parts.distiller.loss(outputs, inputs, rows)
+        if distiller is not None:
+            # accelerate puts autocast around the model's forward only, so without this the teacher ran in fp32
+            # under --mixed_precision bf16. (The term's log-softmax and KL are fp32 either way: token_kl casts.)
+            with self.accelerator.autocast():
+                loss = loss + distiller.loss(outputs, inputs, rows)
+        if consolidation is not None:
+            loss = loss + consolidation.loss()
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, *args, **kwargs):
