@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import WhisperForConditionalGeneration
 
+from test_distillation import record_training_losses
 from test_train import quick_config, summary_of
 from whisper_finetune.data.features import FEATURE_COLUMN, LABEL_COLUMN, SAMPLES_COLUMN
 from whisper_finetune.errors import UserError
@@ -104,21 +105,9 @@ def test_the_term_is_zero_at_the_base_model_and_pulls_each_weight_by_weight_x_fi
 def test_a_run_pays_the_term_at_each_step_and_records_its_fisher(tiny_model_dir, tiny_dataset_dir, tmp_path,
                                                                 monkeypatch, caplog):
     from test_replay_augment import prepared
-    from whisper_finetune.train.trainer import WhisperTrainer
 
     replay, _ = prepared(tmp_path, "replay")
-    seen = []
-    original = WhisperTrainer.compute_loss
-
-    def spy(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, outputs = original(self, model, inputs, True, num_items_in_batch)
-        if model.training:
-            with torch.no_grad():
-                seen.append((float(loss.detach()), float(outputs.loss.detach()),
-                             float(self.parts.consolidation.loss())))
-        return (loss, outputs) if return_outputs else loss
-
-    monkeypatch.setattr(WhisperTrainer, "compute_loss", spy)
+    seen = record_training_losses(monkeypatch, lambda trainer, outputs, inputs: trainer.parts.consolidation.loss())
     out = tmp_path / "held"
     with caplog.at_level(logging.INFO, logger="whisper_finetune.train"):
         summary = train(quick_config(tiny_model_dir, tiny_dataset_dir, out, replay_datasets=(replay,),

@@ -30,6 +30,26 @@ def _by_hand(student, teacher, mask, temperature):
     return total / count * temperature ** 2
 
 
+def record_training_losses(monkeypatch, term):
+    """Spy on every training step's loss: a list that fills with ``(loss, cross entropy, term)``, ``term`` the
+    figure ``term(trainer, outputs, inputs)`` gives for the step (computed again, without gradients)."""
+    from whisper_finetune.train.trainer import WhisperTrainer
+
+    seen = []
+    original = WhisperTrainer.compute_loss
+
+    def spy(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = original(self, model, inputs, True, num_items_in_batch)
+        if model.training:
+            with torch.no_grad():
+                seen.append((float(loss.detach()), float(outputs.loss.detach()),
+                             float(term(self, outputs, inputs))))
+        return (loss, outputs) if return_outputs else loss
+
+    monkeypatch.setattr(WhisperTrainer, "compute_loss", spy)
+    return seen
+
+
 @pytest.mark.parametrize("case, expected", [
     ("same logits", 0.0),
     ("different only where masked", 0.0),
@@ -83,20 +103,8 @@ def test_a_training_step_pays_the_term_and_the_run_records_it(tiny_model_dir, ti
                                                              monkeypatch, caplog):
     # The loss each step returns is the model's cross entropy plus the weighted term: step 1 adds nothing
     # (the fine-tune is still the base model), later steps add exactly the Distiller's figure.
-    from whisper_finetune.train.trainer import WhisperTrainer
-
-    seen = []
-    original = WhisperTrainer.compute_loss
-
-    def spy(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, outputs = original(self, model, inputs, True, num_items_in_batch)
-        if model.training:
-            with torch.no_grad():
-                term = float(self.parts.distiller.loss(outputs, inputs))
-            seen.append((float(loss.detach()), float(outputs.loss.detach()), term))
-        return (loss, outputs) if return_outputs else loss
-
-    monkeypatch.setattr(WhisperTrainer, "compute_loss", spy)
+    seen = record_training_losses(monkeypatch, lambda trainer, outputs, inputs: trainer.parts.distiller.loss(
+        outputs, inputs))
     out = tmp_path / "distilled"
     with caplog.at_level(logging.INFO, logger="whisper_finetune.train"):
         summary = train(quick_config(tiny_model_dir, tiny_dataset_dir, out, distill_weight=2.0, num_steps=3,
