@@ -10,7 +10,7 @@ from transformers import WhisperForConditionalGeneration
 
 from test_distillation import record_training_losses
 from test_train import quick_config, summary_of
-from whisper_finetune.data.features import FEATURE_COLUMN, LABEL_COLUMN, SAMPLES_COLUMN
+from whisper_finetune.data.features import FEATURE_COLUMN, LABEL_COLUMN, LENGTH_COLUMN, SAMPLES_COLUMN
 from whisper_finetune.errors import UserError
 from whisper_finetune.model import loading
 from whisper_finetune.train.config import check_config
@@ -33,7 +33,7 @@ def _rows(model_dir, audio=False):
     rows = []
     for words in ([11, 12, 13, 14], [15, 16]):
         clip = (0.1 * generator.standard_normal(16000)).astype(np.float32)
-        row = {LABEL_COLUMN: np.array(tokens + words + [processor.tokenizer.eos_token_id])}
+        row = {LABEL_COLUMN: np.array(tokens + words + [processor.tokenizer.eos_token_id]), LENGTH_COLUMN: 1.0}
         if audio:
             row[SAMPLES_COLUMN] = clip
         else:

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from ..data.features import FEATURE_COLUMN, LABEL_COLUMN, SAMPLES_COLUMN
+from ..data.features import FEATURE_COLUMN, LABEL_COLUMN, SAMPLES_COLUMN, DataCollatorSpeechSeq2SeqWithPadding
 
 logger = logging.getLogger(__name__)
 
@@ -45,18 +45,17 @@ class FisherEstimate:
     seconds: float
 
 
-def clip_inputs(row, extractor, decoder_start_token_id, device):
-    """One replay row as the model takes it: ``(features (1, n_mels, 3000), labels (1, tokens))``. Rows kept
-    as audio for augmentation (``--augment``) are featurised here without it: the Fisher is the clean clip's."""
-    if SAMPLES_COLUMN in row:
-        audio = np.asarray(row[SAMPLES_COLUMN], dtype=np.float32)
-        features = extractor(audio, sampling_rate=extractor.sampling_rate, return_tensors="pt").input_features
-    else:
-        features = torch.as_tensor(np.asarray(row[FEATURE_COLUMN]))[None]
-    labels = torch.as_tensor(np.asarray(row[LABEL_COLUMN]), dtype=torch.long)
-    if labels[0] == decoder_start_token_id:  # the model prepends it (as the training collator strips it)
-        labels = labels[1:]
-    return features.float().to(device), labels[None].to(device)
+@dataclasses.dataclass(frozen=True)
+class CleanFeatures:
+    """The collator's featuriser for rows kept as audio (``--augment``), without the augmentation: the Fisher
+    is the clean clip's. ``items`` -> ``(features (batch, n_mels, 3000) float32, seconds of each clip)``."""
+
+    extractor: object  # the processor's WhisperFeatureExtractor
+
+    def __call__(self, items):
+        audios = [np.asarray(item[SAMPLES_COLUMN], dtype=np.float32) for item in items]
+        mels = self.extractor(audios, sampling_rate=self.extractor.sampling_rate, return_tensors="pt").input_features
+        return mels, [len(audio) / self.extractor.sampling_rate for audio in audios]
 
 
 def fisher_diagonal(model, rows, extractor, device):
@@ -65,10 +64,14 @@ def fisher_diagonal(model, rows, extractor, device):
     trained = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
     fisher = {name: torch.zeros_like(parameter) for name, parameter in trained.items()}
     start, tokens, clips = time.perf_counter(), 0, min(len(rows), FISHER_CLIPS)
+    # The training collator, so each clip's label is what a training step sees (the start token stripped).
+    collate = DataCollatorSpeechSeq2SeqWithPadding(model.config.decoder_start_token_id,
+                                                   waveforms=CleanFeatures(extractor))
     was_training = model.training
     model.eval()  # no dropout: the Fisher of the model as it answers
     for index in range(clips):
-        features, labels = clip_inputs(rows[index], extractor, model.config.decoder_start_token_id, device)
+        batch = collate([rows[index]])  # one clip: no padding in its labels (1, tokens)
+        features, labels = batch[FEATURE_COLUMN].to(device), batch[LABEL_COLUMN].to(device)
         model.zero_grad(set_to_none=True)
         loss = model(input_features=features, labels=labels).loss  # mean over the label's tokens
         (loss * labels.shape[1]).backward()  # the clip's summed log-likelihood
@@ -107,3 +110,11 @@ class Consolidation:
 
     def loss(self):
         return self.weight * self.distance()
+
+    def summary(self):
+        """What ``training_summary.json`` records: the weight, what the Fisher was estimated on, and
+        ``final_estimated_kl``, :meth:`distance` of the model as it is now (the final model, after any merge)."""
+        with torch.no_grad():
+            distance = float(self.distance())
+        return {"weight": self.weight, "fisher": dataclasses.asdict(self.estimate),
+                "final_estimated_kl": round(distance, 6)}

@@ -320,20 +320,9 @@ def summarise(config, plan, data, trainer, retain, merge, per_dataset, retain_pe
         early_stopped_at=early_stopping.stopped_at if early_stopping else None,
         merge=merge_summary(merge), skipped_bad_audio=skipped, **retain_fields,
         replay_audio=json.loads(json.dumps(dataclasses.asdict(data.replay_audio))) if data.replay_audio else None,
-        consolidation=consolidation_summary(trainer.parts.consolidation),
+        consolidation=trainer.parts.consolidation.summary() if trainer.parts.consolidation else None,
         source_formats={name: origin for role in ("train", "eval", "retain", "replay")
                         for name in getattr(config, f"{role}_datasets") or () if (origin := source_format(name))})
-
-
-def consolidation_summary(consolidation):
-    """--ewc_weight: its weight, what the Fisher was estimated on, and the final model's estimated KL per label
-    token from the base model on the replay clips (1/2 sum F (theta - theta0)^2; after any merge)."""
-    if consolidation is None:
-        return None
-    with torch.no_grad():
-        distance = float(consolidation.distance())
-    return {"weight": consolidation.weight, "fisher": dataclasses.asdict(consolidation.estimate),
-            "final_estimated_kl": round(distance, 6)}
 
 
 def start_step(resume):
