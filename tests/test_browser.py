@@ -132,8 +132,20 @@ def test_report_of_two_models_in_the_browser(real_model_dir, tiny_en_model_dir, 
 
     page.select_option("#view-select", "0:1")  # stock against the second model
     assert page.locator(".comparison-counts").first.inner_text().startswith("On 3 utterances both scored")
+    [comparison] = json.loads(page.locator("#report-data").text_content())["datasets"][0]["comparisons"]
+    difference = comparison["difference"]
+    assert page.locator(".comparison-interval").inner_text().startswith(
+        f"WER difference {_points(difference['difference'])}, 95% interval {_points(difference['low'])} to "
+        f"{_points(difference['high'])} (paired bootstrap over utterances, percentile interval: 10,000 draws, seed 0).")
+    page.select_option("#dataset-select", label=sets[1])  # one utterance: no interval to draw
+    assert page.locator(".comparison-counts").count() == 1 and page.locator(".comparison-interval").count() == 0
     page.screenshot(path=str(tmp_path / "report.png"), full_page=False)
     assert os.path.getsize(tmp_path / "report.png") > 10_000
+
+
+def _points(value):
+    """A WER difference as the page writes it: signed percentage points, one decimal."""
+    return f"{100 * value:+.1f} pt" if value else "0.0 pt"
 
 
 def _json_of(folder, label):

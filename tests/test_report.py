@@ -105,6 +105,44 @@ def test_alignment_counts_reproduce_the_result_files(speaker_dataset, tmp_path):
     assert [c.id for c in change.most_improved] == ["utt0000", "utt0003", "utt0005"]
     assert [(c.id, c.errors_before, c.errors_after) for c in change.most_degraded] == [("utt0002", 0, 2)]
     assert {g.group: g.difference for g in change.by_speaker}["cy"] == pytest.approx(-1 / 9)
+    # 4 errors before, 3 after, over 31 words; the interval holds the difference and reaches both sides of 0
+    interval = change.difference
+    assert interval.difference == pytest.approx(change.wer_after - change.wer_before) == pytest.approx(-1 / 31)
+    assert interval.low < interval.difference < interval.high and interval.low < 0 < interval.high
+    assert (interval.confidence, interval.resamples) == (report.BOOTSTRAP_CONFIDENCE, report.BOOTSTRAP_RESAMPLES)
+    report.write_report([a, b], str(tmp_path / "report.html"))
+    written = page_data(str(tmp_path / "report.html"))["datasets"][0]["comparisons"][0]["difference"]
+    assert (written["low"], written["high"]) == (interval.low, interval.high)
+
+
+@pytest.mark.parametrize("before, after, words, expected", [
+    # one more error in every utterance of 10 words: every draw differs by exactly 0.1
+    ([1] * 10, [2] * 10, [10] * 10, (0.1, 0.1, 0.1)),
+    # the same errors: nothing to tell apart
+    ([2, 0, 1] * 4, [2, 0, 1] * 4, [5] * 12, (0.0, 0.0, 0.0)),
+    # fewer than two utterances: nothing to resample
+    ([1], [3], [10], None),
+    ([0, 0], [1, 1], [0, 0], None),
+])
+def test_wer_difference_interval_table(before, after, words, expected):
+    interval = report.wer_difference_interval(before, after, words)
+    if expected is None:
+        assert interval is None
+    else:
+        assert (interval.difference, interval.low, interval.high) == pytest.approx(expected, abs=1e-12)
+
+
+def test_wer_difference_interval_narrows_with_more_utterances():
+    # half the utterances one error better, half one worse: a difference of 0 that 20 utterances cannot
+    # pin down; four times the utterances halve the interval (it scales as one over the square root)
+    small = report.wer_difference_interval([1, 0] * 10, [0, 1] * 10, [10] * 20)
+    large = report.wer_difference_interval([1, 0] * 40, [0, 1] * 40, [10] * 80)
+    assert small.difference == large.difference == 0
+    assert small.low < -0.02 and small.high > 0.02
+    assert (large.high - large.low) / (small.high - small.low) == pytest.approx(0.5, abs=0.08)
+    # a clear change: every utterance worse by 1 or 2 errors in 10 words leaves 0 outside
+    clear = report.wer_difference_interval([0] * 20, [1, 2] * 10, [10] * 20)
+    assert clear.difference == pytest.approx(0.15) and 0.1 <= clear.low < 0.15 < clear.high <= 0.2
 
 
 def test_page_is_self_contained_and_escapes_text(speaker_dataset, tmp_path):

@@ -88,6 +88,13 @@ function renderAnalysis(ds, root) {
     root.append(el("p", {class: "comparison-counts"}, `On ${c.common_utterances} utterances both scored: WER ${pct(c.wer_before)} → ${pct(c.wer_after)}; `,
       el("span", {class: "better", text: `${c.better} better`}), ", ", el("span", {class: "worse", text: `${c.worse} worse`}),
       `, ${c.unchanged} unchanged (errors per utterance).`));
+    if (c.difference) {
+      const d = c.difference;
+      root.append(el("p", {class: "comparison-interval"}, `WER difference ${signed(d.difference)}, ` +
+        `${Math.round(100 * d.confidence)}% interval ${signed(d.low)} to ${signed(d.high)} ` +
+        `(${d.method}: ${d.resamples.toLocaleString("en")} draws, seed ${d.seed}). ` +
+        (d.low > 0 || d.high < 0 ? "0 is outside it." : "0 is inside it: these utterances cannot tell the two models apart.")));
+    }
     const grid = el("div", {class: "grid"});
     const link = ch => el("button", {text: ch.id, onclick: () => showUtterance(c, ch.id)});
     grid.append(el("div", {}, el("h4", {text: "Most improved"}), table(["utterance", "errors before", "after"],
