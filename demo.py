@@ -15,13 +15,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from whisper_finetune import cli, options  # noqa: E402
+from whisper_finetune.decode.config import DemoConfig  # noqa: E402
 
 
 def main(argv=None):
-    from whisper_finetune.demo import DemoConfig, serve
-
     config, script = options.parse(DemoConfig, __doc__, argv)
     cli.setup_logging(script.verbose)
+    from whisper_finetune.demo import serve  # after parsing: -h and option errors need no torch
+
     serve(config)
     return 0
 

@@ -29,14 +29,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from whisper_finetune import cli, options  # noqa: E402
+from whisper_finetune.export.config import ExportOptions  # noqa: E402
 
 
 def main(argv=None):
-    from whisper_finetune.export.parity import format_table
-    from whisper_finetune.export.run import ExportOptions, export
-
     config, script = options.parse(ExportOptions, __doc__, argv)
     cli.setup_logging(script.verbose)
+    from whisper_finetune.export.parity import format_table
+    from whisper_finetune.export.run import export
+
     result = export(config)
     for name, path in result.exports.items():
         print(f"{name}: {path} ({result.sizes[name] / 1e6:.1f} MB)")

@@ -120,7 +120,7 @@ def load_clips(data, max_samples):
 def decoded_audio(dataset):
     """Every clip as a 16 kHz float32 array (part of each timed region, as in our evaluator)."""
     from whisper_finetune.audio import SAMPLE_RATE, decode_example_audio
-    from whisper_finetune.data.loading import AUDIO_COLUMN
+    from whisper_finetune.data.schema import AUDIO_COLUMN
 
     return [decode_example_audio(value, SAMPLE_RATE) for value in dataset[AUDIO_COLUMN]]
 
@@ -224,9 +224,10 @@ def run_faster_whisper(args, dataset, compute_type, code):
 
 def run_ours(args, row, normalizer, code):
     """Rows (c)/(d)/(e)/(f): our :func:`whisper_finetune.evaluate.evaluation.evaluate`; returns its result dict."""
-    from whisper_finetune.data.loading import DatasetSpec
+    from whisper_finetune.data.schema import DatasetSpec
     from whisper_finetune.decode.options import DecodingOptions
-    from whisper_finetune.evaluate.evaluation import EvalConfig, evaluate
+    from whisper_finetune.evaluate.config import EvalConfig
+    from whisper_finetune.evaluate.evaluation import evaluate
 
     backend, compute_type, half, audio_context = OUR_ROWS[row]
     options = DecodingOptions(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
@@ -251,7 +252,7 @@ def peak_gpu_gb(device):
 def run_row(args):
     """Child process: run one row and write its figures to ``--row_json``."""
     from whisper_finetune import scoring
-    from whisper_finetune.data.loading import TEXT_COLUMN
+    from whisper_finetune.data.schema import TEXT_COLUMN
 
     code, english_only, normalizer = model_facts(args.model, args.language)
     row = args.only
@@ -284,7 +285,8 @@ def run_row(args):
 # ---------------------------------------------------------------------------------------------
 def prepared_data(data, work_dir):
     """``data`` when it is a data_prep folder; a Kaldi-style folder is prepared into ``work_dir`` first."""
-    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data.config import DataPrepConfig
+    from whisper_finetune.data.corpus import prepare_dataset
     from whisper_finetune.data.loading import is_saved_dataset
 
     if is_saved_dataset(data):

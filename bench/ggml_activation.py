@@ -22,7 +22,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from whisper_finetune import cli, scoring  # noqa: E402
 from whisper_finetune.audio import SAMPLE_RATE, decode_example_audio  # noqa: E402
-from whisper_finetune.data.loading import AUDIO_COLUMN, TEXT_COLUMN, load_custom_dataset  # noqa: E402
+from whisper_finetune.data.loading import load_custom_dataset  # noqa: E402
+from whisper_finetune.data.schema import AUDIO_COLUMN, TEXT_COLUMN  # noqa: E402
 from whisper_finetune.errors import UserError  # noqa: E402
 from whisper_finetune.export.runtimes import WhisperCppRuntime  # noqa: E402
 from whisper_finetune.model import loading  # noqa: E402

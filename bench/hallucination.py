@@ -72,7 +72,8 @@ def run_row(args):
 
     from whisper_finetune.options import parse
     from whisper_finetune.text import get_normalizer
-    from whisper_finetune.decode.transcription import TranscribeConfig, transcribe
+    from whisper_finetune.decode.config import TranscribeConfig
+    from whisper_finetune.decode.transcription import transcribe
 
     audio, _, _, flags = row_parts(args.only)
     audio_path = long_audio(args.data) if audio == "long" else os.path.join(args.work_dir, f"{audio}.flac")

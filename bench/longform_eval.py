@@ -25,6 +25,7 @@ from dataclasses import replace
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from whisper_finetune import cli, scoring  # noqa: E402
 from whisper_finetune.decode import transcription
+from whisper_finetune.decode.config import TranscribeConfig
 from whisper_finetune.errors import UserError  # noqa: E402
 from whisper_finetune.text import choose_normalizer  # noqa: E402
 
@@ -63,7 +64,7 @@ def evaluate(model, data, modes, tolerance=0.5, language=None):
     recordings = read_set(data)
     rows = []
     for mode in modes:
-        base = transcription.TranscribeConfig(hf_model=model, path_to_audio=next(iter(recordings.values()))[0],
+        base = TranscribeConfig(hf_model=model, path_to_audio=next(iter(recordings.values()))[0],
                                               language=language, **MODES[mode])
         refs, hyps, errors, cue_lengths, audio_seconds, wall = [], [], [], [], 0.0, 0.0
         for rid, (path, truth) in recordings.items():

@@ -36,12 +36,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from whisper_finetune import cli, options  # noqa: E402
-from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset  # noqa: E402
+from whisper_finetune.data.config import DataPrepConfig  # noqa: E402
 
 
 def main(argv=None):
     config, script = options.parse(DataPrepConfig, __doc__, argv)
     cli.setup_logging(script.verbose)
+    from whisper_finetune.data.corpus import prepare_dataset  # after parsing: -h and option errors need no datasets
+
     print(prepare_dataset(config))
     return 0
 

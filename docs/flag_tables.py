@@ -9,15 +9,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from whisper_finetune.cli import CUSTOM_ONLY_EVAL, HF_ONLY_EVAL  # noqa: E402
-from whisper_finetune.data.corpus import DataPrepConfig  # noqa: E402
-from whisper_finetune.demo import DemoConfig  # noqa: E402
-from whisper_finetune.embeddings import EmbeddingConfig  # noqa: E402
-from whisper_finetune.evaluate.evaluation import EvalConfig  # noqa: E402
-from whisper_finetune.export.run import ExportOptions  # noqa: E402
+from whisper_finetune.data.config import DataPrepConfig  # noqa: E402
+from whisper_finetune.decode.config import DemoConfig, TranscribeConfig  # noqa: E402
+from whisper_finetune.embeddings_config import EmbeddingConfig  # noqa: E402
+from whisper_finetune.evaluate.config import EvalConfig, ReportConfig  # noqa: E402
+from whisper_finetune.export.config import ExportOptions  # noqa: E402
 from whisper_finetune.options import markdown_table  # noqa: E402
-from whisper_finetune.evaluate.report import ReportConfig  # noqa: E402
 from whisper_finetune.train.config import HF_ONLY, TrainConfig  # noqa: E402
-from whisper_finetune.decode.transcription import TranscribeConfig  # noqa: E402
 
 SCALE = ("streaming", "interleave_probabilities", "shuffle_buffer_size", "deepspeed", "fsdp", "fsdp_config",
          "push_to_hub", "hub_model_id", "hub_private_repo")

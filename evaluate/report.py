@@ -19,13 +19,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from whisper_finetune import cli, options  # noqa: E402
+from whisper_finetune.evaluate.config import ReportConfig  # noqa: E402
 
 
 def main(argv=None):
-    from whisper_finetune.evaluate.report import ReportConfig, find_result_files, write_report
-
     config, script = options.parse(ReportConfig, __doc__, argv)
     cli.setup_logging(script.verbose)
+    from whisper_finetune.evaluate.report import find_result_files, write_report  # after parsing: -h needs no jiwer
+
     summary = write_report(find_result_files(config.results), config.output, config.max_embedded_audio_mb,
                            config.title)
     print(f"wrote {summary.path}: {summary.bytes / 1e6:.1f} MB, {summary.datasets} dataset(s), "

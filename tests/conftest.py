@@ -123,7 +123,8 @@ def tiny_en_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_dataset_dir(tmp_path_factory):
     """A data_prep dataset of 8 synthetic clips (1.0-1.7 s) with short English sentences."""
-    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data.config import DataPrepConfig
+    from whisper_finetune.data.corpus import prepare_dataset
 
     root = tmp_path_factory.mktemp("tiny-data")
     source = write_corpus(str(root / "src"))
@@ -162,7 +163,8 @@ def shared_data_dir():
 @pytest.fixture(scope="session")
 def prepared_shared(shared_data_dir, tmp_path_factory):
     """A function ``name -> data_prep folder`` for the shared sets (e.g. ``espeak_en/eval``), cached per session."""
-    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data.config import DataPrepConfig
+    from whisper_finetune.data.corpus import prepare_dataset
 
     cache = {}
     root = tmp_path_factory.mktemp("shared-prepared")

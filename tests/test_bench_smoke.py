@@ -5,7 +5,7 @@ import os
 import pytest
 
 from conftest import run_script
-from whisper_finetune.train.config import CPU_BF16_MAX_SLOWDOWN, cpu_bf16_slowdown
+from whisper_finetune.train.checks import CPU_BF16_MAX_SLOWDOWN, cpu_bf16_slowdown
 
 pytestmark = pytest.mark.slow
 
@@ -28,12 +28,25 @@ pytestmark = pytest.mark.slow
     ("bench/real_speech_set.py", ["--output", "--label_model", "--language", "--num_beams", "--more_speakers",
                                   "--cache"]),
     ("bench/ggml_activation.py", ["--model", "--ggml", "--data"]),
+    ("bench/startup_time.py", ["--repeats", "--scripts", "--out"]),
 ])
 def test_help_lists_every_flag(script, flags):
     result = run_script(script, "-h")
     assert result.returncode == 0, result.stderr
     for flag in flags:
         assert flag in result.stdout
+
+
+def test_startup_time_times_help_and_a_bad_flag(tmp_path):
+    out = tmp_path / "startup.json"
+    result = run_script("bench/startup_time.py", "--repeats", "2", "--scripts", "evaluate/report.py", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {row["row"]: row for row in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["import torch", "import transformers", "import datasets", "evaluate/report.py -h",
+                          "evaluate/report.py --no_such_flag 1"]
+    assert [row["exit"] for row in rows.values()] == ["0", "0", "0", "0", "2"]
+    for row in rows.values():
+        assert len(row["runs_s"]) == 2 and 0 < row["best_s"] <= row["median_s"]
 
 
 def test_eval_speed_rejects_unknown_row_before_work(tiny_model_dir, tiny_dataset_dir, tmp_path):

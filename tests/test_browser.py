@@ -16,6 +16,8 @@ import pytest
 
 from conftest import REPO_ROOT, run_script
 from whisper_finetune.evaluate import evaluation
+from whisper_finetune.decode.options import DecodingOptions
+from whisper_finetune.evaluate.config import EvalConfig
 from whisper_finetune.scoring import read_result_pairs
 
 CHROMIUM = "/usr/bin/chromium"
@@ -93,10 +95,10 @@ def test_report_of_two_models_in_the_browser(real_model_dir, tiny_en_model_dir, 
     sets = (prepared_shared("espeak_en/eval"), prepared_shared("real_en_dev"))
     # A fine-tuned tiny.en takes minutes to make; the random tiny model stands in as the second model
     # (the README's screenshot compares a real fine-tune).
-    for folder, model, options in (("stock", real_model_dir, evaluation.DecodingOptions()),
-                                   ("second", tiny_en_model_dir, evaluation.DecodingOptions(max_new_tokens=8))):
+    for folder, model, options in (("stock", real_model_dir, DecodingOptions()),
+                                   ("second", tiny_en_model_dir, DecodingOptions(max_new_tokens=8))):
         for data, samples in zip(sets, (3, 1)):  # real_en_dev's first clip alone is 27 s of speech
-            evaluation.evaluate(evaluation.EvalConfig(eval_datasets=(data,), output_dir=str(tmp_path / folder),
+            evaluation.evaluate(EvalConfig(eval_datasets=(data,), output_dir=str(tmp_path / folder),
                                                       hf_model=model, custom=True, num_workers=0,
                                                       max_samples=samples, decoding=options))
     html = tmp_path / "report.html"
@@ -175,9 +177,9 @@ def _result_lines(json_path):
 @pytest.mark.real_model
 def test_hindi_report_renders_the_normalised_devanagari(real_multilingual_model_dir, prepared_shared, page, tmp_path):
     data = prepared_shared("espeak_hi/eval")
-    [result] = evaluation.evaluate(evaluation.EvalConfig(
+    [result] = evaluation.evaluate(EvalConfig(
         eval_datasets=(data,), output_dir=str(tmp_path), hf_model=real_multilingual_model_dir, custom=True,
-        language="hi", max_samples=3, num_workers=0, decoding=evaluation.DecodingOptions(max_new_tokens=40)))
+        language="hi", max_samples=3, num_workers=0, decoding=DecodingOptions(max_new_tokens=40)))
     lines = _result_lines(result.json_path)
     ids = list(lines)
     refs, hyps = [lines[i][0] for i in ids], [lines[i][1] for i in ids]
@@ -213,7 +215,8 @@ def _free_port():
 @pytest.mark.slow
 def test_demo_transcribes_an_upload_with_both_models(tiny_en_model_dir, tiny_model_dir, page, tmp_path):
     from whisper_finetune.audio import load_audio
-    from whisper_finetune.demo import DemoConfig, load_models, transcribe_clip
+    from whisper_finetune.decode.config import DemoConfig
+    from whisper_finetune.demo import load_models, transcribe_clip
 
     port = _free_port()
     args = ["--hf_model", tiny_en_model_dir, "--compare_model", tiny_model_dir, "--language", "en",
@@ -225,7 +228,7 @@ def test_demo_transcribes_an_upload_with_both_models(tiny_en_model_dir, tiny_mod
     url = f"http://127.0.0.1:{port}/"
     try:
         models = load_models(DemoConfig(hf_model=tiny_en_model_dir, compare_model=tiny_model_dir, language="en",
-                                        decoding=evaluation.DecodingOptions(max_new_tokens=8)))
+                                        decoding=DecodingOptions(max_new_tokens=8)))
         expected = [transcribe_clip(m, load_audio(SAMPLE)).text for m in models]
         deadline = time.monotonic() + 180
         while True:

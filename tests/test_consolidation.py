@@ -13,7 +13,7 @@ from test_train import quick_config, summary_of
 from whisper_finetune.data.features import FEATURE_COLUMN, LABEL_COLUMN, LENGTH_COLUMN, SAMPLES_COLUMN
 from whisper_finetune.errors import UserError
 from whisper_finetune.model import loading
-from whisper_finetune.train.config import check_config
+from whisper_finetune.train.checks import check_config
 from whisper_finetune.train.consolidation import Consolidation, FisherEstimate, fisher_diagonal
 from whisper_finetune.train.run import train
 

@@ -14,7 +14,8 @@ import pytest
 import soundfile as sf
 
 from conftest import decoded_rows, run_script
-from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
+from whisper_finetune.data.config import DataPrepConfig
+from whisper_finetune.data.corpus import prepare_dataset
 from whisper_finetune.data.formats import common_voice_language
 from whisper_finetune.data.loading import PREP_INFO_FILE, source_format
 from whisper_finetune.errors import DataValidationError, OptionError, UserError

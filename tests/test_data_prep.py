@@ -12,7 +12,8 @@ import soundfile as sf
 from conftest import decoded_rows, run_script, write_corpus
 from whisper_finetune.data import corpus as data_mod
 from whisper_finetune.audio import decode_example_audio, resample
-from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
+from whisper_finetune.data.config import DataPrepConfig
+from whisper_finetune.data.corpus import prepare_dataset
 from whisper_finetune.errors import DataValidationError, UserError
 from whisper_finetune.testing import synthetic_speech
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from test_train import quick_config, summary_of
 from whisper_finetune.train.distillation import TEMPERATURE, Distiller, load_teacher, token_kl
 from whisper_finetune.errors import UserError
-from whisper_finetune.train import config as train_config
-from whisper_finetune.train.config import check_config
+from whisper_finetune.train import checks as train_checks
+from whisper_finetune.train.checks import check_config
 from whisper_finetune.train.run import train
 
 
@@ -134,7 +134,7 @@ def test_the_teacher_runs_at_the_training_precision(tiny_model_dir, tiny_dataset
             handle.remove()
 
     monkeypatch.setattr(Distiller, "loss", spy)
-    monkeypatch.setattr(train_config, "cpu_bf16_slowdown", lambda: 0.8)  # bf16 runs here whatever the CPU
+    monkeypatch.setattr(train_checks, "cpu_bf16_slowdown", lambda: 0.8)  # bf16 runs here whatever the CPU
     train(quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path / "out", distill_weight=1.0, num_steps=2,
                        eval_steps=2, mixed_precision=precision))
     assert seen == [torch.bfloat16 if precision == "bf16" else torch.float32] * 2

@@ -10,8 +10,9 @@ from whisper_finetune.model import loading
 from whisper_finetune.decode.options import DecodingOptions, validate_options
 from whisper_finetune.decode.backends import make_decoder
 from whisper_finetune.errors import UserError
-from whisper_finetune.data.features import (FEATURE_COLUMN, LABEL_COLUMN, LENGTH_COLUMN, AudioContext,
-                                            CONTEXT_FRAMES, DataCollatorSpeechSeq2SeqWithPadding, full_context_step)
+from whisper_finetune.audio import AudioContext
+from whisper_finetune.data.features import (FEATURE_COLUMN, LABEL_COLUMN, LENGTH_COLUMN, CONTEXT_FRAMES,
+                                            DataCollatorSpeechSeq2SeqWithPadding, full_context_step)
 from whisper_finetune.testing import synthetic_speech
 
 

@@ -13,6 +13,8 @@ from datasets import Audio, Dataset, DatasetDict
 
 from conftest import REPO_ROOT, SENTENCES, run_script
 from whisper_finetune.evaluate import evaluation
+from whisper_finetune.decode.options import DecodingOptions
+from whisper_finetune.evaluate.config import EvalConfig
 from whisper_finetune.errors import UserError
 from whisper_finetune.scoring import read_result_pairs
 
@@ -90,9 +92,9 @@ def test_wer_in_file_equals_jiwer_on_its_lines_and_order_is_kept(tiny_model_dir,
         return made[-1]
 
     monkeypatch.setattr(evaluation, "make_decoder", fake_make_decoder)
-    config = evaluation.EvalConfig(eval_datasets=(tiny_dataset_dir,),
+    config = EvalConfig(eval_datasets=(tiny_dataset_dir,),
                                    output_dir=str(tmp_path), hf_model=tiny_model_dir, custom=True, language="en",
-                                   num_workers=1, decoding=evaluation.DecodingOptions(batch_size=3))
+                                   num_workers=1, decoding=DecodingOptions(batch_size=3))
     [result] = evaluation.evaluate(config)
     assert [shape[0] for shape in made[0].calls] == [3, 3, 2]
     assert made[0].calls[0][1:] == (80, 3000)
@@ -171,10 +173,10 @@ def test_saved_language_is_the_default(tiny_model_dir, tiny_dataset_dir, tmp_pat
     config = GenerationConfig.from_pretrained(folder)
     config.language, config.task = "te", "transcribe"
     config.save_pretrained(folder)
-    [result] = evaluation.evaluate(evaluation.EvalConfig(
+    [result] = evaluation.evaluate(EvalConfig(
         eval_datasets=(tiny_dataset_dir,), output_dir=str(tmp_path / "out"),
         hf_model=folder, custom=True, max_samples=1, num_workers=0,
-        decoding=evaluation.DecodingOptions(max_new_tokens=2)))
+        decoding=DecodingOptions(max_new_tokens=2)))
     assert result.language == "te" and "<|te|>" in result.decoder_prompt and result.normalizer == "unicode"
 
 
@@ -268,8 +270,8 @@ def test_tiny_en_on_espeak_en_pytorch_and_ctranslate2(real_model_dir, prepared_s
     data = prepared_shared("espeak_en/eval")
     common = dict(eval_datasets=(data,), output_dir=str(tmp_path), hf_model=real_model_dir,
                   custom=True, num_workers=1, max_samples=16)  # the full set is the README's hand-run check
-    [torch_result] = evaluation.evaluate(evaluation.EvalConfig(**common, decoding=evaluation.DecodingOptions()))
-    [ct2_result] = evaluation.evaluate(evaluation.EvalConfig(**common, decoding=evaluation.DecodingOptions(
+    [torch_result] = evaluation.evaluate(EvalConfig(**common, decoding=DecodingOptions()))
+    [ct2_result] = evaluation.evaluate(EvalConfig(**common, decoding=DecodingOptions(
         backend="ctranslate2", compute_type="float32")))
     assert torch_result.normalizer == "english" and torch_result.utterances == 16
     assert torch_result.wer < 0.4  # REFERENCE.md: 0.234 greedy on all 80
@@ -282,10 +284,10 @@ def test_tiny_en_on_espeak_en_pytorch_and_ctranslate2(real_model_dir, prepared_s
 @pytest.mark.slow
 @pytest.mark.real_model
 def test_whisper_base_hindi_uses_hi_token_and_unicode_normaliser(real_multilingual_model_dir, prepared_shared, tmp_path):
-    [result] = evaluation.evaluate(evaluation.EvalConfig(
+    [result] = evaluation.evaluate(EvalConfig(
         eval_datasets=(prepared_shared("espeak_hi/eval"),), output_dir=str(tmp_path),
         hf_model=real_multilingual_model_dir, custom=True, language="hi", max_samples=8, num_workers=1,
-        decoding=evaluation.DecodingOptions(max_new_tokens=64)))
+        decoding=DecodingOptions(max_new_tokens=64)))
     assert result.normalizer == "unicode" and result.language == "hi"
     assert "<|hi|>" in result.decoder_prompt
     refs, _ = read_result_pairs(result.txt_path)
@@ -303,7 +305,8 @@ def test_primary_metric_comes_first_in_result_file_and_summary(tiny_model_dir, t
                                                                 language, first, second):
     from conftest import write_corpus
 
-    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data.config import DataPrepConfig
+    from whisper_finetune.data.corpus import prepare_dataset
 
     sentences = JAPANESE if language == "ja" else SENTENCES
     source = write_corpus(str(tmp_path / "src"), n=4, sentences=sentences)
@@ -336,7 +339,8 @@ def test_primary_metric_comes_first_in_result_file_and_summary(tiny_model_dir, t
 def test_a_dataset_whose_only_loader_is_a_script_gets_one_line_saying_what_to_do(tmp_path, streaming):
     """datasets >= 4 refuses loading scripts (Hub ids such as the old Common Voice repositories); a local
     folder holding only ``NAME/NAME.py`` is refused the same way, offline."""
-    from whisper_finetune.data.loading import DatasetSpec, load_hf_dataset
+    from whisper_finetune.data.loading import load_hf_dataset
+    from whisper_finetune.data.schema import DatasetSpec
 
     folder = tmp_path / "common_voice_11_0"
     folder.mkdir()

@@ -12,11 +12,12 @@ from conftest import REPO_ROOT, run_script
 
 from whisper_finetune.decode import ctranslate2_backend
 from whisper_finetune.export import card, ggml, onnx, run, targets
+from whisper_finetune.export.config import ExportOptions
 from whisper_finetune.errors import OptionError, UserError
 
 
 def _options(model, output_dir, **kwargs):
-    return run.ExportOptions(model=model, output_dir=str(output_dir), **kwargs)
+    return ExportOptions(model=model, output_dir=str(output_dir), **kwargs)
 
 
 def _expected_ggml_tensor_count(config):
@@ -430,7 +431,8 @@ FT_LEARNING_RATE = 1e-4
 def finetuned_tiny_en(real_model_dir, tmp_path_factory):
     """tiny.en fine-tuned a few steps on sample_data, saved like our trainer's output; and sample_data prepared."""
     from whisper_finetune.audio import load_audio
-    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data.config import DataPrepConfig
+    from whisper_finetune.data.corpus import prepare_dataset
     from whisper_finetune.model.loading import load_model, load_processor
 
     root = tmp_path_factory.mktemp("ft-export")
@@ -526,7 +528,7 @@ def test_help_explains_every_flag_and_the_accepted_quantizations(capsys):
         module.main(["-h"])
     text = capsys.readouterr().out
     shown, packed = " ".join(text.split()), "".join(text.split())
-    for flag in flags_of(run.ExportOptions):
+    for flag in flags_of(ExportOptions):
         assert re.search(rf"--{flag.name}\b", shown), flag.name
         assert "".join(flag.help.split()[:6]) in packed, flag.name
     for fmt, accepted in targets.QUANTIZATIONS.items():

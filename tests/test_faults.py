@@ -276,7 +276,8 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_and_resumes(tiny_model
 
 
 def test_full_disk_while_writing_a_result_or_a_data_prep_output_keeps_the_old_one(tmp_path):
-    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data.config import DataPrepConfig
+    from whisper_finetune.data.corpus import prepare_dataset
 
     source = write_corpus(str(tmp_path / "src"), n=4)
     with small_filesystem(tmp_path / "disk", 8) as mounted:
@@ -399,7 +400,7 @@ def _parquet_corpus(folder, n, corrupt=()):
 def _stream(tiny_model_dir, folder, out, max_bad):
     from types import SimpleNamespace
 
-    from whisper_finetune.data.loading import DatasetSpec
+    from whisper_finetune.data.schema import DatasetSpec
     from whisper_finetune.model import loading
     from whisper_finetune.train.config import TrainConfig
     from whisper_finetune.train.data import prepare_stream
@@ -457,10 +458,12 @@ def test_streamed_training_skips_and_counts_a_corrupt_example(tiny_model_dir, tm
 
 def test_evaluation_skips_and_counts_bad_audio_up_to_the_limit(tiny_model_dir, tmp_path):
     from whisper_finetune.decode.options import DecodingOptions
-    from whisper_finetune.evaluate.evaluation import EvalConfig, evaluate
+    from whisper_finetune.evaluate.config import EvalConfig
+    from whisper_finetune.evaluate.evaluation import evaluate
 
     data = write_corpus(str(tmp_path / "src"), n=6)
-    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data.config import DataPrepConfig
+    from whisper_finetune.data.corpus import prepare_dataset
 
     prepared = str(tmp_path / "prepared")
     prepare_dataset(DataPrepConfig(source_data_dir=data, output_data_dir=prepared))
@@ -513,7 +516,8 @@ def _without_timings(path):
 
 @pytest.mark.slow
 def test_a_killed_evaluation_resumes_to_the_same_results_and_leaves_no_process(tiny_model_dir, tmp_path):
-    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data.config import DataPrepConfig
+    from whisper_finetune.data.corpus import prepare_dataset
 
     data = str(tmp_path / "data")
     prepare_dataset(DataPrepConfig(source_data_dir=write_corpus(str(tmp_path / "src"), n=24), output_data_dir=data))

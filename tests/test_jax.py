@@ -167,7 +167,8 @@ def test_custom_evaluator_on_two_host_devices(sharp_model_dir, tiny_dataset_dir,
     assert re.search(r"batch size 3 rounded up to 4 \(a multiple of the 2 devices\)", two.stderr)
     assert "for 2 device(s)" in two.stderr
     (two_txt,) = (tmp_path / "two").glob("*__jax.txt")
-    from whisper_finetune.data.loading import DatasetSpec, load_datasets
+    from whisper_finetune.data.loading import load_datasets
+    from whisper_finetune.data.schema import DatasetSpec
     from whisper_finetune.evaluate.evaluation import decode_dataset
 
     processor = load_processor(sharp_model_dir)
@@ -220,7 +221,8 @@ def test_real_tiny_en_matches_pytorch(real_model_dir, prepared_shared, tmp_path)
     The first 32 of the 80 clips (two full batches: one compiled shape) keep the test short; the full set is
     measured in docs/jax.md.
     """
-    from whisper_finetune.evaluate.evaluation import EvalConfig, evaluate
+    from whisper_finetune.evaluate.config import EvalConfig
+    from whisper_finetune.evaluate.evaluation import evaluate
 
     data = prepared_shared("espeak_en/eval")
     results = {}

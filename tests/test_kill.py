@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 from whisper_finetune import files
 from whisper_finetune.train import checkpoints
 from whisper_finetune.errors import OptionError
-from whisper_finetune.train.config import TrainConfig, check_config
+from whisper_finetune.train.config import TrainConfig
+from whisper_finetune.train.checks import check_config
 
 DRIVER = os.path.join(REPO_ROOT, "tests", "kill_driver.py")
 # num_steps 6, a checkpoint and an evaluation every 2 steps; each kill is counted within its own run.

@@ -12,7 +12,7 @@ from test_train import quick_config, summary_of, weights
 from whisper_finetune.train import merging
 from whisper_finetune import scoring
 from whisper_finetune.errors import UserError
-from whisper_finetune.train.config import check_config
+from whisper_finetune.train.checks import check_config
 from whisper_finetune.train.run import train
 
 

@@ -18,7 +18,7 @@ from whisper_finetune.data.loading import load_custom_dataset
 from whisper_finetune.errors import UserError
 from whisper_finetune.model import loading
 from whisper_finetune.testing import synthetic_speech
-from whisper_finetune.train.config import check_config
+from whisper_finetune.train.checks import check_config
 
 
 def audio_folder(root, seconds=(1.0, 1.3, 1.6), long_seconds=None):

@@ -15,12 +15,13 @@ from whisper_finetune.data import augment
 from whisper_finetune.model import loading
 from whisper_finetune.train import data as train_data
 from whisper_finetune.train import model_setup, run
-from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
-from whisper_finetune.data.loading import DatasetSpec, load_datasets
+from whisper_finetune.data.config import DataPrepConfig
+from whisper_finetune.data.corpus import prepare_dataset
+from whisper_finetune.data.loading import load_datasets
+from whisper_finetune.data.schema import DatasetSpec
 from whisper_finetune.errors import DataValidationError, UserError
 from whisper_finetune.data.features import INDEX_COLUMN, SAMPLES_COLUMN, DataCollatorSpeechSeq2SeqWithPadding, featurize
-from whisper_finetune.train.config import check_config
-from whisper_finetune.train.config import dataset_specs as check_dataset_specs
+from whisper_finetune.train.checks import check_config, dataset_specs as check_dataset_specs
 
 REPLAY_SENTENCES = ["good morning to you", "thank you very much", "where is the station", "see you tomorrow"]
 

@@ -11,7 +11,10 @@ import pytest
 from conftest import REPO_ROOT, write_corpus
 from whisper_finetune import cli, scoring
 from whisper_finetune.evaluate import evaluation, report
-from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
+from whisper_finetune.decode.options import DecodingOptions
+from whisper_finetune.evaluate.config import EvalConfig
+from whisper_finetune.data.config import DataPrepConfig
+from whisper_finetune.data.corpus import prepare_dataset
 from whisper_finetune.errors import DataValidationError
 
 SCRIPT = "evaluate/report.py"
@@ -182,9 +185,9 @@ def test_missing_dataset_and_hub_dataset_give_a_page_without_audio(tmp_path):
 
 
 def test_evaluate_writes_the_report_beside_the_results(tiny_en_model_dir, tiny_dataset_dir, tmp_path):
-    config = evaluation.EvalConfig(eval_datasets=(tiny_dataset_dir,), output_dir=str(tmp_path),
+    config = EvalConfig(eval_datasets=(tiny_dataset_dir,), output_dir=str(tmp_path),
                                    hf_model=tiny_en_model_dir, custom=True, num_workers=0,
-                                   decoding=evaluation.DecodingOptions(max_new_tokens=4, batch_size=8))
+                                   decoding=DecodingOptions(max_new_tokens=4, batch_size=8))
     [result] = evaluation.evaluate(config)
     [ds] = page_data(str(tmp_path / "report.html"))["datasets"]
     assert ds["models"][0]["figures"]["wer"] == result.wer and ds["label"] == tiny_dataset_dir

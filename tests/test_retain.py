@@ -20,7 +20,7 @@ from whisper_finetune.model import loading
 from whisper_finetune import scoring
 from whisper_finetune.errors import TrainingDiverged, UserError
 from whisper_finetune.train.summary import PLOT_FILE, SUMMARY_FILE, format_summary, plot_history
-from whisper_finetune.train.config import check_config
+from whisper_finetune.train.checks import check_config
 from whisper_finetune.train.model_setup import retain_decode_kwargs, retain_processor
 from whisper_finetune.train.run import train
 
@@ -55,7 +55,8 @@ def evaluations(out, key="eval_retain_wer"):
 @pytest.fixture(scope="module")
 def second_dataset_dir(tmp_path_factory):
     """A second, smaller data_prep dataset (4 clips), so a run can have two retain datasets."""
-    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data.config import DataPrepConfig
+    from whisper_finetune.data.corpus import prepare_dataset
 
     root = tmp_path_factory.mktemp("second-data")
     out = str(root / "prepared")

@@ -13,7 +13,8 @@ from conftest import REPO_ROOT, run_script
 from whisper_finetune.model import loading
 from whisper_finetune.errors import UserError
 from whisper_finetune.train.summary import SUMMARY_FILE
-from whisper_finetune.train.config import TrainConfig, check_config
+from whisper_finetune.train.config import TrainConfig
+from whisper_finetune.train.checks import check_config
 from whisper_finetune.train.run import train
 
 HF = "train/fine-tune_on_hf_dataset.py"
@@ -154,7 +155,7 @@ def test_streaming_bad_dataset_or_column_is_one_line(tiny_model_dir, parquet_set
 
 
 def _stream_labels(tiny_model_dir, folders, tmp_path, world_size, rank, **overrides):
-    from whisper_finetune.data.loading import DatasetSpec
+    from whisper_finetune.data.schema import DatasetSpec
     from whisper_finetune.train.data import prepare_stream
     from whisper_finetune.train.model_setup import configure_tokenizer
 
@@ -191,7 +192,8 @@ def test_parquet_stream_reads_row_groups_on_demand(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from whisper_finetune.data.loading import DatasetSpec, load_hf_dataset
+    from whisper_finetune.data.loading import load_hf_dataset
+    from whisper_finetune.data.schema import DatasetSpec
 
     rng = np.random.default_rng(0)
     rows_per_group, groups, payload = 50, 40, 20_000  # 40 row groups of 1 MB of incompressible bytes
@@ -236,8 +238,10 @@ def test_streaming_training_run(tiny_model_dir, parquet_sets, tmp_path):
 # --------------------------------------------------------------------------------------------- sharded data
 def test_sharded_data_prep_is_read_by_training(tiny_model_dir, tmp_path):
     from conftest import write_corpus
-    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
-    from whisper_finetune.data.loading import DatasetSpec, load_hf_dataset
+    from whisper_finetune.data.config import DataPrepConfig
+    from whisper_finetune.data.corpus import prepare_dataset
+    from whisper_finetune.data.loading import load_hf_dataset
+    from whisper_finetune.data.schema import DatasetSpec
 
     source = write_corpus(str(tmp_path / "src"), n=6)
     data = str(tmp_path / "sharded")

@@ -16,8 +16,9 @@ from whisper_finetune.model import loading
 from whisper_finetune.errors import UserError
 from whisper_finetune.data.features import DataCollatorSpeechSeq2SeqWithPadding, clean_text, featurize
 from whisper_finetune.train.summary import PLOT_FILE, SUMMARY_FILE, TrainSummary
-from whisper_finetune.train import config as train_config
-from whisper_finetune.train.config import TrainConfig, check_config
+from whisper_finetune.train import checks as train_checks
+from whisper_finetune.train.config import TrainConfig
+from whisper_finetune.train.checks import check_config
 from whisper_finetune.train.run import train
 
 CUSTOM = "train/fine-tune_on_custom_dataset.py"
@@ -55,7 +56,8 @@ def weights(folder):
 @pytest.mark.parametrize("multilingual", [True, False])
 def test_labels_start_with_the_prefix_and_collator_masks_padding(tiny_model_dir, tiny_en_model_dir, tiny_dataset_dir,
                                                                  multilingual):
-    from whisper_finetune.data.loading import DatasetSpec, load_datasets
+    from whisper_finetune.data.loading import load_datasets
+    from whisper_finetune.data.schema import DatasetSpec
     from whisper_finetune.train.model_setup import configure_tokenizer
 
     model_dir = tiny_model_dir if multilingual else tiny_en_model_dir
@@ -119,7 +121,8 @@ def test_english_only_model_refuses_other_languages(tiny_en_model_dir, tiny_data
 
 
 def test_empty_dataset_after_filtering_is_an_error(tiny_model_dir, tmp_path):
-    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data.config import DataPrepConfig
+    from whisper_finetune.data.corpus import prepare_dataset
 
     source = write_corpus(str(tmp_path / "src"), n=2, sentences=["word " * 100])  # 500 byte tokens > 448
     data = str(tmp_path / "long")
@@ -256,7 +259,7 @@ def test_freeze_encoder_layers_trains_only_the_layers_above(tiny_model_dir, tiny
 
 
 def test_bf16_on_cpu_trains_and_times_checkpoints_apart(tiny_model_dir, tiny_dataset_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_config, "cpu_bf16_slowdown", lambda: 0.8)  # as on a CPU with bfloat16 instructions
+    monkeypatch.setattr(train_checks, "cpu_bf16_slowdown", lambda: 0.8)  # as on a CPU with bfloat16 instructions
     out = tmp_path / "bf16"
     summary = train(quick_config(tiny_model_dir, tiny_dataset_dir, out, mixed_precision="bf16", num_steps=2,
                                  eval_steps=2, learning_rate=1e-2))
@@ -270,7 +273,7 @@ def test_bf16_on_cpu_trains_and_times_checkpoints_apart(tiny_model_dir, tiny_dat
 
 
 def test_bf16_is_refused_on_a_cpu_that_runs_it_slowly(tiny_model_dir, tiny_dataset_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_config, "cpu_bf16_slowdown", lambda: 48.3)  # as timed on a 2-core AVX2 EPYC
+    monkeypatch.setattr(train_checks, "cpu_bf16_slowdown", lambda: 48.3)  # as timed on a 2-core AVX2 EPYC
     out = tmp_path / "bf16"
     with pytest.raises(UserError, match=re.escape(
             "--mixed_precision bf16: this CPU runs bfloat16 48x slower than fp32 (it has no bfloat16 instructions: "
@@ -283,7 +286,7 @@ def test_bf16_is_refused_on_a_cpu_that_runs_it_slowly(tiny_model_dir, tiny_datas
 def test_fp16_is_refused_on_a_cpu_with_the_precisions_it_takes():
     with pytest.raises(UserError, match=re.escape(
             "--mixed_precision fp16: needs a GPU; use fp32 on CPU (or bf16, on a CPU with bfloat16 instructions)")):
-        train_config.precision("fp16")
+        train_checks.precision("fp16")
 
 
 def test_the_cpu_bf16_timing_compares_both_precisions(monkeypatch):
@@ -297,7 +300,7 @@ def test_the_cpu_bf16_timing_compares_both_precisions(monkeypatch):
         return real_autocast(device_type, dtype=dtype, enabled=enabled)
 
     monkeypatch.setattr(torch, "autocast", spy)
-    slowdown = train_config.cpu_bf16_slowdown(size=32, repeats=2)
+    slowdown = train_checks.cpu_bf16_slowdown(size=32, repeats=2)
     assert 0 < slowdown < float("inf")
     assert autocasts == [("cpu", torch.bfloat16, True)] * 3 + [("cpu", torch.bfloat16, False)] * 3
 
@@ -393,7 +396,8 @@ def test_kaldi_segments_train_with_timestamps_end_to_end(tiny_model_dir, tmp_pat
     are packed into one window whose labels carry its segments' times; the overlapping segment that
     data_prep keeps (with a warning) is left out of the windows and counted."""
     from test_data_prep import SEGMENTS, write_kaldi_dir
-    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data.config import DataPrepConfig
+    from whisper_finetune.data.corpus import prepare_dataset
     from whisper_finetune.data.features import featurize_windows
 
     good = [s for s in SEGMENTS if s[0] in ("recA-0000", "recA-0120", "recA-0300", "recB-0050", "recB-0426")]
@@ -432,7 +436,8 @@ def test_kaldi_segments_train_with_timestamps_end_to_end(tiny_model_dir, tmp_pat
 
 def test_timestamp_ratio_zero_trains_notimestamps_windows_ending_at_their_last_segment(tiny_model_dir, tmp_path):
     from test_data_prep import SEGMENTS, write_kaldi_dir
-    from whisper_finetune.data.corpus import DataPrepConfig, prepare_dataset
+    from whisper_finetune.data.config import DataPrepConfig
+    from whisper_finetune.data.corpus import prepare_dataset
     from whisper_finetune.data.features import featurize_windows
     import datasets
 

@@ -57,7 +57,8 @@ def test_whisper_base_learns_to_write_hindi_in_devanagari(real_multilingual_mode
                       "--report_to", "none", "--output_dir", out, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    from whisper_finetune.data.loading import DatasetSpec, load_datasets
+    from whisper_finetune.data.loading import load_datasets
+    from whisper_finetune.data.schema import DatasetSpec
 
     clips = load_datasets([DatasetSpec(train_dir)], custom=True)[0].shuffle(seed=42).select(range(8))
     share, hyps = saved_model_writes_hindi(out, clips)

@@ -5,13 +5,16 @@ the package derives its frame arithmetic from them.
 """
 import io
 import logging
+import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
 import soxr
 
 from .errors import UserError
+from .options import option
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +28,26 @@ ENCODER_STRIDE = 2  # the encoder's second convolution has stride 2
 ENCODER_FRAMES = N_FRAMES // ENCODER_STRIDE  # 1500 encoder positions in one window
 ENCODER_FRAMES_PER_SECOND = MEL_FRAMES_PER_SECOND // ENCODER_STRIDE  # 50: one frame every 20 ms
 DECODER_POSITIONS = 448  # the decoder's learned positions (n_text_ctx): prompt + labels or output must fit
+
+
+@dataclass(frozen=True)
+class AudioContext:
+    """How much of Whisper's 30 s window the encoder runs on, when it runs on the clip's own length."""
+
+    audio_context_bucket_seconds: float = option(
+        2.0, "with a dynamic audio context: the log-mel input is cut to the longest clip of the batch rounded up "
+        "to a multiple of this many seconds (few shapes, so buckets fill and kernels are reused)")
+
+    def frames(self, seconds):
+        """Log-mel frames for a batch whose longest clip lasts ``seconds`` (at most the full 3000)."""
+        buckets = max(1, math.ceil(seconds / self.audio_context_bucket_seconds - 1e-9))
+        frames = int(round(buckets * self.audio_context_bucket_seconds * MEL_FRAMES_PER_SECOND))
+        return min(N_FRAMES, frames - frames % ENCODER_STRIDE)  # the encoder's stride-2 convolution halves it
+
+    def check(self):
+        if not 0 < self.audio_context_bucket_seconds <= CHUNK_SECONDS:
+            raise UserError(f"--audio_context_bucket_seconds {self.audio_context_bucket_seconds}: must be more "
+                            f"than 0 and at most {CHUNK_SECONDS:g}")
 
 
 def load_audio(source, sampling_rate=SAMPLE_RATE):

@@ -1,7 +1,9 @@
 """The command-line side of every script: parse flags into config dataclasses, set up logging, map errors.
 
 Only the shims import this module; library code never sees argparse. Each script's whole body is one
-of the ``*_main`` functions below (or its own few lines built from :func:`options.parse`).
+of the ``*_main`` functions below (or its own few lines built from :func:`options.parse`). Flags are parsed
+before the code that runs them is imported: the option dataclasses live in modules that import neither
+torch, transformers nor datasets, so ``-h`` and a mistyped flag answer at once, not after seconds of imports.
 """
 import argparse
 import logging
@@ -9,8 +11,11 @@ import sys
 import warnings
 
 from . import options
+from .decode.config import TranscribeConfig
 from .errors import OptionError, Stopped, UserError
+from .evaluate.config import EvalConfig
 from .signals import Terminated, terminate_raises
+from .train.config import HF_ONLY, TrainConfig
 
 # Loggers of libraries that report their internals at INFO (datasets lists the frameworks it found when
 # first imported, before its own verbosity setting exists).
@@ -80,12 +85,11 @@ def run(main, argv=None, flag_names=None):
 
 def train_main(doc, hf, argv=None):
     """The whole of both training scripts: parse the flags, train, print the summary on rank 0."""
-    from .train.summary import format_summary
-    from .train.config import HF_ONLY, TrainConfig
-    from .train.run import train
-
     config, script = options.parse(TrainConfig, doc, argv, exclude=() if hf else HF_ONLY, fixed={"custom": not hf})
     setup_logging(script.verbose)
+    from .train.run import train
+    from .train.summary import format_summary
+
     summary = train(config)
     if summary.is_main_process:
         print(format_summary(summary))
@@ -102,15 +106,15 @@ def evaluator_main(doc, custom, argv=None, backend=None):
 
     ``backend="jax"`` makes a JAX evaluator: ``--backend`` defaults to it and result files are marked ``jax``.
     """
-    from .evaluate.evaluation import EvalConfig, evaluate
-    from .scoring import summary_table
-
     exclude = HF_ONLY_EVAL if custom else CUSTOM_ONLY_EVAL
     required = CUSTOM_ONLY_EVAL if custom else ("dataset",)
     fixed = {"custom": custom, "result_marker": backend}
     config, script = options.parse(EvalConfig, doc, argv, exclude=exclude, fixed=fixed, required=required,
                                    defaults={"backend": backend} if backend else None)
     setup_logging(script.verbose)
+    from .evaluate.evaluation import evaluate
+    from .scoring import summary_table
+
     results = evaluate(config)
     print(summary_table(results))
     for row in results:
@@ -120,9 +124,9 @@ def evaluator_main(doc, custom, argv=None, backend=None):
 
 def transcriber_main(doc, argv=None, backend=None):
     """The whole body of a transcription script: parse flags, run :func:`transcribe`, print the text."""
-    from .decode.transcription import TranscribeConfig, transcribe
-
     config, script = options.parse(TranscribeConfig, doc, argv, defaults={"backend": backend} if backend else None)
     setup_logging(script.verbose)
+    from .decode.transcription import transcribe
+
     print(transcribe(config).text)
     return 0

@@ -8,39 +8,21 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List
 
 from .model import loading
 from .audio import SAMPLE_RATE, load_audio
+from .decode.config import DEFAULT_SEARCH_SECONDS, DemoConfig
 from .decode.options import DecodingOptions
 from .decode.backends import make_decoder
 from .errors import OptionError, UserError
 from .extras import require
-from .model.loading import ModelOptions
-from .options import option
-from .decode.transcription import DEFAULT_SEARCH_SECONDS, Segment, transcribe_array
+from .decode.transcription import Segment, transcribe_array
 
 logger = logging.getLogger(__name__)
 
 # Gradio reports usage and checks for updates over the network unless told not to; the demo is local.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
-
-@dataclass(frozen=True, kw_only=True)
-class DemoConfig(ModelOptions):
-    """Options of :func:`serve`: the model options plus one field per demo.py flag."""
-
-    compare_model: Optional[str] = option(None, "a second model (local folder or Hub id) transcribed side by side "
-                                          "with the first, e.g. the stock model against your fine-tune",
-                                          group="model")
-    server_name: str = option("127.0.0.1", "address to serve the page on; 127.0.0.1 keeps it on this machine, "
-                              "0.0.0.0 opens it to the network")
-    server_port: Optional[int] = option(None, "port to serve on (None: the first free one from 7860)")
-    share: bool = option(False, "also publish the page through a temporary public gradio.live link (needs "
-                         "internet; off unless asked)")
-    search_seconds: float = option(DEFAULT_SEARCH_SECONDS, "audio longer than 30 s is cut at the quietest moment "
-                                   "within the last this many seconds of each 30 s window")
-    decoding: DecodingOptions = DecodingOptions()
 
 
 @dataclass

@@ -21,11 +21,10 @@ import re
 import unicodedata
 from functools import lru_cache
 
-from transformers.models.whisper.english_normalizer import BasicTextNormalizer, EnglishTextNormalizer
-from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
-
 from .errors import UserError
 
+# transformers is imported where it is first needed, not here: the option dataclasses import this module
+# for METRICS and NORMALIZERS, and a script's -h must not wait a second for transformers to load.
 
 
 def byte_level_alphabet():
@@ -55,6 +54,14 @@ _SPELLING_FILE = os.path.join(os.path.dirname(__file__), "english_spelling.json"
 _WHITESPACE = re.compile(r"\s+")
 
 
+@lru_cache(maxsize=None)
+def whisper_languages():
+    """Whisper's ``{code: name}`` table and its ``{name or alias: code}`` inverse, as transformers holds them."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+    return LANGUAGES, TO_LANGUAGE_CODE
+
+
 def language_code(language):
     """Map a language name (``Hindi``, ``hindi``) or code (``hi``) to Whisper's code; ``None`` passes.
 
@@ -64,18 +71,19 @@ def language_code(language):
         return None
     key = str(language).strip().lower()
     key = key[2:-2] if key.startswith("<|") and key.endswith("|>") else key
-    if key in LANGUAGES:
+    languages, codes = whisper_languages()
+    if key in languages:
         return key
-    if key in TO_LANGUAGE_CODE:
-        return TO_LANGUAGE_CODE[key]
-    examples = ", ".join(f"{name.title()} ({code})" for code, name in list(LANGUAGES.items())[:6])
+    if key in codes:
+        return codes[key]
+    examples = ", ".join(f"{name.title()} ({code})" for code, name in list(languages.items())[:6])
     raise UserError(f"unknown language {language!r}: use a Whisper language name or code, e.g. {examples}; "
-                    f"{len(LANGUAGES)} are accepted")
+                    f"{len(languages)} are accepted")
 
 
 def language_name(code):
     """The English name Whisper uses for a language code (``hi`` -> ``hindi``)."""
-    return LANGUAGES[code]
+    return whisper_languages()[0][code]
 
 
 def unicode_normalize(text):
@@ -93,6 +101,8 @@ def no_normalize(text):
 @lru_cache(maxsize=None)
 def get_normalizer(name):
     """Return the normaliser called ``name`` (one of :data:`NORMALIZERS`) as a ``str -> str`` function."""
+    from transformers.models.whisper.english_normalizer import BasicTextNormalizer, EnglishTextNormalizer
+
     if name == "english":
         with open(_SPELLING_FILE, encoding="utf-8") as f:
             english = EnglishTextNormalizer(json.load(f))

@@ -10,7 +10,7 @@ from typing import Optional
 from ..audio import audio_info
 from ..errors import UserError
 from ..text import language_code
-from .loading import (MAX_SECONDS)
+from .schema import MAX_SECONDS
 
 logger = logging.getLogger(__name__)
 

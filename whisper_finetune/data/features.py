@@ -8,7 +8,6 @@ keep their decoded audio instead, and the collator featurises each batch after a
 (:class:`LanguageLabels`) when it has a ``language``.
 """
 import logging
-import math
 import re
 import unicodedata
 import zlib
@@ -19,14 +18,12 @@ import numpy as np
 import torch
 from datasets import Array2D, Features, Sequence, Value
 
-from ..audio import (CHUNK_SECONDS, DECODER_POSITIONS, ENCODER_STRIDE, MEL_FRAMES_PER_SECOND, N_FRAMES,
-                     decode_example_audio)
+from ..audio import CHUNK_SECONDS, DECODER_POSITIONS, N_FRAMES, AudioContext, decode_example_audio
 from . import timestamps
 from .bad_audio import BAD_LENGTH, decode_batch
-from .loading import (AUDIO_COLUMN, END_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, RECORDING_COLUMN, START_COLUMN,
-                      TEXT_COLUMN, undecoded)
+from .loading import undecoded
+from .schema import AUDIO_COLUMN, END_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, RECORDING_COLUMN, START_COLUMN, TEXT_COLUMN
 from ..errors import UserError
-from ..options import option
 from ..text import language_code, language_name
 
 logger = logging.getLogger(__name__)
@@ -39,26 +36,6 @@ CONTEXT_FRAMES = "context_frames"  # batch key: the batch's bucket in log-mel fr
 SAMPLES_COLUMN = "audio_samples"  # --augment: the decoded clip (float32), featurised per batch after augmentation
 REPLAY_COLUMN = "replay_row"  # --distill_rows replay: 1 on --replay_datasets rows, 0 on training rows
 INDEX_COLUMN = "example_index"  # --augment: the row's number, which (with the epoch) seeds its augmentation
-
-
-@dataclass(frozen=True)
-class AudioContext:
-    """How much of Whisper's 30 s window the encoder runs on, when it runs on the clip's own length."""
-
-    audio_context_bucket_seconds: float = option(
-        2.0, "with a dynamic audio context: the log-mel input is cut to the longest clip of the batch rounded up "
-        "to a multiple of this many seconds (few shapes, so buckets fill and kernels are reused)")
-
-    def frames(self, seconds):
-        """Log-mel frames for a batch whose longest clip lasts ``seconds`` (at most the full 3000)."""
-        buckets = max(1, math.ceil(seconds / self.audio_context_bucket_seconds - 1e-9))
-        frames = int(round(buckets * self.audio_context_bucket_seconds * MEL_FRAMES_PER_SECOND))
-        return min(N_FRAMES, frames - frames % ENCODER_STRIDE)  # the encoder's stride-2 convolution halves it
-
-    def check(self):
-        if not 0 < self.audio_context_bucket_seconds <= CHUNK_SECONDS:
-            raise UserError(f"--audio_context_bucket_seconds {self.audio_context_bucket_seconds}: must be more "
-                            f"than 0 and at most {CHUNK_SECONDS:g}")
 
 
 def full_context_step(step, ratio):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 
 from ..errors import UserError
 from .formats import read_lines
-from .loading import (MAX_SECONDS)
+from .schema import MAX_SECONDS
 from .checks import (Recording, Utterance, check_audio_file, check_clip, check_language, check_recording,
                      check_segment, warn_overlaps)
 

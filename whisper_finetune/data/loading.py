@@ -14,37 +14,17 @@ source files being moved.
 import json
 import logging
 import os
-from dataclasses import dataclass
-from typing import Optional
 
 import datasets
 import fsspec
 from datasets import Audio, Value
 
-from ..audio import CHUNK_SECONDS
 from ..errors import UserError
+from .schema import (AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, ID_COLUMN_CANDIDATES, LANGUAGE_COLUMN, SEGMENT_COLUMNS,
+                     TEXT_COLUMN, TEXT_COLUMN_CANDIDATES, DatasetSpec)
 
 logger = logging.getLogger(__name__)
 
-AUDIO_COLUMN = "audio"
-TEXT_COLUMN = "sentence"
-ID_COLUMN = "id"
-DURATION_COLUMN = "duration"
-SPEAKER_COLUMN = "speaker"  # only when the source folder has a utt2spk file
-# Only for rows cut from long recordings (a Kaldi ``segments`` file): which recording, and where in it
-# (seconds); timestamp training packs such rows back into windows of their recording.
-RECORDING_COLUMN = "recording_id"
-START_COLUMN = "start"
-END_COLUMN = "end"
-SEGMENT_COLUMNS = (RECORDING_COLUMN, START_COLUMN, END_COLUMN)
-# Optional: the example's language (a Whisper code or name; data_prep writes codes), which training puts
-# into the example's labels as its language token; rows without one take the run's --language.
-LANGUAGE_COLUMN = "language"
-# Looked for, in this order, when a dataset's text column is not given.
-TEXT_COLUMN_CANDIDATES = ("sentence", "text", "transcription", "transcript", "raw_transcription",
-                          "normalized_text", "raw_text")
-ID_COLUMN_CANDIDATES = ("id", "utt_id", "utterance_id", "audio_id", "segment_id", "path", "file")
-MAX_SECONDS = CHUNK_SECONDS  # longer clips do not fit Whisper's window
 # data_prep writes this beside the dataset: {"source_format": "kaldi" | "common_voice" | ..., "source_data_dir": ...}
 PREP_INFO_FILE = "data_prep.json"
 
@@ -52,23 +32,6 @@ PREP_INFO_FILE = "data_prep.json"
 # ---------------------------------------------------------------------------------------------
 # Loading datasets (custom and Hugging Face) into the common schema
 # ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One dataset to read: a Hub id or local folder, with config, split and column names."""
-
-    name: str
-    config: Optional[str] = None
-    split: str = "train"
-    text_column: Optional[str] = None
-    audio_column: str = AUDIO_COLUMN
-
-    @property
-    def label(self):
-        """A short human-readable name: ``name[/config][/split]``."""
-        parts = [self.name.rstrip("/")] + [p for p in (self.config, self.split) if p]
-        return "/".join(parts)
-
-
 def is_saved_dataset(path):
     """True when ``path`` is a ``save_to_disk`` folder (data_prep output)."""
     return os.path.isdir(path) and (os.path.exists(os.path.join(path, "dataset_info.json"))

@@ -9,24 +9,23 @@ guards, :class:`GuardOptions`), :mod:`.ctranslate2_backend` and :mod:`.jax_backe
 """
 import logging
 from dataclasses import dataclass, fields
-from typing import Optional, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
 
 import numpy as np
-import torch
 
-from ..audio import DECODER_POSITIONS
+from ..audio import DECODER_POSITIONS, AudioContext
 from ..errors import OptionError, UserError
-from ..data.features import AudioContext
-from ..model.loading import PreparedModel
 from ..options import option
+
+if TYPE_CHECKING:  # only named in annotations; loading imports torch and transformers, which -h must not wait for
+    from ..model.loading import PreparedModel
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("pytorch", "ctranslate2", "jax")
 AUDIO_CONTEXTS = ("full", "dynamic")
 TASKS = ("transcribe", "translate")
-TORCH_COMPUTE_TYPES = {"default": None, "float32": torch.float32, "float16": torch.float16,
-                       "bfloat16": torch.bfloat16}
+TORCH_COMPUTE_TYPES = ("default", "float32", "float16", "bfloat16")  # torch dtypes of these names; default: by device
 CT2_COMPUTE_TYPES = ("default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16",
                      "float16", "bfloat16", "float32")
 MAX_TARGET_POSITIONS = DECODER_POSITIONS  # prompt + generated tokens must fit
@@ -212,7 +211,7 @@ def validate_options(options: DecodingOptions, long_form=False):
         raise OptionError("condition_on_previous_text", True, "applies only to long-form decoding on timestamps "
                           "(transcribe_audio.py --timestamps True): utterances and cut-at-silence pieces are "
                           "decoded each on its own, with no previous text")
-    allowed = CT2_COMPUTE_TYPES if options.backend == "ctranslate2" else tuple(TORCH_COMPUTE_TYPES)
+    allowed = CT2_COMPUTE_TYPES if options.backend == "ctranslate2" else TORCH_COMPUTE_TYPES
     if options.backend != "jax" and options.compute_type not in allowed:
         raise UserError(f"--compute_type {options.compute_type} is not valid with --backend {options.backend}: "
                         f"choose one of {', '.join(allowed)}")
@@ -224,7 +223,7 @@ class PreparedDecoder:
     compile_seconds = 0.0  # eager backends compile nothing
     fork_safe = True
 
-    def __init__(self, prepared: PreparedModel):
+    def __init__(self, prepared: "PreparedModel"):
         self.prepared = prepared
         self.options = prepared.options
         self.processor = prepared.processor

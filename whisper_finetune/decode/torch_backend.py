@@ -6,7 +6,7 @@ import torch
 
 from ..model import loading
 from ..model.loading import PreparedModel
-from .options import FALLBACK_SEED, TORCH_COMPUTE_TYPES, PreparedDecoder
+from .options import FALLBACK_SEED, PreparedDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ class TorchDecoder(PreparedDecoder):
         super().__init__(prepared)
         options = self.options
         self.device = torch.device(device)
-        dtype = TORCH_COMPUTE_TYPES[options.compute_type]
+        dtype = None if options.compute_type == "default" else getattr(torch, options.compute_type)
         if dtype is None:  # fp16 on GPU is the usual fast choice; CPU stays float32
             dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.dtype = dtype

@@ -30,46 +30,20 @@ import numpy as np
 
 from ..model import loading
 from ..audio import CHUNK_SECONDS, N_SAMPLES, SAMPLE_RATE, load_audio
-from .options import DecodingOptions, validate_options
+from .config import DEFAULT_SEARCH_SECONDS, OUTPUT_FORMATS, TranscribeConfig
+from .options import validate_options
 from .backends import make_decoder
 from ..errors import OptionError
 from ..files import atomic_write_text
-from ..model.loading import ModelOptions
-from ..options import option
 from .vad import remove_non_speech
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_FORMATS = ("txt", "srt", "vtt", "json")
-DEFAULT_SEARCH_SECONDS = 8.0  # where, before the end of each 30 s window, a cut may go
 ENERGY_FRAME = SAMPLE_RATE // 50  # 20 ms frames for the energy curve
 ENERGY_SMOOTHING = 5  # frames (100 ms) averaged, so a pause must last, not just a zero crossing
 TIMESTAMPS = "timestamps"  # the two segmentations (json "segmentation")
 CUT_AT_SILENCE = "cut-at-silence"
 SUMMARY_FILE = "training_summary.json"  # written beside every model our trainer saves (reporting.SUMMARY_FILE)
-
-
-@dataclass(frozen=True, kw_only=True)
-class TranscribeConfig(ModelOptions):
-    """Options of :func:`transcribe`: the model options plus one field per transcribe_audio.py flag."""
-
-    path_to_audio: str = option(help="audio file (wav, flac, ogg, mp3; any rate, mono or stereo, any length)")
-    output: Optional[str] = option(None, "also write the transcript to this file: .txt, .srt, .vtt or .json "
-                                   "(segments with start/end seconds)")
-    search_seconds: float = option(DEFAULT_SEARCH_SECONDS, "cut-at-silence: long audio is cut into pieces of at most "
-                                   "30 s, each cut at the quietest moment within the last this many seconds of its "
-                                   "window (more than 0, at most 15)")
-    timestamps: bool = option(False, "decode long audio sequentially on the timestamps Whisper predicts "
-                              "(transformers' long-form generate; --backend pytorch): one cue per spoken segment in "
-                              ".srt/.vtt/.json instead of one per 30 s piece. A model that cannot predict timestamps "
-                              "(fine-tuned on <|notimestamps|> only) keeps cutting at silence, with a log line")
-    word_timestamps: bool = option(False, "with --timestamps True: each segment of the .json output also lists its "
-                                   "words with start/end seconds (cross-attention alignment of the tokens to the "
-                                   "audio)")
-    vad: bool = option(False, "remove non-speech with Silero VAD before decoding (silences of 1 s or more are "
-                       "shortened to 0.4 s; music and noise go), then map every time back to the original audio; "
-                       "audio without speech gives an empty transcript. Any backend, either segmentation")
-    decoding: DecodingOptions = DecodingOptions()
 
 
 @dataclass(frozen=True)

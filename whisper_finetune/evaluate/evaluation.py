@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 import soundfile as sf
@@ -29,62 +29,19 @@ from tqdm.auto import tqdm
 from ..model import loading
 from .. import files, scoring
 from ..audio import SAMPLE_RATE
-from ..data.loading import (AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, TEXT_COLUMN, DatasetSpec, load_datasets,
-                            source_format)
-from ..data.bad_audio import check_limit, max_bad_examples_option, too_many, try_decode
-from ..decode.options import DecodingOptions, validate_options
+from ..data.loading import load_datasets, source_format
+from ..data.schema import AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, TEXT_COLUMN
+from ..data.bad_audio import check_limit, too_many, try_decode
+from ..decode.options import validate_options
 from ..decode.backends import make_decoder
 from ..errors import OptionError, UserError
-from ..model.loading import ModelOptions
-from ..options import option
 from ..signals import die_with_parent
-from ..text import METRICS, NORMALIZERS, choose_metric, choose_normalizer
+from ..text import choose_metric, choose_normalizer
+from .config import EvalConfig
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_SUFFIX = ".progress.jsonl"  # beside <stem>.txt/.json while the dataset is being decoded
-
-
-@dataclass(frozen=True, kw_only=True)
-class EvalConfig(ModelOptions):
-    """Everything an evaluator script passes to :func:`evaluate`: the model options plus one field per
-    data, scoring and decoding flag."""
-
-    output_dir: str = option(help="folder for the result files (one .txt and one .json per dataset)",
-                             group="data and results")
-    eval_datasets: Tuple[str, ...] = option((), "one or more data_prep output folders (custom_data/data_prep.py)",
-                                            group="data and results")
-    dataset: Optional[str] = option(None, "Hub dataset id (google/fleurs) or a local dataset folder (save_to_disk "
-                                    "output or a folder load_dataset reads)", group="data and results")
-    config: Optional[str] = option(None, "dataset configuration, e.g. gu_in", group="data and results")
-    split: str = option("test", "dataset split", group="data and results")
-    text_column: Optional[str] = option(None, "column holding the transcription", group="data and results",
-                                        default_text="the first of sentence, text, transcription, transcript, ...")
-    audio_column: str = option(AUDIO_COLUMN, "column holding the audio", group="data and results")
-    normalizer: Optional[str] = option(None, "text normaliser for WER/CER (indic: the former name of unicode)",
-                                       choices=NORMALIZERS, group="data and results",
-                                       default_text="english for English and .en models, unicode otherwise")
-    primary_metric: Optional[str] = option(None, "the metric reported first and meant to be read", choices=METRICS,
-                                           group="data and results",
-                                           default_text="cer for zh, ja, th, lo, my, yue, km, bo (no spaces "
-                                                        "between words), wer otherwise")
-    max_samples: Optional[int] = option(None, "evaluate only the first N utterances of each dataset (quick runs)",
-                                        group="data and results", default_text="all")
-    num_workers: int = option(2, "DataLoader workers decoding and featurising audio while the model runs (0: in the "
-                              "main process)", group="data and results")
-    max_bad_examples: int = max_bad_examples_option()
-    decoding: DecodingOptions = DecodingOptions()
-    custom: bool = option(False, "data_prep folders (eval_datasets) or a Hugging Face dataset (dataset)", cli=False)
-    result_marker: Optional[str] = option(None, "added to result file names, e.g. jax", cli=False)
-
-    def dataset_specs(self):
-        """The datasets to evaluate, as :class:`DatasetSpec`."""
-        if self.custom:
-            return tuple(DatasetSpec(name=path, split=None) for path in self.eval_datasets)
-        if self.dataset is None:
-            return ()
-        return (DatasetSpec(name=self.dataset, config=self.config, split=self.split, text_column=self.text_column,
-                            audio_column=self.audio_column),)
 
 
 @dataclass

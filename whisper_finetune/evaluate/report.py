@@ -33,21 +33,21 @@ import os
 import pathlib
 import urllib.parse
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import jiwer
 import numpy as np
 import soundfile as sf
 
 from ..audio import decode_example_audio
-from ..data.loading import AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, SPEAKER_COLUMN, is_saved_dataset
+from ..data.loading import is_saved_dataset
+from ..data.schema import AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, SPEAKER_COLUMN
 from ..errors import OptionError, UserError
-from ..options import option
 from ..files import atomic_write_text
+from .config import DEFAULT_MAX_EMBEDDED_AUDIO_MB
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_EMBEDDED_AUDIO_MB = 50.0
 # Upper bounds (seconds) of the duration buckets; Whisper's window is 30 s, longer clips get their own.
 DURATION_EDGES = (2.0, 5.0, 10.0, 20.0, 30.0)
 TOP_WORDS = 20  # rows in each substitution / deletion / insertion table
@@ -80,19 +80,6 @@ _NOT_SCORED = "  (empty reference: not scored)"
 SUMMARY_FIELDS = ("utterances", "scored_utterances", "wer", "cer", "raw_wer", "raw_cer", "substitutions",
                   "deletions", "insertions", "hits", "reference_words", "rtfx", "audio_hours", "wall_seconds",
                   "normalizer", "language", "task", "decoder_prompt", "decoding", "model", "device")
-
-
-@dataclass(frozen=True)
-class ReportConfig:
-    """The options of evaluate/report.py."""
-
-    results: Tuple[str, ...] = option(help="evaluator output folders (every <model>__<dataset>.json with its .txt "
-                                      "in them) or single result .json files; the first one given is the baseline "
-                                      "of comparisons", positional=True, metavar="RESULT_DIR_OR_JSON")
-    output: str = option(help="the HTML page to write (replaced if it exists)")
-    max_embedded_audio_mb: float = option(DEFAULT_MAX_EMBEDDED_AUDIO_MB, "megabytes of audio embedded in the page; "
-                                          "clips beyond it are linked instead (0: link every clip)")
-    title: str = option("Whisper evaluation report", "the page's title")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 import os
 
 from ..model import loading
-from .parity import PARITY_MAX_WER_DELTA, PARITY_MIN_UTTERANCES, format_table
+from .config import PARITY_MAX_WER_DELTA, PARITY_MIN_UTTERANCES
+from .parity import format_table
 
 CARD_FILE = "README.md"
 

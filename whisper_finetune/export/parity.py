@@ -9,19 +9,17 @@ from typing import Optional
 import numpy as np
 
 from .. import scoring
-from ..data.loading import AUDIO_COLUMN, ID_COLUMN, TEXT_COLUMN, DatasetSpec, is_saved_dataset, load_datasets
+from ..data.loading import is_saved_dataset, load_datasets
+from ..data.schema import AUDIO_COLUMN, ID_COLUMN, TEXT_COLUMN, DatasetSpec
 from ..decode.options import DecodingOptions
 from ..errors import OptionError
 from ..model import loading
 from .runtimes import open_runtime
+from .config import PARITY_MAX_WER_DELTA, PARITY_MIN_UTTERANCES
 from .targets import size_of
 
 logger = logging.getLogger(__name__)
 
-# The issue's parity rule: an unquantised export may differ from PyTorch by at most this WER on a set
-# of at least this many utterances (smaller sets are reported, not enforced: one word moves WER a lot).
-PARITY_MAX_WER_DELTA = 0.005
-PARITY_MIN_UTTERANCES = 50
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,8 @@ def reference_decode(model, dataset_specs, custom, output_dir, language, normali
 
     The one place that calls the evaluator, so a change of its interface is mended here.
     """
-    from ..evaluate.evaluation import EvalConfig, evaluate
+    from ..evaluate.config import EvalConfig
+    from ..evaluate.evaluation import evaluate
 
     common = dict(hf_model=model, output_dir=output_dir, language=language, normalizer=normalizer,
                   max_samples=max_samples, num_workers=0,

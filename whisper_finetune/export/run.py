@@ -30,53 +30,18 @@ from typing import Dict, Optional, Tuple
 from ..errors import OptionError, UserError
 from ..files import atomic_dir, atomic_write_text
 from ..model import loading
-from ..options import option
-from ..text import NORMALIZERS
 from . import ctranslate2, ggml, onnx, parity
 from .card import CARD_FILE, render_card, tool_versions
-from .parity import PARITY_MAX_WER_DELTA, PARITY_MIN_UTTERANCES, VerifyRow
+from .config import PARITY_MAX_WER_DELTA, PARITY_MIN_UTTERANCES, ExportOptions
+from .parity import VerifyRow
 from .runtimes import RUNTIMES
-from .targets import FORMATS, plan_targets, size_of
+from .targets import plan_targets, size_of
 
 logger = logging.getLogger(__name__)
 
 # torch.onnx.export(dynamo=True) builds the graph with onnxscript and writes it with onnx
 EXPORT_PACKAGES = {"onnx": (("onnxscript", "onnxscript"), ("onnx", "onnx"))}
 REPORT_FILE = "export_report.json"
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """What :func:`export` does (one field per ``export_model.py`` flag)."""
-
-    model: str = option(help="model to export: our output folder, a checkpoint-N, a LoRA adapter folder (merged into "
-                        "its base model first) or a Hub id")
-    output_dir: str = option(help="folder to create with the exports, the model card and export_report.json (built "
-                             "in a temporary folder beside it, renamed into place at the end)")
-    formats: Tuple[str, ...] = option(("ctranslate2",), f"one or more of {', '.join(FORMATS)}", flag="format",
-                                      metavar="FORMAT")
-    quantizations: Tuple[str, ...] = option(
-        (), "how weights are stored; each value applies to every chosen format that accepts it (accepted values "
-        "are listed below)",
-        flag="quantization", metavar="Q", default_text="each format's unquantised default")
-    overwrite: bool = option(False, "replace --output_dir when it exists (the old one is removed only once the new "
-                             "one is complete)")
-    verify_datasets: Tuple[str, ...] = option(
-        (), "data_prep folders (custom_data/data_prep.py) or Hub dataset ids, decoded by every export's runtime and "
-        "by PyTorch", metavar="DATASET", group="parity check", default_text="none: no check")
-    verify_split: str = option("test", "split of Hub datasets in --verify_datasets", group="parity check")
-    verify_config: Optional[str] = option(None, "configuration of Hub datasets in --verify_datasets",
-                                          group="parity check")
-    verify_language: Optional[str] = option(None, "language name or code to decode with", group="parity check",
-                                            default_text="the model's saved language; English for .en models")
-    verify_max_samples: Optional[int] = option(None, "check only the first N utterances of each dataset (quick "
-                                               f"runs; parity is enforced on sets of at least "
-                                               f"{PARITY_MIN_UTTERANCES})", group="parity check", default_text="all")
-    verify_batch_size: int = option(16, "utterances decoded together by PyTorch and onnxruntime (faster-whisper and "
-                                    "whisper.cpp take one clip at a time)", group="parity check")
-    normalizer: Optional[str] = option(None, "text normaliser for WER/CER (indic: the former name of unicode)",
-                                       choices=NORMALIZERS, group="parity check",
-                                       default_text="english for English and .en models, unicode otherwise")
 
 
 @dataclass(frozen=True)

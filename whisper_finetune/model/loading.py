@@ -4,19 +4,17 @@ A model is named by a Hub id, a local folder, a checkpoint written by our traine
 a bare ``transformers.Trainer`` checkpoint (processor files in its parent folder) or a LoRA adapter
 folder (``adapter_config.json``; merged into its base model on load).
 """
-import argparse
 import json
 import logging
 import os
 from dataclasses import dataclass, replace
-from typing import Optional, Union
 
 import torch
 from torch import nn
 from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
 
 from ..errors import OptionError, UserError
-from ..options import option
+from .options import ModelOptions
 from ..text import language_code
 
 logger = logging.getLogger(__name__)
@@ -84,35 +82,6 @@ def _short_name(path):
         parent, base = os.path.split(os.path.abspath(path))
         return f"{os.path.basename(parent)}_{base}" if base.startswith("checkpoint-") else base
     return path.replace("/", "_")
-
-
-def parse_device(value):
-    """``--device``: an integer (-1 CPU, N GPU N) or ``all``."""
-    if str(value).strip().lower() == "all":
-        return "all"
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected -1 (CPU), a GPU number or all, got {value!r}") from None
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelOptions:
-    """Which model to load and for what language/device: the model flags of every evaluator and transcriber."""
-
-    is_public_repo: bool = option(True, "True: load --hf_model (Hub id or local folder); False: load --ckpt_dir",
-                                  group="model")
-    hf_model: Optional[str] = option(None, "Hub id or local model folder (with --is_public_repo True)", group="model")
-    ckpt_dir: Optional[str] = option(None, "local checkpoint folder, e.g. op_dir/checkpoint-394 (with "
-                                     "--is_public_repo False)", group="model")
-    temp_ckpt_folder: Optional[str] = option(None, "folder holding the processor files for a bare Trainer checkpoint "
-                                             "that lacks them (by default they are taken from the checkpoint's "
-                                             "parent folder); never modified", group="model")
-    language: Optional[str] = option(None, "language name or code (hindi, hi); omitted: the language saved with a "
-                                     "fine-tuned model, else detected. English-only models accept only English",
-                                     group="model")
-    device: Union[int, str] = option(-1, "-1 for CPU, N for GPU N (JAX also takes all: every local accelerator)",
-                                     parse=parse_device, group="model")
 
 
 def resolve_model(name, option_name="model", temp_ckpt_folder=None):

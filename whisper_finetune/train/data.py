@@ -13,10 +13,11 @@ import os
 from ..data.bad_audio import BadAudioLog, drop_bad
 from ..data.features import (INDEX_COLUMN, LENGTH_COLUMN, REPLAY_COLUMN, LanguageLabels, drop_too_long, featurize,
                              featurize_stream, featurize_windows)
-from ..data.loading import ID_COLUMN, LANGUAGE_COLUMN, load_datasets
+from ..data.loading import load_datasets
+from ..data.schema import ID_COLUMN, LANGUAGE_COLUMN
 from ..errors import UserError
 from ..text import language_code
-from .config import dataset_specs
+from .checks import dataset_specs
 
 logger = logging.getLogger(__name__)
 

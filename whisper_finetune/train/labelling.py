@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from .. import files
 from ..audio import SAMPLE_RATE, decode_example_audio, encode_wav, load_audio
-from ..data.loading import (AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, TEXT_COLUMN, is_saved_dataset,
-                            load_custom_dataset)
+from ..data.loading import is_saved_dataset, load_custom_dataset
+from ..data.schema import AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, TEXT_COLUMN
 from ..errors import UserError
 from ..model import loading
 from ..text import language_code

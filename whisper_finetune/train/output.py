@@ -10,7 +10,7 @@ from .. import files
 from ..data.bad_audio import BAD_EXAMPLES_FILE
 from ..files import publish
 from ..model import loading
-from .config import RUN_MARKERS
+from .checks import RUN_MARKERS
 from .data import prepare_split
 from .summary import PLOT_FILE, DatasetScore
 

@@ -26,12 +26,14 @@ from transformers.trainer_callback import TrainerState
 from .. import files, hub, runlock
 from ..data.bad_audio import logged_count
 from ..data.features import DataCollatorSpeechSeq2SeqWithPadding
-from ..data.loading import DatasetSpec, source_format
+from ..data.loading import source_format
+from ..data.schema import DatasetSpec
 from ..errors import UserError
 from ..model import loading
 from ..text import choose_metric, choose_normalizer, language_code
 from . import checkpoints, labelling
-from .config import TrainConfig, check_config, dataset_specs, precision, replays
+from .config import TrainConfig
+from .checks import check_config, dataset_specs, precision, replays
 from .data import hours, mix_replay, numbered, on_the_fly_features, prepare_split, prepare_stream
 from .merging import MERGED_PREFIX, merge_summary, merge_with_base
 from .model_setup import (build_model, configure_tokenizer, context_frozen, make_consolidation, make_distiller,

@@ -1,0 +1,54 @@
+"""The options of the scripts that transcribe: transcribe_audio.py (and its JAX twin) and demo.py.
+
+Declared apart from the code that runs them (:mod:`.transcription`, :mod:`whisper_finetune.demo`), which
+imports torch and transformers: a script's ``-h`` and its option errors come before those imports.
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+from ..model.options import ModelOptions
+from ..options import option
+from .options import DecodingOptions
+
+OUTPUT_FORMATS = ("txt", "srt", "vtt", "json")
+DEFAULT_SEARCH_SECONDS = 8.0  # where, before the end of each 30 s window, a cut may go
+
+
+@dataclass(frozen=True, kw_only=True)
+class TranscribeConfig(ModelOptions):
+    """Options of :func:`.transcription.transcribe`: the model options plus one field per transcribe_audio.py flag."""
+
+    path_to_audio: str = option(help="audio file (wav, flac, ogg, mp3; any rate, mono or stereo, any length)")
+    output: Optional[str] = option(None, "also write the transcript to this file: .txt, .srt, .vtt or .json "
+                                   "(segments with start/end seconds)")
+    search_seconds: float = option(DEFAULT_SEARCH_SECONDS, "cut-at-silence: long audio is cut into pieces of at most "
+                                   "30 s, each cut at the quietest moment within the last this many seconds of its "
+                                   "window (more than 0, at most 15)")
+    timestamps: bool = option(False, "decode long audio sequentially on the timestamps Whisper predicts "
+                              "(transformers' long-form generate; --backend pytorch): one cue per spoken segment in "
+                              ".srt/.vtt/.json instead of one per 30 s piece. A model that cannot predict timestamps "
+                              "(fine-tuned on <|notimestamps|> only) keeps cutting at silence, with a log line")
+    word_timestamps: bool = option(False, "with --timestamps True: each segment of the .json output also lists its "
+                                   "words with start/end seconds (cross-attention alignment of the tokens to the "
+                                   "audio)")
+    vad: bool = option(False, "remove non-speech with Silero VAD before decoding (silences of 1 s or more are "
+                       "shortened to 0.4 s; music and noise go), then map every time back to the original audio; "
+                       "audio without speech gives an empty transcript. Any backend, either segmentation")
+    decoding: DecodingOptions = DecodingOptions()
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig(ModelOptions):
+    """Options of :func:`whisper_finetune.demo.serve`: the model options plus one field per demo.py flag."""
+
+    compare_model: Optional[str] = option(None, "a second model (local folder or Hub id) transcribed side by side "
+                                          "with the first, e.g. the stock model against your fine-tune",
+                                          group="model")
+    server_name: str = option("127.0.0.1", "address to serve the page on; 127.0.0.1 keeps it on this machine, "
+                              "0.0.0.0 opens it to the network")
+    server_port: Optional[int] = option(None, "port to serve on (None: the first free one from 7860)")
+    share: bool = option(False, "also publish the page through a temporary public gradio.live link (needs "
+                         "internet; off unless asked)")
+    search_seconds: float = option(DEFAULT_SEARCH_SECONDS, "audio longer than 30 s is cut at the quietest moment "
+                                   "within the last this many seconds of each 30 s window")
+    decoding: DecodingOptions = DecodingOptions()
