@@ -1,0 +1,63 @@
+"""How long each script takes to answer ``-h`` and a mistyped flag, beside the imports it avoids.
+
+A user's first contact with a script is ``-h`` or an error about a flag; both should come back at once,
+not after the seconds torch, transformers and datasets take to import. Each row runs the command in a
+fresh Python process ``--repeats`` times, one after another, and reports the fastest and the median
+wall time (the process's start and exit included). The ``import ...`` rows time a bare
+``python -c "import X"`` for comparison: what a script would pay if it imported that library first.
+
+example:
+  python3 bench/startup_time.py --repeats 5
+"""
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+
+from common import REPO_ROOT, print_table, write_json
+
+SCRIPTS = ("custom_data/data_prep.py", "train/fine-tune_on_custom_dataset.py", "train/fine-tune_on_hf_dataset.py",
+           "evaluate/evaluate_on_custom_dataset.py", "evaluate/evaluate_on_hf_dataset.py",
+           "evaluate/jax_evaluate_on_custom_dataset.py", "evaluate/report.py", "transcribe_audio.py",
+           "jax_transcribe_audio.py", "export_model.py", "extract_embeddings.py", "demo.py")
+LIBRARIES = ("torch", "transformers", "datasets")
+BAD_FLAG = ("--no_such_flag", "1")  # argparse refuses it with exit status 2
+COLUMNS = ["row", "exit", "best_s", "median_s"]
+
+
+def timed(command, repeats):
+    """``(exit status, [wall seconds of each run])`` of ``command`` run ``repeats`` times in a row."""
+    seconds, codes = [], set()
+    for _ in range(repeats):
+        start = time.perf_counter()
+        done = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        seconds.append(time.perf_counter() - start)
+        codes.add(done.returncode)
+    return ",".join(str(c) for c in sorted(codes)), seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each command (fastest and median reported)")
+    parser.add_argument("--scripts", nargs="+", default=SCRIPTS, help="scripts to time, relative to the repository")
+    parser.add_argument("--out", default=f"{REPO_ROOT}/bench/out/startup_time.json", help="JSON file of the figures")
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: must be 1 or more")
+
+    commands = [(f"import {name}", [sys.executable, "-c", f"import {name}"]) for name in LIBRARIES]
+    for script in args.scripts:
+        commands.append((f"{script} -h", [sys.executable, script, "-h"]))
+        commands.append((f"{script} {' '.join(BAD_FLAG)}", [sys.executable, script, *BAD_FLAG]))
+    rows = []
+    for name, command in commands:
+        code, seconds = timed(command, args.repeats)
+        rows.append({"row": name, "exit": code, "best_s": min(seconds), "median_s": statistics.median(seconds),
+                     "runs_s": seconds})
+    print_table(rows, COLUMNS)
+    write_json(args.out, {"settings": {"repeats": args.repeats, "python": sys.executable}, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
