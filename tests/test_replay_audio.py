@@ -200,6 +200,38 @@ def test_audio_the_model_hears_no_words_in_is_not_replayed(tiny_model_dir, tiny_
     monkeypatch.setattr(labelling, "Labeller", Deaf)
     result = labelling.replay_audio([folder], labelling.LabelSettings(tiny_model_dir), str(tmp_path / "out"))
     assert (result.empty, result.dataset) == (2, None)
-    with pytest.raises(UserError, match=r"^--replay_audio: the base model heard no words in any of its 2 clip\(s\); "
+    with pytest.raises(UserError, match=r"^--replay_audio: the base model heard no words \(or only a repetition loop\) "
+                                        r"in any of its 2 clip\(s\); "
                                         r"nothing to replay$"):
         train_run(quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path / "out2", replay_audio=(folder,)))
+
+
+@pytest.mark.parametrize("text, looped", [
+    ("", False),
+    ("Okay. Okay.", False),
+    ("he turned sharply and faced gregson across the table", False),
+    ("4-" * 60 + "4", True),
+    ("I don't know. " * 20, True),
+    ("ha " * 100, True),
+])
+def test_a_repetition_loop_is_told_by_its_compression_ratio(text, looped):
+    assert labelling.Label(text, "en").looped is looped
+
+
+def test_a_label_that_is_a_repetition_loop_is_not_replayed(tiny_model_dir, tmp_path, monkeypatch):
+    folder = audio_folder(tmp_path, seconds=(1.0, 1.2))
+    clips = labelling.audio_clips(folder)
+    texts = {clips[0].sha256: "4-" * 60 + "4", clips[1].sha256: "he turned sharply and faced gregson"}
+
+    class Looping:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def label(self, batch, progress=None):
+            return {key: labelling.Label(texts[key], "en") for key in batch}
+
+    monkeypatch.setattr(labelling, "Labeller", Looping)
+    result = labelling.replay_audio([folder], labelling.LabelSettings(tiny_model_dir), str(tmp_path / "out"))
+    assert (result.clips, result.empty, result.looped) == (2, 0, 1)
+    assert load_custom_dataset(result.dataset)["sentence"] == ["he turned sharply and faced gregson"]
+

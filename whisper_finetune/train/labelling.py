@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -41,6 +42,10 @@ LABEL_MAX_NEW_TOKENS = 220
 LABEL_BATCH_SIZE = 8  # windows decoded together (beam 5: 40 hypotheses)
 # A clip is labelled in windows that fit Whisper's 30 s input; a longer file is cut into equal parts.
 WINDOW_SECONDS = 30.0
+# openai-whisper's compression_ratio_threshold: a text zlib shrinks more than this is a repetition loop
+# ("4-4-4-4 ...", "ha ha ha ..."), which the base model emits on some short or odd clips; replayed, such a
+# label would teach the fine-tune the loop.
+LOOP_COMPRESSION_RATIO = 2.4
 REPLAY_AUDIO_DIR = "replay_audio"  # in --output_dir: the cache and the labelled dataset
 CACHE_FILE = "labels.jsonl"
 
@@ -65,6 +70,17 @@ class Label:
 
     text: str
     language: Optional[str]
+
+    @property
+    def looped(self):
+        """Whether the text is a repetition loop (:data:`LOOP_COMPRESSION_RATIO`)."""
+        return compression_ratio(self.text) > LOOP_COMPRESSION_RATIO
+
+
+def compression_ratio(text):
+    """How many times zlib shrinks ``text`` (UTF-8), as openai-whisper measures it; 0 for an empty text."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +109,7 @@ class ReplayAudio:
     decoded: int  # clips labelled by this run
     cached: int  # clips whose label came from the cache
     empty: int  # clips the base model heard no words in: not replayed
+    looped: int  # clips whose label is a repetition loop: not replayed
     languages: Dict[str, int]  # replayed clips per language token
 
 
@@ -246,17 +263,18 @@ def replay_audio(sources, settings: LabelSettings, output_dir, device="cpu") -> 
                 labels = labeller.label({c.sha256: c.audio for c in part}, progress=bar.update)
                 _append(cache, settings, part, labels)
                 known.update(labels)
-    kept = [clip for clip in clips if known[clip.sha256].text]
+    kept = [clip for clip in clips if known[clip.sha256].text and not known[clip.sha256].looped]
     dataset = _write_dataset(folder, kept, known) if kept else None
     if not kept:
-        logger.warning("--replay_audio: the base model heard no words in any of the %d clip(s): nothing to replay",
-                       len(clips))
+        logger.warning("--replay_audio: the base model heard no words (or only a repetition loop) in any of the %d "
+                       "clip(s): nothing to replay", len(clips))
     languages = Counter(known[clip.sha256].language or "en" for clip in kept)
     return ReplayAudio(tuple(sources), dataset, cache, settings, len(clips),
                        round(sum(len(c.audio) for c in clips) / SAMPLE_RATE, 2),
                        decoded=sum(1 for c in clips if c.sha256 in todo),
                        cached=sum(1 for c in clips if c.sha256 not in todo),
-                       empty=len(clips) - len(kept), languages=dict(sorted(languages.items())))
+                       empty=sum(1 for c in clips if not known[c.sha256].text),
+                       looped=sum(1 for c in clips if known[c.sha256].looped), languages=dict(sorted(languages.items())))
 
 
 def _append(cache, settings, clips, labels):

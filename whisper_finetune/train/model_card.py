@@ -109,7 +109,8 @@ def _replay_and_augmentation(config, replay_audio=None, consolidation=None):
         lines += [f"Replay audio: {replay_audio['clips']} clips ({replay_audio['seconds'] / 60:.1f} min) of "
                   f"untranscribed speech from {names}, labelled by `{settings['model']}` itself "
                   f"(beam {settings['num_beams']}, {language}; clips per language token: {languages}; "
-                  f"{replay_audio['empty']} without words, not replayed); {config['replay_ratio']:.0%} of the "
+                  f"not replayed: {replay_audio['empty']} without words, {replay_audio.get('looped', 0)} repetition "
+                  f"loops); {config['replay_ratio']:.0%} of the "
                   f"training examples were drawn from the replay sets. The labels are in `{replay_audio['cache']}`.",
                   ""]
     if config.get("replay_datasets"):

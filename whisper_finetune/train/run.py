@@ -193,12 +193,12 @@ def label_replay_audio(config: TrainConfig, plan: RunPlan) -> labelling.ReplayAu
     labels, the others (run after it) find every label cached."""
     settings = labelling.LabelSettings(config.model_name, language_code(config.replay_language))
     labelled = labelling.replay_audio(config.replay_audio, settings, config.output_dir, plan.args.device)
-    logger.info("--replay_audio: %d clip(s) (%.1f min): %d labelled now, %d from %s, %d without words (not "
-                "replayed)", labelled.clips, labelled.seconds / 60, labelled.decoded, labelled.cached, labelled.cache,
-                labelled.empty)
+    logger.info("--replay_audio: %d clip(s) (%.1f min): %d labelled now, %d from %s; not replayed: %d without "
+                "words, %d repetition loops", labelled.clips, labelled.seconds / 60, labelled.decoded, labelled.cached,
+                labelled.cache, labelled.empty, labelled.looped)
     if labelled.dataset is None and not config.replay_datasets:
-        raise UserError(f"--replay_audio: the base model heard no words in any of its {labelled.clips} clip(s); "
-                        f"nothing to replay")
+        raise UserError(f"--replay_audio: the base model heard no words (or only a repetition loop) in any of its "
+                        f"{labelled.clips} clip(s); nothing to replay")
     return labelled
 
 

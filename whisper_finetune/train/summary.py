@@ -92,7 +92,8 @@ class TrainSummary:
     # role -> examples skipped because their audio could not be decoded (--max_bad_examples; {} when none)
     skipped_bad_audio: dict = field(default_factory=dict)
     # --replay_audio: labelling.ReplayAudio as a dict (sources, the labelled dataset, the cache, the labelling
-    # settings: model, language, num_beams, max_new_tokens; clips, seconds, decoded, cached, empty, languages)
+    # settings: model, language, num_beams, max_new_tokens; clips, seconds, decoded, cached, empty, looped,
+    # languages)
     replay_audio: Optional[dict] = None
     # --ewc_weight: weight, fisher (consolidation.FisherEstimate as a dict: clips, label_tokens, parameters,
     # seconds) and final_estimated_kl (the final model's 1/2 sum F (theta - theta0)^2)
