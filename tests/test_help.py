@@ -1,6 +1,6 @@
 """Every script's ``-h`` (run in-process) lists each of its flags with the help text declared on its option
-dataclass, so the parser cannot lose a flag or its explanation; and ``-h`` or a mistyped flag answers before
-any heavy library is imported."""
+dataclass, so the parser cannot lose a flag or its explanation; and ``-h``, a mistyped flag or a value no run
+could use is answered before any heavy library is imported."""
 import importlib.util
 import json
 import os
@@ -76,11 +76,43 @@ print(json.dumps({"code": code, "heavy": heavy}))
 """
 
 
-@pytest.mark.parametrize("args, status", [(["-h"], 0), (["--no_such_flag", "1"], 2)], ids=["help", "bad-flag"])
-@pytest.mark.parametrize("script", [s[0] for s in SCRIPTS])
-def test_help_and_flag_errors_import_no_heavy_library(script, args, status):
+def _run_listing_imports(script, args):
+    """``(outcome, stderr)`` of ``python SCRIPT ARGS``: outcome is its exit status and the heavy libraries it
+    imported."""
     done = subprocess.run([sys.executable, "-c", RUN_AND_LIST_IMPORTS, os.path.join(REPO_ROOT, script), *args],
                           input=json.dumps(HEAVY_LIBRARIES), capture_output=True, text=True, cwd=REPO_ROOT,
                           timeout=120)
-    outcome = json.loads(done.stdout.strip().splitlines()[-1])
-    assert outcome == {"code": status, "heavy": []}, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+@pytest.mark.parametrize("args, status", [(["-h"], 0), (["--no_such_flag", "1"], 2)], ids=["help", "bad-flag"])
+@pytest.mark.parametrize("script", [s[0] for s in SCRIPTS])
+def test_help_and_flag_errors_import_no_heavy_library(script, args, status):
+    outcome, stderr = _run_listing_imports(script, args)
+    assert outcome == {"code": status, "heavy": []}, stderr[-2000:]
+
+
+TRAIN_ARGS = ["--model_name", "m", "--train_datasets", "d", "--eval_datasets", "e", "--output_dir", "o"]
+EVAL_ARGS = ["--hf_model", "m", "--output_dir", "o"]
+MERGE_RATIO_ERROR = "error: --merge_ratio 2: give a number above 0 and at most 1, or auto"
+NUM_BEAMS_ERROR = "error: --num_beams 0: must be 1 (greedy) or more"
+BAD_VALUES = [
+    ("train/fine-tune_on_custom_dataset.py", TRAIN_ARGS + ["--merge_ratio", "2"], MERGE_RATIO_ERROR),
+    ("train/fine-tune_on_hf_dataset.py", TRAIN_ARGS + ["--merge_ratio", "2"], MERGE_RATIO_ERROR),
+    ("train/fine-tune_on_custom_dataset.py", TRAIN_ARGS + ["--freeze_encoder", "True", "--freeze_decoder", "True"],
+     "error: --freeze_encoder True and --freeze_decoder True together leave nothing to train; pick one"),
+    ("evaluate/evaluate_on_custom_dataset.py", EVAL_ARGS + ["--eval_datasets", "e", "--num_beams", "0"],
+     NUM_BEAMS_ERROR),
+    ("evaluate/evaluate_on_hf_dataset.py", EVAL_ARGS + ["--dataset", "d", "--num_beams", "0"], NUM_BEAMS_ERROR),
+    ("evaluate/jax_evaluate_on_custom_dataset.py", EVAL_ARGS + ["--eval_datasets", "e", "--audio_context", "dynamic"],
+     "error: --audio_context dynamic: needs --backend pytorch or ctranslate2 (the JAX decoder is compiled for one "
+     "input shape, 30 s)"),
+]
+
+
+@pytest.mark.parametrize("script, args, message", BAD_VALUES, ids=[f"{s}-{a[-2]}" for s, a, _ in BAD_VALUES])
+def test_a_bad_value_is_refused_before_any_heavy_import(script, args, message):
+    outcome, stderr = _run_listing_imports(script, args)
+    assert outcome == {"code": 2, "heavy": []}, stderr[-2000:]
+    assert stderr.strip() == message
+

@@ -14,8 +14,10 @@ from . import options
 from .decode.config import TranscribeConfig
 from .errors import OptionError, Stopped, UserError
 from .evaluate.config import EvalConfig
+from .evaluate.config import check_values as check_eval_values
 from .signals import Terminated, terminate_raises
 from .train.config import HF_ONLY, TrainConfig
+from .train.config import check_values as check_train_values
 
 # Loggers of libraries that report their internals at INFO (datasets lists the frameworks it found when
 # first imported, before its own verbosity setting exists).
@@ -86,6 +88,7 @@ def run(main, argv=None, flag_names=None):
 def train_main(doc, hf, argv=None):
     """The whole of both training scripts: parse the flags, train, print the summary on rank 0."""
     config, script = options.parse(TrainConfig, doc, argv, exclude=() if hf else HF_ONLY, fixed={"custom": not hf})
+    check_train_values(config)  # before any import of the libraries: a bad value is refused at once
     setup_logging(script.verbose)
     from .train.run import train
     from .train.summary import format_summary
@@ -111,6 +114,7 @@ def evaluator_main(doc, custom, argv=None, backend=None):
     fixed = {"custom": custom, "result_marker": backend}
     config, script = options.parse(EvalConfig, doc, argv, exclude=exclude, fixed=fixed, required=required,
                                    defaults={"backend": backend} if backend else None)
+    check_eval_values(config)  # before any import of the libraries: a bad value is refused at once
     setup_logging(script.verbose)
     from .evaluate.evaluation import evaluate
     from .scoring import summary_table

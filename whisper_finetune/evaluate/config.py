@@ -7,9 +7,10 @@ jiwer: a script's ``-h`` and its option errors come before those imports.
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from ..data.bad_audio import max_bad_examples_option
+from ..data.bad_audio import check_limit, max_bad_examples_option
 from ..data.schema import AUDIO_COLUMN, DatasetSpec
-from ..decode.options import DecodingOptions
+from ..decode.options import DecodingOptions, validate_options
+from ..errors import OptionError, UserError
 from ..model.options import ModelOptions
 from ..options import option
 from ..text import METRICS, NORMALIZERS
@@ -57,6 +58,19 @@ class EvalConfig(ModelOptions):
             return ()
         return (DatasetSpec(name=self.dataset, config=self.config, split=self.split, text_column=self.text_column,
                             audio_column=self.audio_column),)
+
+
+def check_values(config: EvalConfig):
+    """Refuse, with one line, option values no evaluation could use (the decoding options included): the checks
+    that need neither the model nor the data. Cheap: the scripts run it before importing torch."""
+    if not config.dataset_specs():
+        raise UserError("--eval_datasets: give at least one dataset" if config.custom else "--dataset: give a dataset")
+    if config.max_samples is not None and config.max_samples < 1:
+        raise OptionError("max_samples", config.max_samples, "must be at least 1")
+    if config.num_workers < 0:
+        raise OptionError("num_workers", config.num_workers, "must be 0 or more")
+    check_limit(config.max_bad_examples)
+    validate_options(config.decoding)
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,12 @@ from .. import files, scoring
 from ..audio import SAMPLE_RATE
 from ..data.loading import load_datasets, source_format
 from ..data.schema import AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, TEXT_COLUMN
-from ..data.bad_audio import check_limit, too_many, try_decode
-from ..decode.options import validate_options
+from ..data.bad_audio import too_many, try_decode
 from ..decode.backends import make_decoder
-from ..errors import OptionError, UserError
+from ..errors import UserError
 from ..signals import die_with_parent
 from ..text import choose_metric, choose_normalizer
-from .config import EvalConfig
+from .config import EvalConfig, check_values
 
 logger = logging.getLogger(__name__)
 
@@ -346,15 +345,8 @@ def evaluate(config: EvalConfig) -> list:
 
     Returns one :class:`EvalResult` per dataset.
     """
-    if not config.dataset_specs():
-        raise UserError("--eval_datasets: give at least one dataset" if config.custom else "--dataset: give a dataset")
-    if config.max_samples is not None and config.max_samples < 1:
-        raise OptionError("max_samples", config.max_samples, "must be at least 1")
-    if config.num_workers < 0:
-        raise OptionError("num_workers", config.num_workers, "must be 0 or more")
-    check_limit(config.max_bad_examples)
+    check_values(config)
     device = loading.decoding_device(config.device, config.decoding.backend)
-    validate_options(config.decoding)
     prepared = loading.prepare_model(config, config.decoding)
     normalizer = choose_normalizer(prepared.options.language, config.normalizer, prepared.english_only)
     metric = choose_metric(prepared.options.language, config.primary_metric)

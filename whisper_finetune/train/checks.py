@@ -1,11 +1,11 @@
 """Every check made before any long training work, and what it establishes.
 
-:func:`check_config` validates every option of :class:`~.config.TrainConfig` (values, datasets, model,
-resume point, output folder) so that a bad run fails in seconds with one line, not after featurising the data.
+:func:`check_config` validates every option of :class:`~.config.TrainConfig` (values, with
+:func:`.config.check_values`; datasets, model, resume point, output folder) so that a bad run fails in seconds
+with one line, not after featurising the data.
 """
 import glob
 import importlib.util
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from transformers import GenerationConfig, WhisperConfig
 
-from . import checkpoints, labelling, merging
+from . import checkpoints, labelling
 from .. import hub
 from ..model import loading
 from ..data.loading import check_parallel_lists, load_custom_dataset
@@ -22,9 +22,8 @@ from ..data.schema import LANGUAGE_COLUMN, DatasetSpec
 from ..errors import OptionError, UserError
 from ..data.augment import MAX_PITCH_SEMITONES
 from .summary import SUMMARY_FILE
-from ..text import METRICS, language_code
-from .config import (BEST_MODEL_METRICS, DISTILL_ROWS, PRECISIONS, SHORT_CONTEXT_UPDATES, STRATEGIES, TASKS,
-                     TrainConfig, intervals)
+from ..text import language_code
+from .config import TrainConfig, check_values, replays
 
 # --mixed_precision bf16 on a CPU is fast only where the CPU has bfloat16 instructions (AVX-512 BF16, AMX);
 # elsewhere torch falls back to slow generic kernels. Measured 2026-12-07, torch 2.13.0:
@@ -124,139 +123,6 @@ def earlier_run(output_dir):
         return []
     found = [m for m in RUN_MARKERS if os.path.exists(os.path.join(output_dir, m))]
     return found + sorted(os.path.basename(p) for p in glob.glob(os.path.join(output_dir, "checkpoint-*")))
-
-
-def _check_values(config: TrainConfig):
-    for name, choices in (("train_strategy", STRATEGIES), ("mixed_precision", PRECISIONS), ("task", TASKS),
-                          ("primary_metric", METRICS + (None,)), ("short_context_updates", SHORT_CONTEXT_UPDATES),
-                          ("metric_for_best_model", BEST_MODEL_METRICS), ("distill_rows", DISTILL_ROWS)):
-        if getattr(config, name) not in choices:
-            accepted = ", ".join(choice for choice in choices if choice is not None)
-            raise OptionError(name, getattr(config, name), f"choose one of {accepted}")
-    for name in ("train_batchsize", "eval_batchsize", "gradient_accumulation_steps", "num_steps", "sampling_rate",
-                 "num_proc", "logging_steps", "generation_max_new_tokens"):
-        if getattr(config, name) < 1:
-            raise OptionError(name, getattr(config, name), "must be at least 1")
-    if config.num_epochs <= 0:
-        raise OptionError("num_epochs", config.num_epochs, "must be positive")
-    for name in ("eval_steps", "save_steps", "max_train_samples", "max_eval_samples", "save_total_limit",
-                 "early_stopping_patience"):
-        if getattr(config, name) is not None and getattr(config, name) < 1:
-            raise OptionError(name, getattr(config, name), "must be at least 1")
-    for name in ("warmup", "num_workers", "max_bad_examples"):
-        if getattr(config, name) < 0:
-            raise OptionError(name, getattr(config, name), "must not be negative")
-    if config.learning_rate is not None and config.learning_rate <= 0:
-        raise OptionError("learning_rate", config.learning_rate, "must be positive")
-    eval_steps, save_steps = intervals(config)
-    if config.train_strategy == "steps" and save_steps % eval_steps:
-        raise OptionError("save_steps", save_steps, f"must be a multiple of --eval_steps {eval_steps} (the best "
-                          f"checkpoint is chosen at evaluations)")
-    if not 0 <= config.timestamp_ratio <= 1:
-        raise OptionError("timestamp_ratio", config.timestamp_ratio, "must be between 0 and 1")
-    if config.timestamps and config.streaming:
-        raise UserError("--timestamps True packs each recording's segments into windows, which a stream cannot; "
-                        "use it without --streaming")
-    if config.timestamps and config.dynamic_audio_context:
-        raise UserError("--timestamps True with --dynamic_audio_context True: timestamp windows fill Whisper's 30 s, "
-                        "so there is no padding to cut; pick one")
-    if not 0 <= config.full_context_ratio <= 1:
-        raise OptionError("full_context_ratio", config.full_context_ratio, "must be between 0 and 1")
-    config.audio_context.check()
-    if config.dynamic_audio_context and config.streaming:
-        raise UserError("--dynamic_audio_context True groups batches by length, which a stream cannot; use it "
-                        "without --streaming")
-    if config.dynamic_audio_context and config.freeze_encoder and config.short_context_updates != "all":
-        raise UserError("--freeze_encoder True with --dynamic_audio_context True leaves its short-context steps "
-                        f"nothing to train (--short_context_updates {config.short_context_updates}); add "
-                        "--short_context_updates all")
-    if config.dynamic_audio_context and config.freeze_decoder and config.short_context_updates == "split":
-        raise UserError("--freeze_decoder True with --short_context_updates split leaves its 30 s steps nothing "
-                        "to train; use --short_context_updates encoder or all")
-    _check_merge(config)
-    if not (config.distill_weight >= 0 and math.isfinite(config.distill_weight)):
-        raise OptionError("distill_weight", config.distill_weight, "must be 0 (off) or more")
-    if config.distill_rows == "replay" and not (config.distill_weight and replays(config)):
-        raise UserError("--distill_rows replay holds the replayed rows to the base model: it needs "
-                        "--distill_weight above 0 and --replay_datasets or --replay_audio")
-    if not (config.ewc_weight >= 0 and math.isfinite(config.ewc_weight)):
-        raise OptionError("ewc_weight", config.ewc_weight, "must be 0 (off) or more")
-    if config.ewc_weight and not replays(config):
-        raise UserError(f"--ewc_weight {config.ewc_weight:g} weighs the weights by the replayed speech: it needs "
-                        "--replay_datasets or --replay_audio")
-    if config.ewc_weight and config.lora:
-        raise UserError(f"--ewc_weight {config.ewc_weight:g} with --lora True: LoRA leaves the base weights as "
-                        "they are, so there is nothing for it to hold; pick one")
-    if config.lora and (config.freeze_encoder or config.freeze_decoder):
-        flag = "--freeze_encoder" if config.freeze_encoder else "--freeze_decoder"
-        raise UserError(f"--lora and {flag} together: LoRA already freezes the base model; pick one")
-    if config.freeze_encoder_layers and (config.freeze_encoder or config.lora):
-        flag = "--freeze_encoder True" if config.freeze_encoder else "--lora True"
-        raise UserError(f"--freeze_encoder_layers {config.freeze_encoder_layers} with {flag}: that already "
-                        "freezes every encoder layer; pick one")
-    if config.freeze_encoder and config.freeze_decoder:
-        raise UserError("--freeze_encoder True and --freeze_decoder True together leave nothing to train; pick one")
-    for name in ("deepspeed", "fsdp_config"):
-        if getattr(config, name) and not os.path.isfile(getattr(config, name)):
-            raise OptionError(name, getattr(config, name), "no such config file")
-    if config.deepspeed and importlib.util.find_spec("deepspeed") is None:
-        raise OptionError("deepspeed", config.deepspeed, "needs the deepspeed package: pip install deepspeed")
-
-
-def _check_merge(config: TrainConfig):
-    try:
-        ratio = merging.requested_ratio(config.merge_ratio)
-    except ValueError:
-        ratio = math.nan  # not a number: refused below, as an out-of-range one is
-    if ratio is not None and not 0 < ratio <= 1:
-        raise OptionError("merge_ratio", config.merge_ratio, "give a number above 0 and at most 1, or auto")
-    encoder = config.merge_encoder_ratio
-    if encoder is not None and not 0 < encoder <= 1:
-        raise OptionError("merge_encoder_ratio", encoder, "give a number above 0 and at most 1")
-    if not merging.merges(config.merge_ratio, config.merge_encoder_ratio):
-        return
-    if encoder is not None and config.freeze_encoder:
-        raise UserError(f"--merge_encoder_ratio {encoder} with --freeze_encoder True: a frozen encoder is the base "
-                        "model's already; leave --merge_encoder_ratio out")
-    if config.merge_tolerance < 0:
-        raise OptionError("merge_tolerance", config.merge_tolerance, "must not be negative")
-    for name, flag in (("lora", "--lora"), ("deepspeed", "--deepspeed"), ("fsdp", "--fsdp")):
-        if getattr(config, name):
-            raise UserError(f"{_merge_flags(config)} with {flag}: interpolation needs every trained "
-                            "weight whole in one process; train without it"
-                            + (" (or lower --lora_alpha, which scales the adapters)" if name == "lora" else ""))
-
-
-def _merge_flags(config: TrainConfig):
-    flags = f"--merge_ratio {config.merge_ratio}"
-    encoder = config.merge_encoder_ratio
-    return flags if encoder is None else f"{flags} --merge_encoder_ratio {encoder}"
-
-
-def _check_streaming(config: TrainConfig):
-    if not config.streaming:
-        if config.interleave_probabilities:
-            raise UserError("--interleave_probabilities needs --streaming True")
-        return
-    if config.custom:
-        raise UserError("--streaming: use train/fine-tune_on_hf_dataset.py (it also reads data_prep folders)")
-    if config.train_strategy != "steps":
-        raise UserError(f"--streaming True needs --train_strategy steps (a stream has no epoch length), "
-                        f"not {config.train_strategy}")
-    if config.shuffle_buffer_size < 1:
-        raise OptionError("shuffle_buffer_size", config.shuffle_buffer_size, "must be at least 1")
-    probabilities = config.interleave_probabilities
-    if probabilities is not None:
-        if len(probabilities) != len(config.train_datasets):
-            raise UserError(f"--interleave_probabilities: {len(probabilities)} value(s) for "
-                            f"{len(config.train_datasets)} --train_datasets; give one per dataset")
-        if any(p < 0 for p in probabilities) or not sum(probabilities) > 0:
-            raise UserError("--interleave_probabilities: values must be non-negative with a positive sum")
-
-
-def replays(config: TrainConfig):
-    """True when the run mixes replay rows into training (--replay_datasets, --replay_audio or both)."""
-    return bool(config.replay_datasets or config.replay_audio)
 
 
 def _check_replay(config: TrainConfig, generation):
@@ -361,8 +227,7 @@ def _check_replay_and_augmentation(config: TrainConfig, model_config, generation
 
 def check_config(config: TrainConfig) -> CheckedRun:
     """Validate every option before any long work (see the module docstring)."""
-    _check_values(config)
-    _check_streaming(config)
+    check_values(config)
     if config.push_to_hub:
         hub.check_push(config.hub_model_id)
     for role in ("train", "eval"):

@@ -19,9 +19,10 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from transformers import WhisperForConditionalGeneration
 
+from .config import AUTO, merges, requested_ratio
+
 logger = logging.getLogger(__name__)
 
-AUTO = "auto"
 ENCODER_PREFIX = "model.encoder."  # WhisperForConditionalGeneration's encoder parameters; the rest is decoder
 # Ratios tried by --merge_ratio auto, lowest (closest to the base model) first; tenths, because one
 # evaluation pass per ratio is the cost, and neighbouring tenths differ by less than a small eval set's noise.
@@ -29,16 +30,6 @@ MERGE_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # Metric keys of the final model after --merge_ratio (merged_wer, merged_retain_wer...); "merged" -> "eval"
 # gives the keys of an ordinary evaluation.
 MERGED_PREFIX = "merged"
-
-
-def requested_ratio(value) -> Optional[float]:
-    """--merge_ratio as a number, or None for auto."""
-    return None if value == AUTO else float(value)
-
-
-def merges(value, encoder_ratio) -> bool:
-    """Whether the final model is interpolated with the base model (a ratio below 1 anywhere)."""
-    return requested_ratio(value) != 1 or encoder_ratio not in (None, 1)
 
 
 @dataclass(frozen=True)

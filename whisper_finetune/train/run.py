@@ -32,8 +32,8 @@ from ..errors import UserError
 from ..model import loading
 from ..text import choose_metric, choose_normalizer, language_code
 from . import checkpoints, labelling
-from .config import TrainConfig
-from .checks import check_config, dataset_specs, precision, replays
+from .config import TrainConfig, replays
+from .checks import check_config, dataset_specs, precision
 from .data import hours, mix_replay, numbered, on_the_fly_features, prepare_split, prepare_stream
 from .merging import MERGED_PREFIX, merge_summary, merge_with_base
 from .model_setup import (build_model, configure_tokenizer, context_frozen, make_consolidation, make_distiller,
