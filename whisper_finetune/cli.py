@@ -3,7 +3,8 @@
 Only the shims import this module; library code never sees argparse. Each script's whole body is one
 of the ``*_main`` functions below (or its own few lines built from :func:`options.parse`). Flags are parsed
 before the code that runs them is imported: the option dataclasses live in modules that import neither
-torch, transformers nor datasets, so ``-h`` and a mistyped flag answer at once, not after seconds of imports.
+torch, transformers nor datasets, so ``-h`` and a mistyped flag (and, for training and evaluation, a value no
+run could use) answer at once, not after seconds of imports.
 """
 import argparse
 import logging
@@ -13,11 +14,9 @@ import warnings
 from . import options
 from .decode.config import TranscribeConfig
 from .errors import OptionError, Stopped, UserError
-from .evaluate.config import EvalConfig
-from .evaluate.config import check_values as check_eval_values
+from .evaluate.config import EvalConfig, check_values as check_eval_values
 from .signals import Terminated, terminate_raises
-from .train.config import HF_ONLY, TrainConfig
-from .train.config import check_values as check_train_values
+from .train.config import HF_ONLY, TrainConfig, check_values as check_train_values
 
 # Loggers of libraries that report their internals at INFO (datasets lists the frameworks it found when
 # first imported, before its own verbosity setting exists).
