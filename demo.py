@@ -15,11 +15,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from whisper_finetune import cli, options  # noqa: E402
-from whisper_finetune.decode.config import DemoConfig  # noqa: E402
+from whisper_finetune.decode.config import DemoConfig, check_demo_values  # noqa: E402
 
 
 def main(argv=None):
     config, script = options.parse(DemoConfig, __doc__, argv)
+    check_demo_values(config)  # before any import of the libraries: a bad value is refused at once
     cli.setup_logging(script.verbose)
     from whisper_finetune.demo import serve  # after parsing: -h and option errors need no torch
 

@@ -29,11 +29,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from whisper_finetune import cli, options  # noqa: E402
-from whisper_finetune.export.config import ExportOptions  # noqa: E402
+from whisper_finetune.export.config import ExportOptions, check_values  # noqa: E402
 
 
 def main(argv=None):
     config, script = options.parse(ExportOptions, __doc__, argv)
+    check_values(config)  # before any import of the libraries: a bad value is refused at once
     cli.setup_logging(script.verbose)
     from whisper_finetune.export.parity import format_table
     from whisper_finetune.export.run import export

@@ -21,11 +21,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from whisper_finetune import cli, options  # noqa: E402
-from whisper_finetune.embeddings_config import EmbeddingConfig  # noqa: E402
+from whisper_finetune.embeddings_config import EmbeddingConfig, validate_config  # noqa: E402
 
 
 def main(argv=None):
     config, script = options.parse(EmbeddingConfig, __doc__, argv)
+    validate_config(config)  # before any import of the libraries: a bad value is refused at once
     cli.setup_logging(script.verbose)
     from whisper_finetune.embeddings import extract_embeddings  # after parsing: -h and option errors need no torch
 

@@ -36,11 +36,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from whisper_finetune import cli, options  # noqa: E402
-from whisper_finetune.data.config import DataPrepConfig  # noqa: E402
+from whisper_finetune.data.config import DataPrepConfig, check_values  # noqa: E402
 
 
 def main(argv=None):
     config, script = options.parse(DataPrepConfig, __doc__, argv)
+    check_values(config)  # before any import of the libraries: a bad value is refused at once
     cli.setup_logging(script.verbose)
     from whisper_finetune.data.corpus import prepare_dataset  # after parsing: -h and option errors need no datasets
 

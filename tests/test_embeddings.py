@@ -13,8 +13,8 @@ import torch
 from conftest import REPO_ROOT, run_script
 from whisper_finetune import cli
 from whisper_finetune.audio import ENCODER_FRAMES, N_SAMPLES, SAMPLE_RATE
-from whisper_finetune.embeddings import (EmbeddingConfig, embed_audio, extract_embeddings, hidden_states,
-                                         parse_embedding_name, real_frames, resolve_targets)
+from whisper_finetune.embeddings import embed_audio, extract_embeddings, hidden_states, real_frames
+from whisper_finetune.embeddings_config import EmbeddingConfig, parse_embedding_name, resolve_targets
 from whisper_finetune.errors import UserError
 from whisper_finetune.model.loading import decoder_prompt_ids, load_model, load_processor
 from whisper_finetune.testing import synthetic_speech

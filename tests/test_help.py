@@ -94,6 +94,7 @@ def test_help_and_flag_errors_import_no_heavy_library(script, args, status):
 
 TRAIN_ARGS = ["--model_name", "m", "--train_datasets", "d", "--eval_datasets", "e", "--output_dir", "o"]
 EVAL_ARGS = ["--hf_model", "m", "--output_dir", "o"]
+CLIP = "sample_data/audio/sample_0000.flac"  # the scripts run in the repository's root
 MERGE_RATIO_ERROR = "error: --merge_ratio 2: give a number above 0 and at most 1, or auto"
 NUM_BEAMS_ERROR = "error: --num_beams 0: must be 1 (greedy) or more"
 BAD_VALUES = [
@@ -107,6 +108,23 @@ BAD_VALUES = [
     ("evaluate/jax_evaluate_on_custom_dataset.py", EVAL_ARGS + ["--eval_datasets", "e", "--audio_context", "dynamic"],
      "error: --audio_context dynamic: needs --backend pytorch or ctranslate2 (the JAX decoder is compiled for one "
      "input shape, 30 s)"),
+    ("transcribe_audio.py", ["--hf_model", "m", "--path_to_audio", CLIP, "--search_seconds", "20"],
+     "error: --search_seconds 20.0: must be more than 0 and at most 15"),
+    ("transcribe_audio.py", ["--hf_model", "m", "--path_to_audio", CLIP, "--output", "talk.docx"],
+     "error: --output talk.docx: unknown extension; use one of .txt, .srt, .vtt, .json"),
+    ("jax_transcribe_audio.py", ["--hf_model", "m", "--path_to_audio", CLIP, "--timestamps", "True"],
+     "error: --timestamps True: only --backend pytorch decodes long-form on timestamps (transformers' generate); "
+     "with --backend jax leave it False: long audio is then cut at silence"),
+    ("demo.py", ["--hf_model", "m", "--server_port", "70000"], "error: --server_port 70000: must be between 1 and 65535"),
+    ("export_model.py", ["--model", "m", "--format", "ggml", "--quantization", "q4_0", "--output_dir", "o"],
+     "error: --quantization q4_0: not accepted by --format ggml (ggml: f16, q8_0, q5_0)"),
+    ("extract_embeddings.py", ["--model", "m", "--path_to_audio", CLIP, "--output_dir", "o", "--embeddings",
+                               "encoder_hidden_states"],
+     "error: --embeddings 'encoder_hidden_states': encoder_hidden_states needs a layer index, e.g. "
+     "encoder_hidden_states[-1]; valid names: encoder_last_hidden_state, encoder_hidden_states[i], "
+     "last_hidden_state, decoder_hidden_states[i]"),
+    ("custom_data/data_prep.py", ["--source_data_dir", "sample_data", "--output_data_dir", "o", "--sampling_rate", "0"],
+     "error: --sampling_rate 0: must be a positive number of Hz"),
 ]
 
 

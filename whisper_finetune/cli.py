@@ -12,7 +12,7 @@ import sys
 import warnings
 
 from . import options
-from .decode.config import TranscribeConfig
+from .decode.config import TranscribeConfig, check_values as check_transcribe_values
 from .errors import OptionError, Stopped, UserError
 from .evaluate.config import EvalConfig, check_values as check_eval_values
 from .signals import Terminated, terminate_raises
@@ -128,6 +128,7 @@ def evaluator_main(doc, custom, argv=None, backend=None):
 def transcriber_main(doc, argv=None, backend=None):
     """The whole body of a transcription script: parse flags, run :func:`transcribe`, print the text."""
     config, script = options.parse(TranscribeConfig, doc, argv, defaults={"backend": backend} if backend else None)
+    check_transcribe_values(config)  # before any import of the libraries: a bad value is refused at once
     setup_logging(script.verbose)
     from .decode.transcription import transcribe
 

@@ -12,10 +12,10 @@ from typing import List
 
 from .model import loading
 from .audio import SAMPLE_RATE, load_audio
-from .decode.config import DEFAULT_SEARCH_SECONDS, DemoConfig
+from .decode.config import DEFAULT_SEARCH_SECONDS, DemoConfig, check_demo_values
 from .decode.options import DecodingOptions
 from .decode.backends import make_decoder
-from .errors import OptionError, UserError
+from .errors import UserError
 from .extras import require
 from .decode.transcription import Segment, transcribe_array
 
@@ -143,8 +143,7 @@ def offline_theme():
 
 def serve(config: DemoConfig):
     """Load the models, then serve the page until interrupted."""
-    if config.server_port is not None and not 0 < config.server_port < 65536:
-        raise OptionError("server_port", config.server_port, "must be between 1 and 65535")
+    check_demo_values(config)
     models = load_models(config)
     app = build_app(models, config.search_seconds)
     _, local_url, share_url = app.launch(server_name=config.server_name, server_port=config.server_port,

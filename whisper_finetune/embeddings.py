@@ -24,12 +24,10 @@ import json
 import logging
 import math
 import os
-import re
 import tempfile
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
-from typing import Optional
 
 import numpy as np
 import torch
@@ -39,100 +37,16 @@ from .audio import (ENCODER_FRAMES, ENCODER_FRAMES_PER_SECOND, ENCODER_STRIDE, H
                     decode_example_audio, load_audio)
 from .data.loading import load_datasets
 from .data.schema import AUDIO_COLUMN, ID_COLUMN, DatasetSpec
-from .errors import OptionError, UserError
+from .errors import UserError
 from .files import atomic_write_text, publish
 from .model.loading import (decoder_prompt_ids, is_english_only, load_model, load_processor, resolve_language,
                             resolve_model, torch_device)
-from .embeddings_config import (DECODER_LAST, DECODER_PROMPTS, DECODER_STATES, EMBEDDING_SOURCES, ENCODER_LAST,
-                                ENCODER_STATES, POOLING, EmbeddingConfig)
+from .embeddings_config import (DECODER_LAST, DECODER_STATES, ENCODER_LAST, ENCODER_STATES, MANIFEST,
+                                EmbeddingConfig, resolve_targets, validate_config)
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 SAMPLES_PER_ENCODER_FRAME = HOP_LENGTH * ENCODER_STRIDE  # 320 samples = 20 ms
-_NAME = re.compile(r"^\s*([a-z_]+)\s*(?:\[\s*([+-]?\d+)\s*\])?\s*$")
-
-
-# ---------------------------------------------------------------------------------------------
-# Embedding names
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class EmbeddingTarget:
-    """One requested embedding: ``source`` (one of :data:`EMBEDDING_SOURCES`) and, for the
-    ``*_hidden_states`` lists, ``index`` made non-negative against the model's layer count."""
-
-    request: str
-    source: str
-    index: Optional[int] = None
-
-    @property
-    def name(self):
-        """The canonical name, also the file stem: ``encoder_hidden_states_5``, ``last_hidden_state``."""
-        return self.source if self.index is None else f"{self.source}_{self.index}"
-
-    @property
-    def side(self):
-        """``encoder`` or ``decoder``."""
-        return "encoder" if self.source.startswith("encoder") else "decoder"
-
-    def meaning(self, layers):
-        """What the tensor is, in words, for a side with ``layers`` layers."""
-        last = f"output of {self.side} layer {layers} (the last) after the final layer norm"
-        if self.index is None:
-            return last
-        if self.index == 0:
-            stem = "convolutions" if self.side == "encoder" else "tokens"
-            return f"input to {self.side} layer 1 (embeddings: {stem} + positions)"
-        if self.index == layers:
-            return f"{last} (equals {ENCODER_LAST if self.side == 'encoder' else DECODER_LAST})"
-        return f"output of {self.side} layer {self.index}"
-
-
-def _valid_names(encoder_layers=None, decoder_layers=None):
-    def states(source, layers):
-        return f"{source}[i] (i from {-(layers + 1)} to {layers})" if layers is not None else f"{source}[i]"
-    return (f"{ENCODER_LAST}, {states(ENCODER_STATES, encoder_layers)}, {DECODER_LAST}, "
-            f"{states(DECODER_STATES, decoder_layers)}")
-
-
-def parse_embedding_name(request, encoder_layers=None, decoder_layers=None):
-    """Parse ``encoder_hidden_states[-2]``-style names into an :class:`EmbeddingTarget`.
-
-    With the layer counts given, indices are range-checked (``-(L+1) .. L``) and made non-negative;
-    without them only the syntax is checked. Errors list every valid name (and range).
-    """
-    match = _NAME.match(str(request))
-    source, raw = (match.group(1), match.group(2)) if match else (None, None)
-    if source not in EMBEDDING_SOURCES:
-        raise UserError(f"--embeddings {request!r}: unknown embedding; valid names: "
-                        f"{_valid_names(encoder_layers, decoder_layers)}")
-    listed = source in (ENCODER_STATES, DECODER_STATES)
-    if listed and raw is None:
-        raise UserError(f"--embeddings {request!r}: {source} needs a layer index, e.g. {source}[-1]; valid names: "
-                        f"{_valid_names(encoder_layers, decoder_layers)}")
-    if not listed and raw is not None:
-        raise UserError(f"--embeddings {request!r}: {source} takes no index; valid names: "
-                        f"{_valid_names(encoder_layers, decoder_layers)}")
-    if raw is None:
-        return EmbeddingTarget(str(request), source)
-    index = int(raw)
-    layers = encoder_layers if source == ENCODER_STATES else decoder_layers
-    if layers is not None:
-        if not -(layers + 1) <= index <= layers:
-            raise UserError(f"--embeddings {request!r}: index {index} out of range; this model has {layers} "
-                            f"{source.split('_')[0]} layers, so {source} has {layers + 1} entries: use i from "
-                            f"{-(layers + 1)} to {layers}. Valid names: {_valid_names(encoder_layers, decoder_layers)}")
-        index %= layers + 1
-    return EmbeddingTarget(str(request), source, index)
-
-
-def resolve_targets(requests, encoder_layers, decoder_layers):
-    """Parse and range-check every requested name; repeats of the same tensor are kept once."""
-    targets = {}
-    for request in requests:
-        target = parse_embedding_name(request, encoder_layers, decoder_layers)
-        targets.setdefault(target.name, target)
-    return list(targets.values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,37 +133,6 @@ class EmbeddingResult:
             lines.append(f"  {entry['file']}: {entry['shape_per_item']}  {entry['meaning']}")
         lines.append(f"wall time: {self.manifest['wall_seconds']:.1f} s")
         return "\n".join(lines)
-
-
-def validate_config(config: EmbeddingConfig):
-    """Check the options that need no model or data; raises :class:`UserError` naming the flag."""
-    inputs = [bool(config.audio_paths), bool(config.eval_datasets), bool(config.dataset)]
-    if sum(inputs) != 1:
-        raise UserError("give exactly one input: --path_to_audio FILE..., --eval_datasets FOLDER... (data_prep "
-                        "output) or --dataset NAME (Hugging Face, with --config/--split)")
-    for path in config.audio_paths:
-        if not os.path.isfile(path):
-            raise OptionError("path_to_audio", path, "no such file")
-    if config.pool not in POOLING:
-        raise OptionError("pool", config.pool, f"choose one of {', '.join(POOLING)}")
-    if config.decoder_prompt not in DECODER_PROMPTS:
-        raise OptionError("decoder_prompt", config.decoder_prompt, f"choose one of {', '.join(DECODER_PROMPTS)}")
-    if config.task not in ("transcribe", "translate"):
-        raise OptionError("task", config.task, "choose one of transcribe, translate")
-    if config.language and config.decoder_prompt != "forced":
-        raise UserError("--language only sets the forced decoder prompt: add --decoder_prompt forced")
-    if config.batch_size < 1:
-        raise OptionError("batch_size", config.batch_size, "must be at least 1")
-    if not config.embeddings:
-        raise UserError(f"--embeddings: name at least one of {_valid_names()}")
-    for name in config.embeddings:
-        parse_embedding_name(name)
-    manifest = os.path.join(config.output_dir, MANIFEST)
-    if os.path.exists(config.output_dir) and not os.path.isdir(config.output_dir):
-        raise OptionError("output_dir", config.output_dir, "exists and is not a folder")
-    if os.path.exists(manifest) and not config.overwrite:
-        raise UserError(f"--output_dir {config.output_dir} already holds embeddings ({MANIFEST}); pass --overwrite "
-                        f"to replace them")
 
 
 def _load_sources(config):

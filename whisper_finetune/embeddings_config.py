@@ -1,12 +1,15 @@
-"""The options of extract_embeddings.py and the names of what it extracts.
+"""The options of extract_embeddings.py, the names of what it extracts, and the checks of both.
 
-Declared apart from :mod:`whisper_finetune.embeddings` (torch, transformers, datasets): ``-h`` and a mistyped
-flag answer before those imports.
+Declared apart from :mod:`whisper_finetune.embeddings` (torch, transformers, datasets): ``-h``, a mistyped
+flag and a bad value answer before those imports.
 """
+import os
+import re
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from .data.schema import AUDIO_COLUMN
+from .errors import OptionError, UserError
 from .options import option
 
 # Hidden states by transformers' output names (see :mod:`whisper_finetune.embeddings`).
@@ -60,3 +63,118 @@ class EmbeddingConfig:
     batch_size: int = option(16, "clips per forward pass")
     device: int = option(-1, "-1 for CPU, N for GPU N")
     overwrite: bool = option(False, "replace embeddings already in --output_dir")
+
+
+MANIFEST = "manifest.json"  # in the output folder: what was extracted, from what, how
+_NAME = re.compile(r"^\s*([a-z_]+)\s*(?:\[\s*([+-]?\d+)\s*\])?\s*$")  # a source, optionally [index]
+
+
+@dataclass(frozen=True)
+class EmbeddingTarget:
+    """One requested embedding: ``source`` (one of :data:`EMBEDDING_SOURCES`) and, for the
+    ``*_hidden_states`` lists, ``index`` made non-negative against the model's layer count."""
+
+    request: str
+    source: str
+    index: Optional[int] = None
+
+    @property
+    def name(self):
+        """The canonical name, also the file stem: ``encoder_hidden_states_5``, ``last_hidden_state``."""
+        return self.source if self.index is None else f"{self.source}_{self.index}"
+
+    @property
+    def side(self):
+        """``encoder`` or ``decoder``."""
+        return "encoder" if self.source.startswith("encoder") else "decoder"
+
+    def meaning(self, layers):
+        """What the tensor is, in words, for a side with ``layers`` layers."""
+        last = f"output of {self.side} layer {layers} (the last) after the final layer norm"
+        if self.index is None:
+            return last
+        if self.index == 0:
+            stem = "convolutions" if self.side == "encoder" else "tokens"
+            return f"input to {self.side} layer 1 (embeddings: {stem} + positions)"
+        if self.index == layers:
+            return f"{last} (equals {ENCODER_LAST if self.side == 'encoder' else DECODER_LAST})"
+        return f"output of {self.side} layer {self.index}"
+
+
+def valid_names(encoder_layers=None, decoder_layers=None):
+    def states(source, layers):
+        return f"{source}[i] (i from {-(layers + 1)} to {layers})" if layers is not None else f"{source}[i]"
+    return (f"{ENCODER_LAST}, {states(ENCODER_STATES, encoder_layers)}, {DECODER_LAST}, "
+            f"{states(DECODER_STATES, decoder_layers)}")
+
+
+def parse_embedding_name(request, encoder_layers=None, decoder_layers=None):
+    """Parse ``encoder_hidden_states[-2]``-style names into an :class:`EmbeddingTarget`.
+
+    With the layer counts given, indices are range-checked (``-(L+1) .. L``) and made non-negative;
+    without them only the syntax is checked. Errors list every valid name (and range).
+    """
+    match = _NAME.match(str(request))
+    source, raw = (match.group(1), match.group(2)) if match else (None, None)
+    if source not in EMBEDDING_SOURCES:
+        raise UserError(f"--embeddings {request!r}: unknown embedding; valid names: "
+                        f"{valid_names(encoder_layers, decoder_layers)}")
+    listed = source in (ENCODER_STATES, DECODER_STATES)
+    if listed and raw is None:
+        raise UserError(f"--embeddings {request!r}: {source} needs a layer index, e.g. {source}[-1]; valid names: "
+                        f"{valid_names(encoder_layers, decoder_layers)}")
+    if not listed and raw is not None:
+        raise UserError(f"--embeddings {request!r}: {source} takes no index; valid names: "
+                        f"{valid_names(encoder_layers, decoder_layers)}")
+    if raw is None:
+        return EmbeddingTarget(str(request), source)
+    index = int(raw)
+    layers = encoder_layers if source == ENCODER_STATES else decoder_layers
+    if layers is not None:
+        if not -(layers + 1) <= index <= layers:
+            raise UserError(f"--embeddings {request!r}: index {index} out of range; this model has {layers} "
+                            f"{source.split('_')[0]} layers, so {source} has {layers + 1} entries: use i from "
+                            f"{-(layers + 1)} to {layers}. Valid names: {valid_names(encoder_layers, decoder_layers)}")
+        index %= layers + 1
+    return EmbeddingTarget(str(request), source, index)
+
+
+def resolve_targets(requests, encoder_layers, decoder_layers):
+    """Parse and range-check every requested name; repeats of the same tensor are kept once."""
+    targets = {}
+    for request in requests:
+        target = parse_embedding_name(request, encoder_layers, decoder_layers)
+        targets.setdefault(target.name, target)
+    return list(targets.values())
+
+
+def validate_config(config: EmbeddingConfig):
+    """Check the options that need no model or data; raises :class:`UserError` naming the flag. Cheap:
+    extract_embeddings.py runs it before importing torch, :func:`.embeddings.extract_embeddings` again."""
+    inputs = [bool(config.audio_paths), bool(config.eval_datasets), bool(config.dataset)]
+    if sum(inputs) != 1:
+        raise UserError("give exactly one input: --path_to_audio FILE..., --eval_datasets FOLDER... (data_prep "
+                        "output) or --dataset NAME (Hugging Face, with --config/--split)")
+    for path in config.audio_paths:
+        if not os.path.isfile(path):
+            raise OptionError("path_to_audio", path, "no such file")
+    if config.pool not in POOLING:
+        raise OptionError("pool", config.pool, f"choose one of {', '.join(POOLING)}")
+    if config.decoder_prompt not in DECODER_PROMPTS:
+        raise OptionError("decoder_prompt", config.decoder_prompt, f"choose one of {', '.join(DECODER_PROMPTS)}")
+    if config.task not in ("transcribe", "translate"):
+        raise OptionError("task", config.task, "choose one of transcribe, translate")
+    if config.language and config.decoder_prompt != "forced":
+        raise UserError("--language only sets the forced decoder prompt: add --decoder_prompt forced")
+    if config.batch_size < 1:
+        raise OptionError("batch_size", config.batch_size, "must be at least 1")
+    if not config.embeddings:
+        raise UserError(f"--embeddings: name at least one of {valid_names()}")
+    for name in config.embeddings:
+        parse_embedding_name(name)
+    manifest = os.path.join(config.output_dir, MANIFEST)
+    if os.path.exists(config.output_dir) and not os.path.isdir(config.output_dir):
+        raise OptionError("output_dir", config.output_dir, "exists and is not a folder")
+    if os.path.exists(manifest) and not config.overwrite:
+        raise UserError(f"--output_dir {config.output_dir} already holds embeddings ({MANIFEST}); pass --overwrite "
+                        f"to replace them")

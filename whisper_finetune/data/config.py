@@ -1,12 +1,14 @@
-"""The options of custom_data/data_prep.py.
+"""The options of custom_data/data_prep.py, and the checks that need no corpus.
 
-Declared apart from :mod:`.corpus`, which imports datasets: ``-h`` and a mistyped flag answer before that
-import.
+Declared apart from :mod:`.corpus`, which imports datasets: ``-h``, a mistyped flag and a bad value answer
+before that import.
 """
+import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from ..audio import SAMPLE_RATE
+from ..errors import OptionError, UserError
 from ..options import option
 from .formats import FORMATS
 from .schema import MAX_SECONDS
@@ -36,3 +38,15 @@ class DataPrepConfig:
     text_column: Optional[str] = option(None, "audiofolder: the metadata column holding the transcription",
                                         default_text="the one of transcription, sentence, text")
     max_duration: float = option(MAX_SECONDS, "longest clip kept, seconds (Whisper's window)", cli=False)
+
+
+def check_values(config: DataPrepConfig):
+    """Refuse, with one line, a source that is not a folder, an output that would be replaced without
+    ``--overwrite`` and a rate no audio has. Cheap: data_prep.py runs it before importing datasets,
+    :func:`.corpus.prepare_dataset` again."""
+    if not os.path.isdir(config.source_data_dir):
+        raise OptionError("source_data_dir", config.source_data_dir, "no such folder")
+    if os.path.exists(os.path.abspath(config.output_data_dir)) and not config.overwrite:
+        raise UserError(f"--output_data_dir {config.output_data_dir} already exists; pass --overwrite to replace it")
+    if config.sampling_rate <= 0:
+        raise OptionError("sampling_rate", config.sampling_rate, "must be a positive number of Hz")

@@ -28,8 +28,8 @@ from datasets import Audio, Dataset, Features, Value
 
 from .. import files
 from ..audio import encode_wav, load_audio, load_audio_spans
-from ..errors import DataValidationError, OptionError, UserError
-from .config import DataPrepConfig
+from ..errors import DataValidationError, OptionError
+from .config import DataPrepConfig, check_values
 from .formats import check_format_options, detect_format, read_entries
 from .loading import PREP_INFO_FILE, RAW_AUDIO
 from .schema import (AUDIO_COLUMN, DURATION_COLUMN, END_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, RECORDING_COLUMN,
@@ -139,13 +139,8 @@ def prepare_dataset(config: DataPrepConfig) -> PrepSummary:
     temporary sibling folder and renamed into place only when complete, so a failure or Ctrl-C never
     leaves a half-written ``output_data_dir``.
     """
+    check_values(config)
     out = os.path.abspath(config.output_data_dir)
-    if not os.path.isdir(config.source_data_dir):
-        raise OptionError("source_data_dir", config.source_data_dir, "no such folder")
-    if os.path.exists(out) and not config.overwrite:
-        raise UserError(f"--output_data_dir {config.output_data_dir} already exists; pass --overwrite to replace it")
-    if config.sampling_rate <= 0:
-        raise OptionError("sampling_rate", config.sampling_rate, "must be a positive number of Hz")
 
     source_format = config.format or detect_format(config.source_data_dir, config.manifest)
     check_format_options(source_format, split=config.split, manifest=config.manifest, text_column=config.text_column)

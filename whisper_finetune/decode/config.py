@@ -3,12 +3,15 @@
 Declared apart from the code that runs them (:mod:`.transcription`, :mod:`whisper_finetune.demo`), which
 imports torch and transformers: a script's ``-h`` and its option errors come before those imports.
 """
+import os
 from dataclasses import dataclass
 from typing import Optional
 
+from ..audio import CHUNK_SECONDS
+from ..errors import OptionError
 from ..model.options import ModelOptions
 from ..options import option
-from .options import DecodingOptions
+from .options import DecodingOptions, validate_options
 
 OUTPUT_FORMATS = ("txt", "srt", "vtt", "json")
 DEFAULT_SEARCH_SECONDS = 8.0  # where, before the end of each 30 s window, a cut may go
@@ -52,3 +55,44 @@ class DemoConfig(ModelOptions):
     search_seconds: float = option(DEFAULT_SEARCH_SECONDS, "audio longer than 30 s is cut at the quietest moment "
                                    "within the last this many seconds of each 30 s window")
     decoding: DecodingOptions = DecodingOptions()
+
+
+def check_search_seconds(search_seconds):
+    """Raise :class:`OptionError` unless ``0 < search_seconds <= 15`` (half of Whisper's window)."""
+    if not 0 < search_seconds <= CHUNK_SECONDS / 2:
+        raise OptionError("search_seconds", search_seconds, f"must be more than 0 and at most {CHUNK_SECONDS / 2:g}")
+
+
+def output_format(path):
+    """The format named by ``path``'s extension; errors list the accepted ones."""
+    fmt = os.path.splitext(path)[1].lower().lstrip(".")
+    if fmt not in OUTPUT_FORMATS:
+        raise OptionError("output", path, f"unknown extension; use one of {', '.join('.' + f for f in OUTPUT_FORMATS)}")
+    return fmt
+
+
+def check_values(config: TranscribeConfig):
+    """Refuse, with one line, what no transcription could use: the checks that need neither the model nor the
+    audio's samples. Cheap: the scripts run it before importing torch, :func:`.transcription.transcribe` again."""
+    if config.output:
+        output_format(config.output)
+    if not os.path.isfile(config.path_to_audio):
+        raise OptionError("path_to_audio", config.path_to_audio, "no such file")
+    check_search_seconds(config.search_seconds)
+    backend = config.decoding.backend
+    if config.timestamps and backend != "pytorch":
+        raise OptionError("timestamps", True, f"only --backend pytorch decodes long-form on timestamps "
+                          f"(transformers' generate); with --backend {backend} leave it False: long audio is then "
+                          f"cut at silence")
+    if config.word_timestamps and not config.timestamps:
+        raise OptionError("word_timestamps", True, "needs --timestamps True (word times come from the decoding on "
+                          "timestamps)")
+    validate_options(config.decoding, long_form=config.timestamps)
+
+
+def check_demo_values(config: DemoConfig):
+    """:func:`check_values` for demo.py: the port, the cut search and the decoding options."""
+    if config.server_port is not None and not 0 < config.server_port < 65536:
+        raise OptionError("server_port", config.server_port, "must be between 1 and 65535")
+    check_search_seconds(config.search_seconds)
+    validate_options(config.decoding)

@@ -30,8 +30,7 @@ import numpy as np
 
 from ..model import loading
 from ..audio import CHUNK_SECONDS, N_SAMPLES, SAMPLE_RATE, load_audio
-from .config import DEFAULT_SEARCH_SECONDS, OUTPUT_FORMATS, TranscribeConfig
-from .options import validate_options
+from .config import DEFAULT_SEARCH_SECONDS, TranscribeConfig, check_search_seconds, check_values, output_format
 from .backends import make_decoder
 from ..errors import OptionError
 from ..files import atomic_write_text
@@ -81,12 +80,6 @@ class Transcript:
     duration: float
     metadata: dict = field(default_factory=dict)
     decode_seconds: float = 0.0  # voice activity detection, features and decoding; model loading excluded
-
-
-def check_search_seconds(search_seconds):
-    """Raise :class:`UserError` unless ``0 < search_seconds <= 15``."""
-    if not 0 < search_seconds <= CHUNK_SECONDS / 2:
-        raise OptionError("search_seconds", search_seconds, f"must be more than 0 and at most {CHUNK_SECONDS / 2:g}")
 
 
 def cut_points(audio, search_seconds=DEFAULT_SEARCH_SECONDS):
@@ -170,19 +163,6 @@ def _summary_folder(source):
     if os.path.basename(folder).startswith("checkpoint-") and not os.path.isfile(os.path.join(folder, SUMMARY_FILE)):
         return os.path.dirname(folder)
     return folder
-
-
-def check_transcribe_options(config):
-    """Refuse option combinations before any model is loaded."""
-    backend = config.decoding.backend
-    if config.timestamps and backend != "pytorch":
-        raise OptionError("timestamps", True, f"only --backend pytorch decodes long-form on timestamps "
-                          f"(transformers' generate); with --backend {backend} leave it False: long audio is then "
-                          f"cut at silence")
-    if config.word_timestamps and not config.timestamps:
-        raise OptionError("word_timestamps", True, "needs --timestamps True (word times come from the decoding on "
-                          "timestamps)")
-    validate_options(config.decoding, long_form=config.timestamps)
 
 
 def plan_segmentation(config, prepared):
@@ -322,14 +302,6 @@ def format_transcript(transcript: Transcript, fmt):
     return "\n".join(blocks)
 
 
-def output_format(path):
-    """The writer for ``path``'s extension; errors list the accepted ones."""
-    fmt = os.path.splitext(path)[1].lower().lstrip(".")
-    if fmt not in OUTPUT_FORMATS:
-        raise OptionError("output", path, f"unknown extension; use one of {', '.join('.' + f for f in OUTPUT_FORMATS)}")
-    return fmt
-
-
 def transcribe(config: TranscribeConfig) -> Transcript:
     """Load the model, transcribe ``config.path_to_audio`` whole, and write ``config.output`` when given.
 
@@ -337,11 +309,8 @@ def transcribe(config: TranscribeConfig) -> Transcript:
     ``metadata["segmentation"]``; with ``config.vad`` the times of every segment and word are the original
     audio's.
     """
+    check_values(config)
     fmt = output_format(config.output) if config.output else None
-    if not os.path.isfile(config.path_to_audio):
-        raise OptionError("path_to_audio", config.path_to_audio, "no such file")
-    check_search_seconds(config.search_seconds)
-    check_transcribe_options(config)
     device = loading.decoding_device(config.device, config.decoding.backend)
     prepared = loading.prepare_model(config, config.decoding)
     segmentation, _ = plan_segmentation(config, prepared)

@@ -3,12 +3,14 @@
 Declared apart from :mod:`.run`, whose exporters import torch and transformers: ``-h`` and a mistyped flag
 answer before those imports.
 """
+import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from ..errors import OptionError
 from ..options import option
 from ..text import NORMALIZERS
-from .targets import FORMATS
+from .targets import FORMATS, plan_targets
 
 # The parity rule: an unquantised export may differ from PyTorch by at most this WER on a set
 # of at least this many utterances (smaller sets are reported, not enforced: one word moves WER a lot).
@@ -48,3 +50,24 @@ class ExportOptions:
     normalizer: Optional[str] = option(None, "text normaliser for WER/CER (indic: the former name of unicode)",
                                        choices=NORMALIZERS, group="parity check",
                                        default_text="english for English and .en models, unicode otherwise")
+
+
+def check_values(options: ExportOptions):
+    """Refuse, with one line, what no export could use: the formats and quantisations, the destination, the
+    verification's numbers. Cheap: export_model.py runs it before importing torch; :func:`.run.export` again,
+    with the model and the packages each format needs. Returns the planned targets."""
+    targets = plan_targets(options.formats, options.quantizations)
+    out = os.path.abspath(options.output_dir)
+    if os.path.exists(out) and not options.overwrite:
+        raise OptionError("output_dir", options.output_dir, "already exists: pass --overwrite to replace it, or "
+                          "choose another folder")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise OptionError("output_dir", options.output_dir, "is a file, not a folder")
+    model = os.path.abspath(options.model)
+    if model == out or model.startswith(out + os.sep):
+        raise OptionError("output_dir", options.output_dir, "would replace the model being exported")
+    if options.verify_max_samples is not None and options.verify_max_samples < 1:
+        raise OptionError("verify_max_samples", options.verify_max_samples, "must be at least 1")
+    if options.verify_batch_size < 1:
+        raise OptionError("verify_batch_size", options.verify_batch_size, "must be at least 1")
+    return targets

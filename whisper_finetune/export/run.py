@@ -32,10 +32,10 @@ from ..files import atomic_dir, atomic_write_text
 from ..model import loading
 from . import ctranslate2, ggml, onnx, parity
 from .card import CARD_FILE, render_card, tool_versions
-from .config import PARITY_MAX_WER_DELTA, PARITY_MIN_UTTERANCES, ExportOptions
+from .config import PARITY_MAX_WER_DELTA, PARITY_MIN_UTTERANCES, ExportOptions, check_values
 from .parity import VerifyRow
 from .runtimes import RUNTIMES
-from .targets import plan_targets, size_of
+from .targets import size_of
 
 logger = logging.getLogger(__name__)
 
@@ -84,21 +84,8 @@ def resolve_source(model):
 
 def check_options(options: ExportOptions):
     """Validate every option and the destination before anything is loaded or written."""
-    targets = plan_targets(options.formats, options.quantizations)
+    targets = check_values(options)
     source = resolve_source(options.model)
-    out = os.path.abspath(options.output_dir)
-    if os.path.exists(out) and not options.overwrite:
-        raise OptionError("output_dir", options.output_dir, "already exists: pass --overwrite to replace it, or "
-                          "choose another folder")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise OptionError("output_dir", options.output_dir, "is a file, not a folder")
-    model = os.path.abspath(options.model)
-    if model == out or model.startswith(out + os.sep):
-        raise OptionError("output_dir", options.output_dir, "would replace the model being exported")
-    if options.verify_max_samples is not None and options.verify_max_samples < 1:
-        raise OptionError("verify_max_samples", options.verify_max_samples, "must be at least 1")
-    if options.verify_batch_size < 1:
-        raise OptionError("verify_batch_size", options.verify_batch_size, "must be at least 1")
     for fmt, packages in EXPORT_PACKAGES.items():
         if fmt in options.formats:
             for module, package in packages:
