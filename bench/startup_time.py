@@ -1,7 +1,7 @@
-"""How long each script takes to answer ``-h`` and a mistyped flag, beside the imports it avoids.
+"""How long each script takes to answer ``-h``, a mistyped flag and a bad value, beside the imports it avoids.
 
-A user's first contact with a script is ``-h`` or an error about a flag; both should come back at once,
-not after the seconds torch, transformers and datasets take to import. Each row runs the command in a
+A user's first contact with a script is ``-h`` or an error about a flag or its value; each should come back
+at once, not after the seconds torch, transformers and datasets take to import. Each row runs the command in a
 fresh Python process ``--repeats`` times, one after another, and reports the fastest and the median
 wall time (the process's start and exit included). The ``import ...`` rows time a bare
 ``python -c "import X"`` for comparison: what a script would pay if it imported that library first.
@@ -23,6 +23,26 @@ SCRIPTS = ("custom_data/data_prep.py", "train/fine-tune_on_custom_dataset.py", "
            "jax_transcribe_audio.py", "export_model.py", "extract_embeddings.py", "demo.py")
 LIBRARIES = ("torch", "transformers", "datasets")
 BAD_FLAG = ("--no_such_flag", "1")  # argparse refuses it with exit status 2
+CLIP = "sample_data/audio/sample_0000.flac"  # an audio file that exists, for the scripts that check one
+TRAIN = ("--model_name", "m", "--train_datasets", "d", "--eval_datasets", "e", "--output_dir", "o")
+EVAL = ("--hf_model", "m", "--output_dir", "o")
+# Per script, flags whose last value no run could use (refused with exit status 2); the other flags are
+# what the script requires, named but never opened.
+BAD_VALUE = {
+    "custom_data/data_prep.py": ("--source_data_dir", "sample_data", "--output_data_dir", "o", "--sampling_rate", "0"),
+    "train/fine-tune_on_custom_dataset.py": TRAIN + ("--merge_ratio", "2"),
+    "train/fine-tune_on_hf_dataset.py": TRAIN + ("--merge_ratio", "2"),
+    "evaluate/evaluate_on_custom_dataset.py": EVAL + ("--eval_datasets", "e", "--num_beams", "0"),
+    "evaluate/evaluate_on_hf_dataset.py": EVAL + ("--dataset", "d", "--num_beams", "0"),
+    "evaluate/jax_evaluate_on_custom_dataset.py": EVAL + ("--eval_datasets", "e", "--num_beams", "0"),
+    "evaluate/report.py": ("r", "--output", "o.html", "--max_embedded_audio_mb", "-1"),
+    "transcribe_audio.py": ("--hf_model", "m", "--path_to_audio", CLIP, "--output", "talk.docx"),
+    "jax_transcribe_audio.py": ("--hf_model", "m", "--path_to_audio", CLIP, "--search_seconds", "20"),
+    "export_model.py": ("--model", "m", "--format", "ggml", "--output_dir", "o", "--quantization", "q4_0"),
+    "extract_embeddings.py": ("--model", "m", "--path_to_audio", CLIP, "--output_dir", "o", "--embeddings",
+                              "encoder_hidden_states"),
+    "demo.py": ("--hf_model", "m", "--server_port", "70000"),
+}
 COLUMNS = ["row", "exit", "best_s", "median_s"]
 
 
@@ -50,6 +70,9 @@ def main():
     for script in args.scripts:
         commands.append((f"{script} -h", [sys.executable, script, "-h"]))
         commands.append((f"{script} {' '.join(BAD_FLAG)}", [sys.executable, script, *BAD_FLAG]))
+        if script in BAD_VALUE:
+            bad = BAD_VALUE[script][-2:]
+            commands.append((f"{script} ... {' '.join(bad)}", [sys.executable, script, *BAD_VALUE[script]]))
     rows = []
     for name, command in commands:
         code, seconds = timed(command, args.repeats)

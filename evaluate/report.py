@@ -19,11 +19,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from whisper_finetune import cli, options  # noqa: E402
-from whisper_finetune.evaluate.config import ReportConfig  # noqa: E402
+from whisper_finetune.evaluate.config import ReportConfig, check_report_values  # noqa: E402
 
 
 def main(argv=None):
     config, script = options.parse(ReportConfig, __doc__, argv)
+    check_report_values(config)  # before any import of the libraries: a bad value is refused at once
     cli.setup_logging(script.verbose)
     from whisper_finetune.evaluate.report import find_result_files, write_report  # after parsing: -h needs no jiwer
 

@@ -125,6 +125,8 @@ BAD_VALUES = [
      "last_hidden_state, decoder_hidden_states[i]"),
     ("custom_data/data_prep.py", ["--source_data_dir", "sample_data", "--output_data_dir", "o", "--sampling_rate", "0"],
      "error: --sampling_rate 0: must be a positive number of Hz"),
+    ("evaluate/report.py", ["results", "--output", "o.html", "--max_embedded_audio_mb", "-1"],
+     "error: --max_embedded_audio_mb -1.0: must be 0 or more"),
 ]
 
 

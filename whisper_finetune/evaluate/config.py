@@ -84,3 +84,10 @@ class ReportConfig:
     max_embedded_audio_mb: float = option(DEFAULT_MAX_EMBEDDED_AUDIO_MB, "megabytes of audio embedded in the page; "
                                           "clips beyond it are linked instead (0: link every clip)")
     title: str = option("Whisper evaluation report", "the page's title")
+
+
+def check_report_values(config: ReportConfig):
+    """Refuse, with one line, a value no report could use; evaluate/report.py runs it before importing jiwer,
+    :func:`.report.build_report` checks the budget again."""
+    if config.max_embedded_audio_mb < 0:
+        raise OptionError("max_embedded_audio_mb", config.max_embedded_audio_mb, "must be 0 or more")
