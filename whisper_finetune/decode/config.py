@@ -1,4 +1,4 @@
-"""The options of the scripts that transcribe: transcribe_audio.py (and its JAX twin) and demo.py.
+"""The options of the scripts that transcribe: transcribe_audio.py (and its JAX twin) and demo.py, and their checks.
 
 Declared apart from the code that runs them (:mod:`.transcription`, :mod:`whisper_finetune.demo`), which
 imports torch and transformers: a script's ``-h`` and its option errors come before those imports.

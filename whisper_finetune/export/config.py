@@ -1,7 +1,7 @@
 """The options of export_model.py, and the parity rule its check enforces.
 
-Declared apart from :mod:`.run`, whose exporters import torch and transformers: ``-h`` and a mistyped flag
-answer before those imports.
+Declared apart from :mod:`.run`, whose exporters import torch and transformers: ``-h``, a mistyped flag and a
+bad value answer before those imports.
 """
 import os
 from dataclasses import dataclass
