@@ -115,7 +115,8 @@ BAD_VALUES = [
     ("jax_transcribe_audio.py", ["--hf_model", "m", "--path_to_audio", CLIP, "--timestamps", "True"],
      "error: --timestamps True: only --backend pytorch decodes long-form on timestamps (transformers' generate); "
      "with --backend jax leave it False: long audio is then cut at silence"),
-    ("demo.py", ["--hf_model", "m", "--server_port", "70000"], "error: --server_port 70000: must be between 1 and 65535"),
+    ("demo.py", ["--hf_model", "m", "--server_port", "70000"],
+     "error: --server_port 70000: must be between 1 and 65535"),
     ("export_model.py", ["--model", "m", "--format", "ggml", "--quantization", "q4_0", "--output_dir", "o"],
      "error: --quantization q4_0: not accepted by --format ggml (ggml: f16, q8_0, q5_0)"),
     ("extract_embeddings.py", ["--model", "m", "--path_to_audio", CLIP, "--output_dir", "o", "--embeddings",
