@@ -93,12 +93,12 @@ COLUMNS = ["row", "system", "batch", "wer", "audio_s", "wall_s", "rtfx", "vs_a",
 # ---------------------------------------------------------------------------------------------
 def model_facts(model, language):
     """(language code or None, english_only, normaliser name) for ``model``; multilingual models need a language."""
-    from whisper_finetune.model import loading
+    from whisper_finetune.model import loading, sources
     from whisper_finetune.text import choose_normalizer
 
     if not os.path.isdir(model):
         raise UserError(f"--model {model}: no such folder (a transformers-format Whisper checkpoint)")
-    generation = loading.generation_config_of(loading.resolve_model(model))
+    generation = loading.generation_config_of(sources.resolve_model(model))
     english_only = loading.is_english_only(generation)
     code = loading.resolve_language(language, generation)
     if not english_only and code is None:
@@ -287,7 +287,7 @@ def prepared_data(data, work_dir):
     """``data`` when it is a data_prep folder; a Kaldi-style folder is prepared into ``work_dir`` first."""
     from whisper_finetune.data.config import DataPrepConfig
     from whisper_finetune.data.corpus import prepare_dataset
-    from whisper_finetune.data.loading import is_saved_dataset
+    from whisper_finetune.data.schema import is_saved_dataset
 
     if is_saved_dataset(data):
         return data

@@ -1,6 +1,7 @@
-"""How long each script takes to answer ``-h``, a mistyped flag and a bad value, beside the imports it avoids.
+"""How long each script takes to answer ``-h``, a mistyped flag, a bad value and a folder that is not there, beside
+the imports it avoids.
 
-A user's first contact with a script is ``-h`` or an error about a flag or its value; each should come back
+A user's first contact with a script is ``-h`` or an error about a flag, its value or a path; each should come back
 at once, not after the seconds torch, transformers and datasets take to import. Each row runs the command in a
 fresh Python process ``--repeats`` times, one after another, and reports the fastest and the median
 wall time (the process's start and exit included). The ``import ...`` rows time a bare
@@ -43,6 +44,22 @@ BAD_VALUE = {
                               "encoder_hidden_states"),
     "demo.py": ("--hf_model", "m", "--server_port", "70000"),
 }
+# Per script, the same run with a folder that is not there as its last flag's value (a mistyped model or dataset
+# path; refused with exit status 2 from the file system alone).
+MISSING = "no/such/folder"
+MISSING_FOLDER = {
+    "custom_data/data_prep.py": ("--output_data_dir", "o", "--source_data_dir", MISSING),
+    "train/fine-tune_on_custom_dataset.py": TRAIN + ("--train_datasets", MISSING),
+    "train/fine-tune_on_hf_dataset.py": TRAIN + ("--model_name", MISSING),
+    "evaluate/evaluate_on_custom_dataset.py": EVAL + ("--eval_datasets", MISSING),
+    "evaluate/evaluate_on_hf_dataset.py": ("--output_dir", "o", "--dataset", "d", "--hf_model", MISSING),
+    "evaluate/jax_evaluate_on_custom_dataset.py": EVAL + ("--eval_datasets", MISSING),
+    "transcribe_audio.py": ("--path_to_audio", CLIP, "--hf_model", MISSING),
+    "jax_transcribe_audio.py": ("--path_to_audio", CLIP, "--hf_model", MISSING),
+    "export_model.py": ("--format", "ggml", "--output_dir", "o", "--model", MISSING),
+    "extract_embeddings.py": ("--model", "m", "--output_dir", "o", "--eval_datasets", MISSING),
+    "demo.py": ("--hf_model", MISSING),
+}
 COLUMNS = ["row", "exit", "best_s", "median_s"]
 
 
@@ -73,6 +90,9 @@ def main():
         if script in BAD_VALUE:
             bad = BAD_VALUE[script][-2:]
             commands.append((f"{script} ... {' '.join(bad)}", [sys.executable, script, *BAD_VALUE[script]]))
+        if script in MISSING_FOLDER:
+            missing = MISSING_FOLDER[script][-2:]
+            commands.append((f"{script} ... {' '.join(missing)}", [sys.executable, script, *MISSING_FOLDER[script]]))
     rows = []
     for name, command in commands:
         code, seconds = timed(command, args.repeats)

@@ -36,7 +36,7 @@ import tempfile
 from common import REPO_ROOT, failure_line, machine_facts, print_table, run_measured, table_columns, write_json
 
 from whisper_finetune import cli  # noqa: E402
-from whisper_finetune.data.loading import is_saved_dataset  # noqa: E402
+from whisper_finetune.data.schema import is_saved_dataset  # noqa: E402
 from whisper_finetune.errors import UserError  # noqa: E402
 
 SYSTEMS = ("baseline", "ours", "ours_dynamic")

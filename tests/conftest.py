@@ -106,10 +106,10 @@ def sharp_model_dir(tiny_model_dir, tmp_path_factory):
 def prepared_for(model_dir, language=None, options=None, **fields):
     """The :class:`PreparedModel` every decoder takes, for a local model folder and decoding options
     (a ``DecodingOptions`` or its fields)."""
-    from whisper_finetune.model import loading
+    from whisper_finetune.model import loading, sources
     from whisper_finetune.decode.options import DecodingOptions
 
-    return loading.prepare_source(loading.resolve_model(model_dir), language, options or DecodingOptions(**fields))
+    return loading.prepare_source(sources.resolve_model(model_dir), language, options or DecodingOptions(**fields))
 
 
 @pytest.fixture(scope="session")

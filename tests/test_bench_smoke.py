@@ -37,14 +37,17 @@ def test_help_lists_every_flag(script, flags):
         assert flag in result.stdout
 
 
-def test_startup_time_times_help_a_bad_flag_and_a_bad_value(tmp_path):
+def test_startup_time_times_help_a_bad_flag_a_bad_value_and_a_missing_folder(tmp_path):
     out = tmp_path / "startup.json"
-    result = run_script("bench/startup_time.py", "--repeats", "2", "--scripts", "evaluate/report.py", "--out", out)
+    result = run_script("bench/startup_time.py", "--repeats", "2", "--scripts", "evaluate/report.py", "demo.py",
+                        "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {row["row"]: row for row in json.loads(out.read_text())["rows"]}
     assert list(rows) == ["import torch", "import transformers", "import datasets", "evaluate/report.py -h",
-                          "evaluate/report.py --no_such_flag 1", "evaluate/report.py ... --max_embedded_audio_mb -1"]
-    assert [row["exit"] for row in rows.values()] == ["0", "0", "0", "0", "2", "2"]
+                          "evaluate/report.py --no_such_flag 1", "evaluate/report.py ... --max_embedded_audio_mb -1",
+                          "demo.py -h", "demo.py --no_such_flag 1", "demo.py ... --server_port 70000",
+                          "demo.py ... --hf_model no/such/folder"]
+    assert [row["exit"] for row in rows.values()] == ["0", "0", "0", "0", "2", "2", "0", "2", "2", "2"]
     for row in rows.values():
         assert len(row["runs_s"]) == 2 and 0 < row["best_s"] <= row["median_s"]
 

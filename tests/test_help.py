@@ -1,6 +1,6 @@
 """Every script's ``-h`` (run in-process) lists each of its flags with the help text declared on its option
-dataclass, so the parser cannot lose a flag or its explanation; and ``-h``, a mistyped flag or a value no run
-could use is answered before any heavy library is imported."""
+dataclass, so the parser cannot lose a flag or its explanation; and ``-h``, a mistyped flag, a value no run
+could use or a model or dataset folder that is not there is answered before any heavy library is imported."""
 import importlib.util
 import json
 import os
@@ -97,6 +97,9 @@ EVAL_ARGS = ["--hf_model", "m", "--output_dir", "o"]
 CLIP = "sample_data/audio/sample_0000.flac"  # the scripts run in the repository's root
 MERGE_RATIO_ERROR = "error: --merge_ratio 2: give a number above 0 and at most 1, or auto"
 NUM_BEAMS_ERROR = "error: --num_beams 0: must be 1 (greedy) or more"
+NO_DATASET = "no such dataset folder (make one with custom_data/data_prep.py)"
+NO_MODEL = "no/such/model"  # three parts: a path, not a Hub id
+NO_SUCH_MODEL = "no such folder, and not a Hub id (owner/name)"
 BAD_VALUES = [
     ("train/fine-tune_on_custom_dataset.py", TRAIN_ARGS + ["--merge_ratio", "2"], MERGE_RATIO_ERROR),
     ("train/fine-tune_on_hf_dataset.py", TRAIN_ARGS + ["--merge_ratio", "2"], MERGE_RATIO_ERROR),
@@ -128,6 +131,22 @@ BAD_VALUES = [
      "error: --sampling_rate 0: must be a positive number of Hz"),
     ("evaluate/report.py", ["results", "--output", "o.html", "--max_embedded_audio_mb", "-1"],
      "error: --max_embedded_audio_mb -1.0: must be 0 or more"),
+    # model and dataset paths: checked from the file system alone, before the libraries load
+    ("train/fine-tune_on_custom_dataset.py", TRAIN_ARGS, "error: d: " + NO_DATASET),
+    ("train/fine-tune_on_custom_dataset.py", ["--model_name", "sample_data"] + TRAIN_ARGS[2:],
+     "error: --model_name sample_data: folder holds no model (no config.json)"),
+    ("evaluate/evaluate_on_custom_dataset.py", EVAL_ARGS + ["--eval_datasets", "sample_data"],
+     "error: sample_data: not a data_prep dataset (no dataset_info.json); make one with custom_data/data_prep.py"),
+    ("evaluate/evaluate_on_hf_dataset.py", ["--hf_model", NO_MODEL, "--output_dir", "o", "--dataset", "d"],
+     f"error: --hf_model {NO_MODEL}: " + NO_SUCH_MODEL),
+    ("transcribe_audio.py", ["--hf_model", NO_MODEL, "--path_to_audio", CLIP], f"error: --hf_model {NO_MODEL}: "
+     + NO_SUCH_MODEL),
+    ("demo.py", ["--hf_model", "m", "--compare_model", NO_MODEL], f"error: --compare_model {NO_MODEL}: "
+     + NO_SUCH_MODEL),
+    ("export_model.py", ["--model", "sample_data", "--format", "ggml", "--output_dir", "o"],
+     "error: --model sample_data: folder holds no model (no config.json or weights: looked for model.safetensors, "
+     "model.safetensors.index.json, pytorch_model.bin)"),
+    ("extract_embeddings.py", ["--model", "m", "--eval_datasets", "e", "--output_dir", "o"], "error: e: " + NO_DATASET),
 ]
 
 

@@ -18,9 +18,9 @@ STAGES = {
     "errors": 0, "options": 0, "files": 0, "audio": 0, "text": 0, "hub": 0, "scoring": 0, "testing": 0,
     "extras": 0, "signals": 0, "runlock": 0,
     "data": 1,
-    "model": 2, "embeddings_config": 2,
-    "train": 3, "decode": 3, "embeddings": 3,
-    "evaluate": 4,
+    "model": 2,
+    "train": 3, "decode": 3, "embeddings_config": 3,
+    "evaluate": 4, "embeddings": 4,
     "export": 5, "demo": 5,
     "cli": 6,
 }

@@ -3,8 +3,9 @@
 Only the shims import this module; library code never sees argparse. Each script's whole body is one
 of the ``*_main`` functions below (or its own few lines built from :func:`options.parse`). Flags are parsed
 before the code that runs them is imported: the option dataclasses live in modules that import neither
-torch, transformers nor datasets, and each config module checks the values that need neither the model nor the
-data, so ``-h``, a mistyped flag and a value no run could use answer at once, not after seconds of imports.
+torch, transformers nor datasets, and each config module checks what needs neither those libraries nor the
+contents of the model or the data, so ``-h``, a mistyped flag, a value no run could use and a model or dataset
+folder that is not there answer at once, not after seconds of imports.
 """
 import argparse
 import logging

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import List
 
-from .model import loading
+from .model import loading, sources
 from .audio import SAMPLE_RATE, load_audio
 from .decode.config import DEFAULT_SEARCH_SECONDS, DemoConfig, check_demo_values
 from .decode.options import DecodingOptions
@@ -50,7 +50,7 @@ class DemoTranscript:
         return self.audio_seconds / self.decode_seconds if self.decode_seconds else float("inf")
 
 
-def load_model(source: loading.ModelSource, language, device, decoding: DecodingOptions) -> DemoModel:
+def load_model(source: sources.ModelSource, language, device, decoding: DecodingOptions) -> DemoModel:
     """Load one model for the demo: the single place the demo calls the loading API."""
     start = time.perf_counter()
     prepared = loading.prepare_source(source, language, decoding)
@@ -60,11 +60,11 @@ def load_model(source: loading.ModelSource, language, device, decoding: Decoding
 
 def load_models(config: DemoConfig) -> List[DemoModel]:
     """The first model (``--hf_model`` or ``--ckpt_dir``) and the optional ``--compare_model``."""
-    sources = [loading.resolve_model_source(config.is_public_repo, config.hf_model, config.ckpt_dir,
-                                             config.temp_ckpt_folder)]
+    located = [sources.resolve_model_source(config.is_public_repo, config.hf_model, config.ckpt_dir,
+                                            config.temp_ckpt_folder)]
     if config.compare_model:
-        sources.append(loading.resolve_model(config.compare_model, "compare_model"))
-    models = [load_model(s, config.language, config.device, config.decoding) for s in sources]
+        located.append(sources.resolve_model(config.compare_model, "compare_model"))
+    models = [load_model(s, config.language, config.device, config.decoding) for s in located]
     if len(models) == 2 and models[0].name == models[1].name:
         models[1].name += " (compare)"  # the two columns must be told apart
     for model in models:

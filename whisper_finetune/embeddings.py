@@ -40,7 +40,8 @@ from .data.schema import AUDIO_COLUMN, ID_COLUMN, DatasetSpec
 from .errors import UserError
 from .files import atomic_write_text, publish
 from .model.loading import (decoder_prompt_ids, is_english_only, load_model, load_processor, resolve_language,
-                            resolve_model, torch_device)
+                            torch_device)
+from .model.sources import resolve_model
 from .embeddings_config import (DECODER_LAST, DECODER_STATES, ENCODER_LAST, ENCODER_STATES, MANIFEST,
                                 EmbeddingConfig, resolve_targets, validate_config)
 

@@ -8,8 +8,9 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from .data.schema import AUDIO_COLUMN
+from .data.schema import AUDIO_COLUMN, check_dataset_folder
 from .errors import OptionError, UserError
+from .model.sources import resolve_model
 from .options import option
 
 # Hidden states by transformers' output names (see :mod:`whisper_finetune.embeddings`).
@@ -149,8 +150,9 @@ def resolve_targets(requests, encoder_layers, decoder_layers):
 
 
 def validate_config(config: EmbeddingConfig):
-    """Check the options that need no model or data; raises :class:`UserError` naming the flag. Cheap:
-    extract_embeddings.py runs it before importing torch, :func:`.embeddings.extract_embeddings` again."""
+    """Check the options, the inputs' and the model's paths: what needs neither the libraries nor the model's or
+    the data's contents; raises :class:`UserError` naming the flag. Cheap: extract_embeddings.py runs it before
+    importing torch, :func:`.embeddings.extract_embeddings` again."""
     inputs = [bool(config.audio_paths), bool(config.eval_datasets), bool(config.dataset)]
     if sum(inputs) != 1:
         raise UserError("give exactly one input: --path_to_audio FILE..., --eval_datasets FOLDER... (data_prep "
@@ -158,6 +160,8 @@ def validate_config(config: EmbeddingConfig):
     for path in config.audio_paths:
         if not os.path.isfile(path):
             raise OptionError("path_to_audio", path, "no such file")
+    for path in config.eval_datasets:
+        check_dataset_folder(path)
     if config.pool not in POOLING:
         raise OptionError("pool", config.pool, f"choose one of {', '.join(POOLING)}")
     if config.decoder_prompt not in DECODER_PROMPTS:
@@ -178,3 +182,4 @@ def validate_config(config: EmbeddingConfig):
     if os.path.exists(manifest) and not config.overwrite:
         raise UserError(f"--output_dir {config.output_dir} already holds embeddings ({MANIFEST}); pass --overwrite "
                         f"to replace them")
+    resolve_model(config.model, "model")

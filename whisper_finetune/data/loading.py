@@ -21,7 +21,7 @@ from datasets import Audio, Value
 
 from ..errors import UserError
 from .schema import (AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, ID_COLUMN_CANDIDATES, LANGUAGE_COLUMN, SEGMENT_COLUMNS,
-                     TEXT_COLUMN, TEXT_COLUMN_CANDIDATES, DatasetSpec)
+                     TEXT_COLUMN, TEXT_COLUMN_CANDIDATES, DatasetSpec, check_dataset_folder, is_saved_dataset)
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +32,6 @@ PREP_INFO_FILE = "data_prep.json"
 # ---------------------------------------------------------------------------------------------
 # Loading datasets (custom and Hugging Face) into the common schema
 # ---------------------------------------------------------------------------------------------
-def is_saved_dataset(path):
-    """True when ``path`` is a ``save_to_disk`` folder (data_prep output)."""
-    return os.path.isdir(path) and (os.path.exists(os.path.join(path, "dataset_info.json"))
-                                    or os.path.exists(os.path.join(path, "dataset_dict.json")))
-
-
 def source_format(path):
     """The corpus format a data_prep folder was made from (``common_voice``...), or ``None`` for any other
     dataset (a Hub id, a folder data_prep did not write, or one written before data_prep recorded it)."""
@@ -66,10 +60,7 @@ def _empty_saved_dataset(path):
 
 def load_custom_dataset(path):
     """Open a data_prep output folder; errors say when the folder is not one."""
-    if not os.path.isdir(path):
-        raise UserError(f"{path}: no such dataset folder (make one with custom_data/data_prep.py)")
-    if not is_saved_dataset(path):
-        raise UserError(f"{path}: not a data_prep dataset (no dataset_info.json); make one with custom_data/data_prep.py")
+    check_dataset_folder(path)
     dataset = _empty_saved_dataset(path)
     if dataset is None:
         dataset = datasets.load_from_disk(path)

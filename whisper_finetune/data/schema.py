@@ -1,13 +1,16 @@
-"""The one schema every dataset is read into: its column names, and what one dataset to read is.
+"""The one schema every dataset is read into: its column names, what one dataset to read is, and what a
+data_prep folder holds.
 
 :mod:`.loading` brings datasets of every kind to these columns; they are declared here, apart from it
-(it imports datasets), because the option dataclasses name them and a script's ``-h`` must not wait for
-those imports.
+(it imports datasets), because the option dataclasses name them, and the scripts check their dataset folders,
+before those imports: a script's ``-h`` or a mistyped folder must not wait for them.
 """
+import os
 from dataclasses import dataclass
 from typing import Optional
 
 from ..audio import CHUNK_SECONDS
+from ..errors import UserError
 
 AUDIO_COLUMN = "audio"
 TEXT_COLUMN = "sentence"
@@ -45,3 +48,18 @@ class DatasetSpec:
         """A short human-readable name: ``name[/config][/split]``."""
         parts = [self.name.rstrip("/")] + [p for p in (self.config, self.split) if p]
         return "/".join(parts)
+
+
+def is_saved_dataset(path):
+    """True when ``path`` is a ``save_to_disk`` folder (data_prep output)."""
+    return os.path.isdir(path) and (os.path.exists(os.path.join(path, "dataset_info.json"))
+                                    or os.path.exists(os.path.join(path, "dataset_dict.json")))
+
+
+def check_dataset_folder(path):
+    """Refuse, with one line, a dataset folder that is not there or that data_prep did not write."""
+    if not os.path.isdir(path):
+        raise UserError(f"{path}: no such dataset folder (make one with custom_data/data_prep.py)")
+    if not is_saved_dataset(path):
+        raise UserError(f"{path}: not a data_prep dataset (no dataset_info.json); make one with "
+                        f"custom_data/data_prep.py")

@@ -10,6 +10,7 @@ from typing import Optional
 from ..audio import CHUNK_SECONDS
 from ..errors import OptionError
 from ..model.options import ModelOptions
+from ..model.sources import resolve_model, resolve_model_source
 from ..options import option
 from .options import DecodingOptions, validate_options
 
@@ -72,8 +73,9 @@ def output_format(path):
 
 
 def check_values(config: TranscribeConfig):
-    """Refuse, with one line, what no transcription could use: the checks that need neither the model nor the
-    audio's samples. Cheap: the scripts run it before importing torch, :func:`.transcription.transcribe` again."""
+    """Refuse, with one line, what no transcription could use, a missing audio file or model folder included: the
+    checks that need neither the libraries, the model's weights nor the audio's samples. Cheap: the scripts run it
+    before importing torch, :func:`.transcription.transcribe` again."""
     if config.output:
         output_format(config.output)
     if not os.path.isfile(config.path_to_audio):
@@ -88,11 +90,15 @@ def check_values(config: TranscribeConfig):
         raise OptionError("word_timestamps", True, "needs --timestamps True (word times come from the decoding on "
                           "timestamps)")
     validate_options(config.decoding, long_form=config.timestamps)
+    resolve_model_source(config.is_public_repo, config.hf_model, config.ckpt_dir, config.temp_ckpt_folder)
 
 
 def check_demo_values(config: DemoConfig):
-    """:func:`check_values` for demo.py: the port, the cut search and the decoding options."""
+    """:func:`check_values` for demo.py: the port, the cut search, the decoding options and both models' paths."""
     if config.server_port is not None and not 0 < config.server_port < 65536:
         raise OptionError("server_port", config.server_port, "must be between 1 and 65535")
     check_search_seconds(config.search_seconds)
     validate_options(config.decoding)
+    resolve_model_source(config.is_public_repo, config.hf_model, config.ckpt_dir, config.temp_ckpt_folder)
+    if config.compare_model:
+        resolve_model(config.compare_model, "compare_model")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .. import files
-from ..model import loading
+from ..model import loading, sources
 from ..errors import OptionError, UserError
 from ..model.loading import PreparedModel
 from .options import MAX_TARGET_POSITIONS, PreparedDecoder
@@ -27,7 +27,7 @@ def _weights_stamp(model_path):
     entries = []
     for name in sorted(os.listdir(model_path)):
         full = os.path.join(model_path, name)
-        if os.path.isfile(full) and (name in loading.WEIGHT_FILES or name.endswith((".safetensors", ".bin"))
+        if os.path.isfile(full) and (name in sources.WEIGHT_FILES or name.endswith((".safetensors", ".bin"))
                                      or name in ("config.json", "generation_config.json")):
             stat = os.stat(full)
             entries.append([name, stat.st_size, int(stat.st_mtime_ns)])
@@ -78,7 +78,7 @@ def convert_to_ct2(model_path, cache_dir=None, quantization=None, copy_files=())
     work = tempfile.mkdtemp(prefix=".ct2-tmp-", dir=parent)
     try:
         source = model_path
-        if os.path.isdir(model_path) and loading.adapter_base(model_path):
+        if os.path.isdir(model_path) and sources.adapter_base(model_path):
             source = os.path.join(work, "merged")
             loading.load_model(model_path).save_pretrained(source)
         start = time.perf_counter()

@@ -28,7 +28,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from ..model import loading
+from ..model import loading, sources
 from ..audio import CHUNK_SECONDS, N_SAMPLES, SAMPLE_RATE, load_audio
 from .config import DEFAULT_SEARCH_SECONDS, TranscribeConfig, check_search_seconds, check_values, output_format
 from .backends import make_decoder
@@ -145,7 +145,7 @@ def _model_config(source):
     """The model's ``config.json`` (a LoRA adapter's base model's); ``None`` when there is none to read."""
     from transformers import WhisperConfig
 
-    for path in (source.model_path, os.path.isdir(source.model_path) and loading.adapter_base(source.model_path)):
+    for path in (source.model_path, os.path.isdir(source.model_path) and sources.adapter_base(source.model_path)):
         if path:
             try:
                 return WhisperConfig.from_pretrained(path)

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from ..data.bad_audio import check_limit, max_bad_examples_option
-from ..data.schema import AUDIO_COLUMN, DatasetSpec
+from ..data.schema import AUDIO_COLUMN, DatasetSpec, check_dataset_folder
 from ..decode.options import DecodingOptions, validate_options
 from ..errors import OptionError, UserError
 from ..model.options import ModelOptions
+from ..model.sources import resolve_model_source
 from ..options import option
 from ..text import METRICS, NORMALIZERS
 
@@ -61,8 +62,9 @@ class EvalConfig(ModelOptions):
 
 
 def check_values(config: EvalConfig):
-    """Refuse, with one line, option values no evaluation could use (the decoding options included): the checks
-    that need neither the model nor the data. Cheap: the scripts run it before importing torch."""
+    """Refuse, with one line, option values no evaluation could use (the decoding options included), and a model
+    or dataset folder that is not there: the checks that need neither the libraries nor the model's or the data's
+    contents. Cheap: the scripts run it before importing torch."""
     if not config.dataset_specs():
         raise UserError("--eval_datasets: give at least one dataset" if config.custom else "--dataset: give a dataset")
     if config.max_samples is not None and config.max_samples < 1:
@@ -71,6 +73,10 @@ def check_values(config: EvalConfig):
         raise OptionError("num_workers", config.num_workers, "must be 0 or more")
     check_limit(config.max_bad_examples)
     validate_options(config.decoding)
+    resolve_model_source(config.is_public_repo, config.hf_model, config.ckpt_dir, config.temp_ckpt_folder)
+    if config.custom:
+        for spec in config.dataset_specs():
+            check_dataset_folder(spec.name)
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,7 @@ import numpy as np
 import soundfile as sf
 
 from ..audio import decode_example_audio
-from ..data.loading import is_saved_dataset
-from ..data.schema import AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, SPEAKER_COLUMN
+from ..data.schema import AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, SPEAKER_COLUMN, is_saved_dataset
 from ..errors import OptionError, UserError
 from ..files import atomic_write_text
 from .config import DEFAULT_MAX_EMBEDDED_AUDIO_MB

@@ -1,7 +1,7 @@
 """The model card of an export folder: its source, how it was quantised, how to load it, the parity table."""
 import os
 
-from ..model import loading
+from ..model import sources
 from .config import PARITY_MAX_WER_DELTA, PARITY_MIN_UTTERANCES
 from .parity import format_table
 
@@ -22,10 +22,10 @@ def tool_versions():
     return found
 
 
-def render_card(source: loading.ModelSource, targets, rows, only=None):
+def render_card(source: sources.ModelSource, targets, rows, only=None):
     """The model card of an export folder: its source, how it was quantised, how to load it, the table."""
     shown = [t for t in targets if only is None or t.name == only]
-    base = loading.adapter_base(source.model_path) if os.path.isdir(source.model_path) else None
+    base = sources.adapter_base(source.model_path) if os.path.isdir(source.model_path) else None
     lines = ["---", "library_name: whisper-finetune", "pipeline_tag: automatic-speech-recognition",
              "tags: [whisper, whisper-finetune, " + ", ".join(sorted({t.format for t in shown})) + "]", "---", "",
              f"# Export of `{source.model_path}`", "",

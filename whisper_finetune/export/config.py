@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from ..errors import OptionError
+from ..model.sources import resolve_model
 from ..options import option
 from ..text import NORMALIZERS
 from .targets import FORMATS, plan_targets
@@ -54,8 +55,9 @@ class ExportOptions:
 
 def check_values(options: ExportOptions):
     """Refuse, with one line, what no export could use: the formats and quantisations, the destination, the
-    verification's numbers. Cheap: export_model.py runs it before importing torch; :func:`.run.export` again,
-    with the model and the packages each format needs. Returns the planned targets."""
+    verification's numbers, a ``--model`` that is neither a Hub id nor a Whisper folder. Cheap: export_model.py
+    runs it before importing torch; :func:`.run.export` again, with the packages each format needs. Returns the
+    planned targets."""
     targets = plan_targets(options.formats, options.quantizations)
     out = os.path.abspath(options.output_dir)
     if os.path.exists(out) and not options.overwrite:
@@ -70,4 +72,5 @@ def check_values(options: ExportOptions):
         raise OptionError("verify_max_samples", options.verify_max_samples, "must be at least 1")
     if options.verify_batch_size < 1:
         raise OptionError("verify_batch_size", options.verify_batch_size, "must be at least 1")
+    resolve_model(options.model, "model")
     return targets

@@ -9,11 +9,11 @@ from typing import Optional
 import numpy as np
 
 from .. import scoring
-from ..data.loading import is_saved_dataset, load_datasets
-from ..data.schema import AUDIO_COLUMN, ID_COLUMN, TEXT_COLUMN, DatasetSpec
+from ..data.loading import load_datasets
+from ..data.schema import AUDIO_COLUMN, ID_COLUMN, TEXT_COLUMN, DatasetSpec, is_saved_dataset
 from ..decode.options import DecodingOptions
 from ..errors import OptionError
-from ..model import loading
+from ..model import loading, sources
 from .runtimes import open_runtime
 from .config import PARITY_MAX_WER_DELTA, PARITY_MIN_UTTERANCES
 from .targets import size_of
@@ -68,7 +68,7 @@ def dataset_specs(datasets, split=None, config=None):
         raise OptionError("verify_datasets", " ".join(datasets), "give either data_prep folders or "
                           "Hub datasets, not both")
     for name, is_local in zip(datasets, local):
-        if not is_local and (os.path.exists(name) or not loading.looks_like_hub_id(name)):
+        if not is_local and (os.path.exists(name) or not sources.looks_like_hub_id(name)):
             raise OptionError("verify_datasets", name, "not a data_prep folder (make one with "
                               "custom_data/data_prep.py) and not a Hub dataset id")
     custom = all(local)
@@ -91,7 +91,7 @@ def verify(source, targets, paths, verify_dir, *, model, specs, custom, language
     same = get_normalizer("none")
     rows, failures, loaded = [], [], []
     # the weights only (an output folder also holds checkpoints and logs)
-    model_size = sum(os.path.getsize(os.path.join(model, f)) for f in loading.WEIGHT_FILES
+    model_size = sum(os.path.getsize(os.path.join(model, f)) for f in sources.WEIGHT_FILES
                      if os.path.isfile(os.path.join(model, f))) if os.path.isdir(model) else 0
     for spec, dataset, ref in zip(specs, datasets, references):
         if max_samples is not None:

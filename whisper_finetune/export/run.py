@@ -27,9 +27,9 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, Optional, Tuple
 
-from ..errors import OptionError, UserError
+from ..errors import UserError
 from ..files import atomic_dir, atomic_write_text
-from ..model import loading
+from ..model import loading, sources
 from . import ctranslate2, ggml, onnx, parity
 from .card import CARD_FILE, render_card, tool_versions
 from .config import PARITY_MAX_WER_DELTA, PARITY_MIN_UTTERANCES, ExportOptions, check_values
@@ -68,24 +68,10 @@ def require_package(module, package, purpose):
                         f"({str(exc).splitlines()[0]})") from exc
 
 
-def resolve_source(model):
-    """Check ``--model`` before any long work: modeling's resolution, and a folder must hold a Whisper."""
-    if os.path.isdir(model):
-        base = loading.adapter_base(model)
-        config_path = os.path.join(base if base and os.path.isdir(base) else model, "config.json")
-        if os.path.exists(config_path):
-            with open(config_path, encoding="utf-8") as f:
-                model_type = json.load(f).get("model_type")
-            if model_type != "whisper":
-                raise OptionError("model", model, f"not a Whisper model: its config.json says model_type "
-                                  f"{model_type!r}, expected 'whisper'")
-    return loading.resolve_model(model, "model")
-
-
 def check_options(options: ExportOptions):
     """Validate every option and the destination before anything is loaded or written."""
     targets = check_values(options)
-    source = resolve_source(options.model)
+    source = sources.resolve_model(options.model, "model")
     for fmt, packages in EXPORT_PACKAGES.items():
         if fmt in options.formats:
             for module, package in packages:
@@ -106,7 +92,7 @@ def _verify_specs(options: ExportOptions):
 
 # --- the source weights in one plain folder -------------------------------------------------------------
 
-def materialize(source: loading.ModelSource, folder):
+def materialize(source: sources.ModelSource, folder):
     """Write the model (LoRA merged) and its processor as one plain transformers folder (float32)."""
     model = loading.load_model(source.model_path)
     processor = loading.load_processor(source.processor_path)
@@ -157,7 +143,7 @@ def export(options: ExportOptions) -> ExportResult:
                 custom=custom, language=options.verify_language, normalizer=options.normalizer,
                 batch_size=options.verify_batch_size, max_samples=options.verify_max_samples)
         sizes = {t.name: size_of(paths[t.name]) for t in targets}
-        base = loading.adapter_base(source.model_path) if os.path.isdir(source.model_path) else None
+        base = sources.adapter_base(source.model_path) if os.path.isdir(source.model_path) else None
         report = {"model": source.model_path, "processor": source.processor_path, "adapter_base": base,
                   "options": asdict(options), "exports": [{**asdict(t), "name": t.name, "enforced": t.enforced,
                                                            "size_bytes": sizes[t.name]} for t in targets],

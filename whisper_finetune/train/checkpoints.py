@@ -15,14 +15,12 @@ import re
 
 from .. import files
 from ..errors import OptionError
+from ..model.sources import WEIGHT_FILES  # any one of them holds the weights (full, sharded or LoRA adapter)
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
-# Any one of these holds the weights (full model, sharded model, or LoRA adapter).
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
 OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin")
 SCHEDULER_FILES = ("scheduler.pt",)
 

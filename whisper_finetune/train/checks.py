@@ -105,12 +105,8 @@ def precision(choice):
 
 
 def _load_model_config(name):
-    """WhisperConfig + GenerationConfig of ``model_name`` (cheap), with a one-line error if unusable."""
-    if os.path.isdir(name):
-        if not os.path.exists(os.path.join(name, "config.json")):
-            raise OptionError("model_name", name, "folder holds no model (no config.json)")
-    elif not loading.looks_like_hub_id(name):
-        raise OptionError("model_name", name, "no such folder, and not a Hub id (owner/name)")
+    """WhisperConfig + GenerationConfig of ``model_name`` (cheap), with a one-line error if unusable (a folder
+    without its config.json was refused by :func:`.config.check_values`)."""
     try:
         return WhisperConfig.from_pretrained(name), GenerationConfig.from_pretrained(name)
     except (OSError, ValueError) as exc:
@@ -161,9 +157,7 @@ def _check_replay(config: TrainConfig, generation):
     dataset_specs(config, "replay")
     if not config.custom:
         return
-    for name in config.replay_datasets:
-        if not os.path.isdir(name):
-            raise UserError(f"{name}: no such dataset folder (make one with custom_data/data_prep.py)")
+    for name in config.replay_datasets:  # each a data_prep folder: check_values saw to that
         if code is None and not english_only:
             dataset = load_custom_dataset(name)  # memory-mapped: reading one column is quick
             if LANGUAGE_COLUMN not in dataset.column_names or None in set(dataset[LANGUAGE_COLUMN]):
@@ -234,10 +228,6 @@ def check_config(config: TrainConfig) -> CheckedRun:
         if not getattr(config, f"{role}_datasets"):
             raise UserError(f"--{role}_datasets: give at least one dataset")
         dataset_specs(config, role)
-    if config.custom:
-        for name in (*config.train_datasets, *config.eval_datasets):
-            if not os.path.isdir(name):
-                raise UserError(f"{name}: no such dataset folder (make one with custom_data/data_prep.py)")
     _check_retain_datasets(config)
     model_config, generation = _load_model_config(config.model_name)
     loading.resolve_language(config.language, generation, config.task)
@@ -271,10 +261,6 @@ def _check_retain_datasets(config: TrainConfig):
                               "needs --retain_datasets (without them choose wer)")
         return
     dataset_specs(config, "retain")
-    if config.custom:
-        for name in config.retain_datasets:
-            if not os.path.isdir(name):
-                raise UserError(f"{name}: no such dataset folder (make one with custom_data/data_prep.py)")
 
 
 def _retain_language(config: TrainConfig, generation) -> Optional[str]:

@@ -14,7 +14,9 @@ from typing import Optional, Tuple
 
 from ..audio import AudioContext
 from ..data.bad_audio import max_bad_examples_option
+from ..data.schema import check_dataset_folder
 from ..errors import OptionError, UserError
+from ..model.sources import check_trainable_model
 from ..options import option
 from ..text import METRICS
 
@@ -291,11 +293,22 @@ def merges(value, encoder_ratio) -> bool:
 
 
 def check_values(config: TrainConfig):
-    """Refuse, with one line, a value no run could use or a combination of flags that contradicts itself: every
-    check that needs only the options (the data, the model and the output folder are checked by
-    :func:`.checks.check_config`, which runs this first). Cheap: the scripts run it before importing torch."""
+    """Refuse, with one line, a value no run could use, a combination of flags that contradicts itself, or a model
+    or dataset folder that is not there: every check that needs neither the libraries nor the model's or the data's
+    contents (those are checked by :func:`.checks.check_config`, which runs this first). Cheap: the scripts run it
+    before importing torch."""
     _check_choices_and_ranges(config)
     _check_streaming(config)
+    _check_paths(config)
+
+
+def _check_paths(config: TrainConfig):
+    """The model and the data_prep folders are there (a Hub id is taken as given: only loading can tell)."""
+    check_trainable_model(config.model_name, "model_name")
+    if config.custom:
+        for role in ("train", "eval", "retain", "replay"):
+            for name in getattr(config, f"{role}_datasets") or ():
+                check_dataset_folder(name)
 
 
 def _check_choices_and_ranges(config: TrainConfig):

@@ -26,10 +26,10 @@ from tqdm.auto import tqdm
 
 from .. import files
 from ..audio import SAMPLE_RATE, decode_example_audio, encode_wav, load_audio
-from ..data.loading import is_saved_dataset, load_custom_dataset
-from ..data.schema import AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, TEXT_COLUMN
+from ..data.loading import load_custom_dataset
+from ..data.schema import AUDIO_COLUMN, DURATION_COLUMN, ID_COLUMN, LANGUAGE_COLUMN, TEXT_COLUMN, is_saved_dataset
 from ..errors import UserError
-from ..model import loading
+from ..model import loading, sources
 from ..text import language_code
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class Labeller:
 
     def __init__(self, model: str, language: Optional[str] = None, num_beams: int = LABEL_BEAMS,
                  max_new_tokens: int = LABEL_MAX_NEW_TOKENS, batch_size: int = LABEL_BATCH_SIZE, device="cpu"):
-        source = loading.resolve_model(model, "model_name")
+        source = sources.resolve_model(model, "model_name")
         generation_config = loading.generation_config_of(source)
         self.english_only = loading.is_english_only(generation_config)
         # As the model decodes by default: the language given, else the one saved with it (a model we
