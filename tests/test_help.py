@@ -105,6 +105,8 @@ BAD_VALUES = [
     ("train/fine-tune_on_hf_dataset.py", TRAIN_ARGS + ["--merge_ratio", "2"], MERGE_RATIO_ERROR),
     ("train/fine-tune_on_custom_dataset.py", TRAIN_ARGS + ["--freeze_encoder", "True", "--freeze_decoder", "True"],
      "error: --freeze_encoder True and --freeze_decoder True together leave nothing to train; pick one"),
+    ("train/fine-tune_on_custom_dataset.py", TRAIN_ARGS + ["--freeze_encoder", "True", "--encoder_lr_ratio", "0.1"],
+     "error: --encoder_lr_ratio 0.1 with --freeze_encoder: the encoder is not trained; leave --encoder_lr_ratio out"),
     ("evaluate/evaluate_on_custom_dataset.py", EVAL_ARGS + ["--eval_datasets", "e", "--num_beams", "0"],
      NUM_BEAMS_ERROR),
     ("evaluate/evaluate_on_hf_dataset.py", EVAL_ARGS + ["--dataset", "d", "--num_beams", "0"], NUM_BEAMS_ERROR),

@@ -106,6 +106,11 @@ def test_clean_text_options():
     ({"dynamic_audio_context": True, "freeze_decoder": True, "short_context_updates": "split"},
      "--freeze_decoder True with --short_context_updates split leaves its 30 s steps nothing to train"),
     ({"resume_from_ckpt": "/no/such/checkpoint-2"}, "--resume_from_ckpt /no/such/checkpoint-2: no such folder"),
+    ({"encoder_lr_ratio": 1.5}, "--encoder_lr_ratio 1.5: give a number above 0 and at most 1 (1: one rate for both)"),
+    ({"encoder_lr_ratio": 0.1, "freeze_encoder": True},
+     "--encoder_lr_ratio 0.1 with --freeze_encoder: the encoder is not trained; leave --encoder_lr_ratio out"),
+    ({"encoder_lr_ratio": 0.1, "freeze_decoder": True}, "--encoder_lr_ratio 0.1 with --freeze_decoder: the encoder "
+     "is all it trains; lower --learning_rate instead; leave --encoder_lr_ratio out"),
     ({"custom": False, "train_dataset_splits": ("train", "test")}, "--train_datasets (1), --train_dataset_splits (2)"),
 ])
 def test_bad_options_are_refused_before_any_work(tiny_model_dir, tiny_dataset_dir, tmp_path, overrides, message):
@@ -256,6 +261,29 @@ def test_freeze_encoder_layers_trains_only_the_layers_above(tiny_model_dir, tiny
     assert all(not torch.equal(before[k], after[k]) for k in trained if k.endswith("proj.weight"))
     config = json.loads((out / "training_summary.json").read_text())["config"]
     assert config["freeze_encoder_layers"] == 1
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_encoder_lr_ratio_moves_the_encoder_by_its_share(tiny_model_dir, tiny_dataset_dir, tmp_path, lora):
+    # Adam's update is about the learning rate whatever the gradient's size (the first is +-lr exactly), so
+    # over two steps a weight moves at most a few times its rate: the encoder's at 1e-2 x 0.01, the decoder's
+    # at 1e-2. LoRA's change of a weight is the product of its two adapters, so its bound is looser.
+    lr, ratio, out = 1e-2, 0.01, tmp_path / "rates"
+    extra = {"lora": True, "lora_r": 4, "lora_alpha": 8} if lora else {}
+    train(quick_config(tiny_model_dir, tiny_dataset_dir, out, num_steps=2, eval_steps=2, learning_rate=lr,
+                       encoder_lr_ratio=ratio, **extra))
+    before, after = weights(tiny_model_dir), weights(out)
+
+    def largest_move(prefix):
+        return max(float((after[k] - before[k]).abs().max()) for k in after
+                   if k.startswith(prefix) and k.endswith("proj.weight"))
+
+    encoder, decoder = largest_move("model.encoder.layers."), largest_move("model.decoder.layers.")
+    assert 0 < encoder and encoder * 20 < decoder
+    if not lora:
+        assert encoder <= 3 * 2 * lr * ratio and decoder >= lr / 2
+    config = json.loads((out / "training_summary.json").read_text())["config"]
+    assert config["encoder_lr_ratio"] == ratio
 
 
 def test_bf16_on_cpu_trains_and_times_checkpoints_apart(tiny_model_dir, tiny_dataset_dir, tmp_path, monkeypatch):

@@ -207,6 +207,10 @@ class TrainConfig:
     learning_rate: Optional[float] = option(None, "peak learning rate", group="schedule",
                                             default_text="pre-training maximum / 40 for the model's size, e.g. "
                                                          "tiny 3.75e-5, base 2.5e-5")
+    encoder_lr_ratio: float = option(1.0, "the encoder's learning rate as a share of --learning_rate (e.g. 0.1; "
+                                     "the decoder keeps the whole rate): the decoder has a new language's writing "
+                                     "to learn, and the encoder's move is what costs the base model's languages "
+                                     "most; 1: one rate for both", group="schedule")
     warmup: int = option(0, "linear warm-up steps, then linear decay to zero", group="schedule")
     lr_scheduler_type: str = option("linear", "transformers scheduler name (linear, cosine, constant...)",
                                     group="schedule")
@@ -381,11 +385,25 @@ def _check_choices_and_ranges(config: TrainConfig):
                         "freezes every encoder layer; pick one")
     if config.freeze_encoder and config.freeze_decoder:
         raise UserError("--freeze_encoder True and --freeze_decoder True together leave nothing to train; pick one")
+    _check_encoder_rate(config)
     for name in ("deepspeed", "fsdp_config"):
         if getattr(config, name) and not os.path.isfile(getattr(config, name)):
             raise OptionError(name, getattr(config, name), "no such config file")
     if config.deepspeed and importlib.util.find_spec("deepspeed") is None:
         raise OptionError("deepspeed", config.deepspeed, "needs the deepspeed package: pip install deepspeed")
+
+
+def _check_encoder_rate(config: TrainConfig):
+    ratio = config.encoder_lr_ratio
+    if not (0 < ratio <= 1):
+        raise OptionError("encoder_lr_ratio", ratio, "give a number above 0 and at most 1 (1: one rate for both)")
+    if ratio == 1:
+        return
+    for flag, why in (("freeze_encoder", "the encoder is not trained"),
+                      ("freeze_decoder", "the encoder is all it trains; lower --learning_rate instead"),
+                      ("deepspeed", "DeepSpeed builds the optimizer from its own config")):
+        if getattr(config, flag):
+            raise UserError(f"--encoder_lr_ratio {ratio:g} with --{flag}: {why}; leave --encoder_lr_ratio out")
 
 
 def _check_merge(config: TrainConfig):

@@ -103,13 +103,16 @@ def context_frozen(model, config):
     decoder on short steps and the encoder on 30 s steps; ``all``: none."""
     if not config.dynamic_audio_context:
         return [], []
-    whisper = model.get_base_model() if config.lora else model
-    decoder = [parameter for parameter in whisper.model.decoder.parameters() if parameter.requires_grad]
-    encoder = [parameter for parameter in whisper.model.encoder.parameters() if parameter.requires_grad]
+    decoder, encoder = trained_halves(model, config)
     return {"all": ([], []), "encoder": (decoder, []), "split": (decoder, encoder)}[config.short_context_updates]
 
 
-# The value accelerate's ACCELERATE_MIXED_PRECISION takes for each --mixed_precision we resolve.
+def trained_halves(model, config):
+    """The trained parameters of the decoder and of the encoder (LoRA: their adapters), as two lists."""
+    whisper = model.get_base_model() if config.lora else model
+    decoder = [parameter for parameter in whisper.model.decoder.parameters() if parameter.requires_grad]
+    encoder = [parameter for parameter in whisper.model.encoder.parameters() if parameter.requires_grad]
+    return decoder, encoder
 
 
 def configure_tokenizer(tokenizer, language, task, english_only):

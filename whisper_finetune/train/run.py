@@ -37,7 +37,7 @@ from .checks import check_config, dataset_specs, precision
 from .data import hours, mix_replay, numbered, on_the_fly_features, prepare_split, prepare_stream
 from .merging import MERGED_PREFIX, merge_summary, merge_with_base
 from .model_setup import (build_model, configure_tokenizer, context_frozen, make_consolidation, make_distiller,
-                          retain_decode_kwargs, retain_processor)
+                          retain_decode_kwargs, retain_processor, trained_halves)
 from .output import clear_earlier_run, evaluate_each, save_final
 from .summary import RETAIN_PREFIX, TrainSummary, mean_logged_loss, retain_summary, write_reports
 from .trainer import (EarlyStopping, EvalSet, TrainerParts, WhisperTrainer, load_best_model, metrics_function,
@@ -224,7 +224,8 @@ def make_trainer(config: TrainConfig, plan: RunPlan, data: RunData, model, gener
         spec_augment=config.spec_augment, distiller=make_distiller(config, plan.language, plan.args.device),
         consolidation=make_consolidation(config, model, data.replay_rows, processor.feature_extractor,
                                          plan.args.device),
-        max_bad_examples=config.max_bad_examples if config.streaming else 0)
+        max_bad_examples=config.max_bad_examples if config.streaming else 0,
+        encoder_lr_ratio=config.encoder_lr_ratio, encoder_parameters=tuple(trained_halves(model, config)[1]))
     trainer = WhisperTrainer(
         model=model, args=plan.args, train_dataset=data.train, eval_dataset=data.eval, processing_class=processor,
         data_collator=DataCollatorSpeechSeq2SeqWithPadding(

@@ -73,6 +73,8 @@ class TrainerParts:
     distiller: object = None  # distillation.Distiller: its term is added to training losses
     consolidation: object = None  # consolidation.Consolidation (--ewc_weight): its term too
     max_bad_examples: int = 0  # undecodable examples a stream may skip (counted in output_dir's bad_examples.jsonl)
+    encoder_lr_ratio: float = 1.0  # the encoder's learning rate as a share of the decoder's
+    encoder_parameters: tuple = ()  # the trained parameters that rate applies to
 
 
 class TiedOutputNotice(logging.Filter):
@@ -196,6 +198,30 @@ class WhisperTrainer(Seq2SeqTrainer):
         if frames is None or (training and full_context_step(self.state.global_step, self.parts.full_context_ratio)):
             return inputs, False
         return {**inputs, FEATURE_COLUMN: inputs[FEATURE_COLUMN][..., :frames]}, True  # (batch, n_mels, frames)
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, each of its parameter groups split in two with ``--encoder_lr_ratio``: the
+        decoder's (and anything else's) first, at the run's rate, so the logged rate is the decoder's; then the
+        encoder's at the ratio. Split before the scheduler exists, which takes each group's rate as its peak."""
+        optimizer = super().create_optimizer(model)
+        ratio = self.parts.encoder_lr_ratio
+        if ratio == 1:
+            return optimizer
+        encoder = {id(parameter) for parameter in self.parts.encoder_parameters}
+        groups = []
+        for group in optimizer.param_groups:
+            settings = {key: value for key, value in group.items() if key != "params"}
+            rest = [parameter for parameter in group["params"] if id(parameter) not in encoder]
+            in_encoder = [parameter for parameter in group["params"] if id(parameter) in encoder]
+            groups += [{**settings, "params": rest}] if rest else []
+            groups += [{**settings, "params": in_encoder, "lr": settings["lr"] * ratio}] if in_encoder else []
+        groups.sort(key=lambda group: group["lr"], reverse=True)  # stable: the decoder's groups stay first
+        optimizer.param_groups.clear()
+        for group in groups:
+            optimizer.add_param_group(group)
+        logger.info("encoder learning rate: %g x %g (%d tensors); decoder: %g", settings["lr"], ratio,
+                    len(encoder), settings["lr"])
+        return optimizer
 
     def current_learning_rate(self):
         """The learning rate of the optimizer step in progress (the scheduler steps only after the update)."""
