@@ -208,19 +208,18 @@ class WhisperTrainer(Seq2SeqTrainer):
         if ratio == 1:
             return optimizer
         encoder = {id(parameter) for parameter in self.parts.encoder_parameters}
-        groups = []
+        rest_groups, encoder_groups = [], []
         for group in optimizer.param_groups:
             settings = {key: value for key, value in group.items() if key != "params"}
             rest = [parameter for parameter in group["params"] if id(parameter) not in encoder]
             in_encoder = [parameter for parameter in group["params"] if id(parameter) in encoder]
-            groups += [{**settings, "params": rest}] if rest else []
-            groups += [{**settings, "params": in_encoder, "lr": settings["lr"] * ratio}] if in_encoder else []
-        groups.sort(key=lambda group: group["lr"], reverse=True)  # stable: the decoder's groups stay first
+            rest_groups += [{**settings, "params": rest}] if rest else []
+            encoder_groups += [{**settings, "params": in_encoder, "lr": settings["lr"] * ratio}] if in_encoder else []
         optimizer.param_groups.clear()
-        for group in groups:
+        for group in rest_groups + encoder_groups:
             optimizer.add_param_group(group)
-        logger.info("encoder learning rate: %g x %g (%d tensors); decoder: %g", settings["lr"], ratio,
-                    len(encoder), settings["lr"])
+        logger.info("encoder learning rate: %g x %g (%d tensors); decoder: %g", self.args.learning_rate, ratio,
+                    len(encoder), self.args.learning_rate)
         return optimizer
 
     def current_learning_rate(self):
