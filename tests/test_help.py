@@ -107,6 +107,8 @@ BAD_VALUES = [
      "error: --freeze_encoder True and --freeze_decoder True together leave nothing to train; pick one"),
     ("train/fine-tune_on_custom_dataset.py", TRAIN_ARGS + ["--freeze_encoder", "True", "--encoder_lr_ratio", "0.1"],
      "error: --encoder_lr_ratio 0.1 with --freeze_encoder: the encoder is not trained; leave --encoder_lr_ratio out"),
+    ("train/fine-tune_on_hf_dataset.py", TRAIN_ARGS + ["--layer_lr_decay", "1.5"],
+     "error: --layer_lr_decay 1.5: give a number above 0 and at most 1 (1: one rate for every layer)"),
     ("evaluate/evaluate_on_custom_dataset.py", EVAL_ARGS + ["--eval_datasets", "e", "--num_beams", "0"],
      NUM_BEAMS_ERROR),
     ("evaluate/evaluate_on_hf_dataset.py", EVAL_ARGS + ["--dataset", "d", "--num_beams", "0"], NUM_BEAMS_ERROR),

@@ -19,6 +19,7 @@ from whisper_finetune.train.summary import PLOT_FILE, SUMMARY_FILE, TrainSummary
 from whisper_finetune.train import checks as train_checks
 from whisper_finetune.train.config import TrainConfig
 from whisper_finetune.train.checks import check_config
+from whisper_finetune.train.checkpoints import RateOptions, check_resumed_rates
 from whisper_finetune.train.run import train
 
 CUSTOM = "train/fine-tune_on_custom_dataset.py"
@@ -111,6 +112,9 @@ def test_clean_text_options():
      "--encoder_lr_ratio 0.1 with --freeze_encoder: the encoder is not trained; leave --encoder_lr_ratio out"),
     ({"encoder_lr_ratio": 0.1, "freeze_decoder": True}, "--encoder_lr_ratio 0.1 with --freeze_decoder: the encoder "
      "is all it trains; lower --learning_rate instead; leave --encoder_lr_ratio out"),
+    ({"layer_lr_decay": 0.0}, "--layer_lr_decay 0.0: give a number above 0 and at most 1 (1: one rate for every layer)"),
+    ({"layer_lr_decay": 0.8, "deepspeed": "ds.json"}, "--layer_lr_decay 0.8 with --deepspeed: DeepSpeed builds the "
+     "optimizer from its own config; leave --layer_lr_decay out"),
     ({"custom": False, "train_dataset_splits": ("train", "test")}, "--train_datasets (1), --train_dataset_splits (2)"),
 ])
 def test_bad_options_are_refused_before_any_work(tiny_model_dir, tiny_dataset_dir, tmp_path, overrides, message):
@@ -234,6 +238,32 @@ def test_resume_reaches_the_same_step_and_losses(tiny_model_dir, tiny_dataset_di
         assert resumed_losses[step] == pytest.approx(full_losses[step], rel=1e-4)
     final_full, final_resumed = weights(full / "checkpoint-4"), weights(resumed / "checkpoint-4")
     assert all(torch.allclose(final_full[k], final_resumed[k], atol=1e-5) for k in final_full)
+    # other learning-rate shares than the checkpoint's are refused before anything loads (torch would stop on the
+    # optimizer's group count, or keep the saved rates without a word)
+    with pytest.raises(UserError, match=re.escape(
+            f"--resume_from_ckpt {resumed / 'checkpoint-4'}: it was trained with --encoder_lr_ratio 1 --layer_lr_decay "
+            f"1, this run gives --encoder_lr_ratio 0.1 --layer_lr_decay 1; its optimizer keeps a rate per group, so "
+            f"resume with its values")):
+        check_config(quick_config(tiny_model_dir, tiny_dataset_dir, resumed, resume_from_ckpt="latest",
+                                  encoder_lr_ratio=0.1))
+
+
+@pytest.mark.parametrize("saved, run, refused", [
+    (None, RateOptions(), False),  # a checkpoint from before the file: one rate throughout
+    (None, RateOptions(layer_lr_decay=0.8), True),
+    (RateOptions(0.1, 0.8), RateOptions(0.1, 0.8), False),
+    (RateOptions(0.1, 0.8), RateOptions(0.1, 0.9), True),
+    (RateOptions(0.1, 1.0), RateOptions(), True),
+])
+def test_a_checkpoint_resumes_only_with_its_learning_rate_shares(tmp_path, saved, run, refused):
+    if saved is not None:
+        saved.save_pretrained(str(tmp_path))
+    if refused:
+        with pytest.raises(UserError, match=re.escape(f"it was trained with {(saved or RateOptions()).flags()}, "
+                                                      f"this run gives {run.flags()}")):
+            check_resumed_rates(str(tmp_path), run)
+    else:
+        check_resumed_rates(str(tmp_path), run)
 
 
 def test_freeze_encoder_accumulation_and_checkpointing(tiny_model_dir, tiny_dataset_dir, tmp_path):
@@ -284,6 +314,49 @@ def test_encoder_lr_ratio_moves_the_encoder_by_its_share(tiny_model_dir, tiny_da
         assert encoder <= 3 * 2 * lr * ratio and decoder >= lr / 2
     config = json.loads((out / "training_summary.json").read_text())["config"]
     assert config["encoder_lr_ratio"] == ratio
+
+
+@pytest.mark.parametrize("ratio, decay, shares", [
+    # tiny model: two layers a half; (parameter, its share of the learning rate)
+    (1.0, 0.5, {"model.decoder.layers.1.fc1.weight": 1, "model.decoder.layers.0.fc1.weight": 0.5,
+                "model.decoder.embed_tokens.weight": 0.25, "model.decoder.layer_norm.weight": 1,
+                "model.encoder.layers.1.fc1.weight": 1, "model.encoder.conv1.weight": 0.25}),
+    (0.1, 0.5, {"model.decoder.layers.1.fc1.weight": 1, "model.decoder.layers.0.fc1.weight": 0.5,
+                "model.encoder.layer_norm.weight": 0.1, "model.encoder.layers.1.fc1.weight": 0.1,
+                "model.encoder.layers.0.self_attn.q_proj.weight": 0.05, "model.encoder.conv2.weight": 0.025}),
+    (0.1, 1.0, {"model.decoder.layers.0.fc1.weight": 1, "model.decoder.embed_tokens.weight": 1,
+                "model.encoder.layers.0.fc1.weight": 0.1, "model.encoder.conv1.bias": 0.1}),
+])
+def test_learning_rate_shares_by_half_and_layer(tiny_model_dir, tiny_dataset_dir, tmp_path, ratio, decay, shares):
+    from whisper_finetune.model.loading import load_model
+    from whisper_finetune.train.model_setup import learning_rate_scales
+
+    model = load_model(tiny_model_dir)
+    config = quick_config(tiny_model_dir, tiny_dataset_dir, tmp_path, encoder_lr_ratio=ratio, layer_lr_decay=decay)
+    share_of = {id(parameter): share for share, parameters in learning_rate_scales(model, config)
+                for parameter in parameters}
+    named = dict(model.named_parameters())
+    assert {name: share_of.get(id(named[name]), 1) for name in shares} == pytest.approx(shares)
+
+
+def test_layer_lr_decay_moves_the_lower_layers_less(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    # as above: over two Adam steps a weight moves at most a few times its rate. Two layers a half at decay 0.01:
+    # the top layers at 1e-2, the bottom ones at 1e-4, the embeddings and convolutions at 1e-6.
+    lr, decay, out = 1e-2, 0.01, tmp_path / "layers"
+    train(quick_config(tiny_model_dir, tiny_dataset_dir, out, num_steps=2, eval_steps=2, learning_rate=lr,
+                       layer_lr_decay=decay))
+    before, after = weights(tiny_model_dir), weights(out)
+
+    def largest_move(prefix):
+        return max(float((after[k] - before[k]).abs().max()) for k in after if k.startswith(prefix))
+
+    for half in ("encoder", "decoder"):
+        top, bottom = largest_move(f"model.{half}.layers.1."), largest_move(f"model.{half}.layers.0.")
+        assert top >= lr / 2 and 0 < bottom <= 3 * 2 * lr * decay
+    below = largest_move("model.encoder.conv"), largest_move("model.decoder.embed_tokens")
+    assert all(0 < move <= 3 * 2 * lr * decay ** 2 for move in below)
+    card = (out / "README.md").read_text()
+    assert "layer_lr_decay" in card and "0.01" in card
 
 
 def test_bf16_on_cpu_trains_and_times_checkpoints_apart(tiny_model_dir, tiny_dataset_dir, tmp_path, monkeypatch):

@@ -7,14 +7,16 @@ Resuming with ``latest`` takes the newest checkpoint whose weights, optimizer, s
 state are all present, and names in one log line any newer folder it skipped (folders written by
 other tools, or by older versions of ours, can still be incomplete).
 """
+import dataclasses
 import glob
+import json
 import logging
 import math
 import os
 import re
 
 from .. import files
-from ..errors import OptionError
+from ..errors import OptionError, UserError
 from ..model.sources import WEIGHT_FILES  # any one of them holds the weights (full, sharded or LoRA adapter)
 
 logger = logging.getLogger(__name__)
@@ -88,6 +90,43 @@ def resolve_resume(value, output_dir):
         raise OptionError("resume_from_ckpt", value, f"not a complete training checkpoint (no {', '.join(missing)}); "
                           f"use latest to take the newest complete one")
     return value
+
+
+@dataclasses.dataclass(frozen=True)
+class RateOptions:
+    """The options that split the optimizer into parameter groups of their own rates, saved in every checkpoint.
+
+    The optimizer's state is restored group by group with each group's saved rate, so a run resumed with other
+    values would either stop in torch's loader (another number of groups) or keep the old rates without a
+    word; :func:`check_resumed_rates` refuses it first. Checkpoints without the file had one rate throughout.
+    """
+
+    FILE = "learning_rates.json"
+    encoder_lr_ratio: float = 1.0
+    layer_lr_decay: float = 1.0
+
+    def save_pretrained(self, folder):
+        """Written like the processor's files (a checkpoint companion: :class:`.trainer.StagedCheckpoints`)."""
+        files.atomic_write_text(os.path.join(folder, self.FILE), json.dumps(dataclasses.asdict(self)) + "\n")
+
+    @classmethod
+    def of_checkpoint(cls, folder):
+        path = os.path.join(folder, cls.FILE)
+        if not os.path.exists(path):
+            return cls()
+        with open(path, encoding="utf-8") as f:
+            return cls(**json.load(f))
+
+    def flags(self):
+        return " ".join(f"--{name} {value:g}" for name, value in dataclasses.asdict(self).items())
+
+
+def check_resumed_rates(resume, rates: RateOptions):
+    """Refuse to resume ``resume`` with other learning-rate shares than it was trained with."""
+    saved = RateOptions.of_checkpoint(resume)
+    if saved != rates:
+        raise UserError(f"--resume_from_ckpt {resume}: it was trained with {saved.flags()}, this run gives "
+                        f"{rates.flags()}; its optimizer keeps a rate per group, so resume with its values")
 
 
 # Beside weights and optimizer: tokenizer and processor files (about 3 MB for Whisper), scheduler, RNG and

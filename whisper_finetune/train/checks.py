@@ -240,11 +240,18 @@ def check_config(config: TrainConfig) -> CheckedRun:
         raise OptionError("model_name", config.model_name, "its generation config has no no_timestamps_token_id, "
                           "so it cannot be trained (or decode) with --timestamps True")
     resume = checkpoints.resolve_resume(config.resume_from_ckpt, config.output_dir)
+    if resume is not None:
+        checkpoints.check_resumed_rates(resume, rate_options(config))
     earlier = earlier_run(config.output_dir)
     if resume is None and earlier and not config.overwrite_output_dir and config.resume_from_ckpt is None:
         raise UserError(f"--output_dir {config.output_dir} holds an earlier run ({', '.join(earlier[:4])}); pass "
                         f"--resume_from_ckpt latest to continue it, or --overwrite_output_dir True to replace it")
     return CheckedRun(model_config, generation, resume, retain_language)
+
+
+def rate_options(config: TrainConfig) -> checkpoints.RateOptions:
+    """The run's options that shape its optimizer's groups, as every checkpoint records them."""
+    return checkpoints.RateOptions(config.encoder_lr_ratio, config.layer_lr_decay)
 
 
 def _check_retain_datasets(config: TrainConfig):

@@ -211,6 +211,12 @@ class TrainConfig:
                                      "the decoder keeps the whole rate): the decoder has a new language's writing "
                                      "to learn, and the encoder's move is what costs the base model's languages "
                                      "most; 1: one rate for both", group="schedule")
+    layer_lr_decay: float = option(1.0, "layer-wise learning rates: in the encoder and in the decoder, each layer "
+                                   "trains at this share of the rate of the layer above it (the top layer at its "
+                                   "half's rate, the embeddings below the bottom layer at the bottom layer's x this "
+                                   "share), so the lower layers, which hold what every language shares, move least "
+                                   "(e.g. 0.8 on the 6 layers of base, 0.965 on the 32 of large: the bottom layer at "
+                                   "a third of the top's rate); 1: one rate for every layer", group="schedule")
     warmup: int = option(0, "linear warm-up steps, then linear decay to zero", group="schedule")
     lr_scheduler_type: str = option("linear", "transformers scheduler name (linear, cosine, constant...)",
                                     group="schedule")
@@ -397,6 +403,12 @@ def _check_encoder_rate(config: TrainConfig):
     ratio = config.encoder_lr_ratio
     if not (0 < ratio <= 1):
         raise OptionError("encoder_lr_ratio", ratio, "give a number above 0 and at most 1 (1: one rate for both)")
+    decay = config.layer_lr_decay
+    if not (0 < decay <= 1):
+        raise OptionError("layer_lr_decay", decay, "give a number above 0 and at most 1 (1: one rate for every layer)")
+    if decay != 1 and config.deepspeed:
+        raise UserError(f"--layer_lr_decay {decay:g} with --deepspeed: DeepSpeed builds the optimizer from its own "
+                        f"config; leave --layer_lr_decay out")
     if ratio == 1:
         return
     for flag, why in (("freeze_encoder", "the encoder is not trained"),

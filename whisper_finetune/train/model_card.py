@@ -15,9 +15,9 @@ CARD_FILE = "README.md"
 STEP_UPDATES = {"encoder": " (the others updated the encoder only)",
                 "split": " (those updated the decoder only, the others the encoder only)", "all": ""}
 # Training arguments shown in the card (the full set is in training_summary.json).
-SHOWN_ARGUMENTS = ("train_strategy", "num_steps", "num_epochs", "learning_rate", "encoder_lr_ratio", "warmup",
-                   "lr_scheduler_type", "train_batchsize", "gradient_accumulation_steps", "mixed_precision",
-                   "freeze_encoder", "freeze_encoder_layers", "freeze_decoder",
+SHOWN_ARGUMENTS = ("train_strategy", "num_steps", "num_epochs", "learning_rate", "encoder_lr_ratio",
+                   "layer_lr_decay", "warmup", "lr_scheduler_type", "train_batchsize", "gradient_accumulation_steps",
+                   "mixed_precision", "freeze_encoder", "freeze_encoder_layers", "freeze_decoder",
                    "lora", "gradient_checkpointing", "streaming", "shuffle_buffer_size", "interleave_probabilities",
                    "lowercase", "remove_punctuation", "seed", "dynamic_audio_context", "full_context_ratio",
                    "short_context_updates", "metric_for_best_model", "early_stopping_patience")

@@ -115,6 +115,31 @@ def trained_halves(model, config):
     return decoder, encoder
 
 
+def learning_rate_scales(model, config):
+    """The trained parameters that do not train at the whole rate: ``((share of --learning_rate, parameters),
+    ...)``, largest share first (LoRA: the adapters, by the layer they adapt).
+
+    In each half the top layer trains at the half's rate (the encoder's: ``--encoder_lr_ratio``), each layer
+    below at ``--layer_lr_decay`` times the one above, and what lies below the bottom layer (the encoder's
+    convolutions, the decoder's embeddings, tied to its output projection) one step further down; the final
+    layer norm sits above the top layer.
+    """
+    whisper = model.get_base_model() if config.lora else model
+    scales = {}
+    for half, share in ((whisper.model.decoder, 1.0), (whisper.model.encoder, config.encoder_lr_ratio)):
+        layers = len(half.layers)
+        below_top = {id(parameter): layers - 1 - index for index, layer in enumerate(half.layers)
+                     for parameter in layer.parameters()}
+        for name, parameter in half.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            steps = below_top.get(id(parameter), 0 if name.startswith("layer_norm.") else layers)
+            scale = share * config.layer_lr_decay ** steps
+            if scale != 1:
+                scales.setdefault(scale, []).append(parameter)
+    return tuple((scale, tuple(scales[scale])) for scale in sorted(scales, reverse=True))
+
+
 def configure_tokenizer(tokenizer, language, task, english_only):
     """Labels start ``<|startoftranscript|><|lang|><|task|><|notimestamps|>`` (English-only: no lang/task)."""
     if english_only:

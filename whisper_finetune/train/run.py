@@ -33,11 +33,11 @@ from ..model import loading
 from ..text import choose_metric, choose_normalizer, language_code
 from . import checkpoints, labelling
 from .config import TrainConfig, replays
-from .checks import check_config, dataset_specs, precision
+from .checks import check_config, dataset_specs, precision, rate_options
 from .data import hours, mix_replay, numbered, on_the_fly_features, prepare_split, prepare_stream
 from .merging import MERGED_PREFIX, merge_summary, merge_with_base
 from .model_setup import (build_model, configure_tokenizer, context_frozen, make_consolidation, make_distiller,
-                          retain_decode_kwargs, retain_processor, trained_halves)
+                          learning_rate_scales, retain_decode_kwargs, retain_processor)
 from .output import clear_earlier_run, evaluate_each, save_final
 from .summary import RETAIN_PREFIX, TrainSummary, mean_logged_loss, retain_summary, write_reports
 from .trainer import (EarlyStopping, EvalSet, TrainerParts, WhisperTrainer, load_best_model, metrics_function,
@@ -218,14 +218,14 @@ def make_trainer(config: TrainConfig, plan: RunPlan, data: RunData, model, gener
     parts = TrainerParts(
         decode_kwargs=decode_kwargs, streaming=config.streaming,
         # the feature extractor on its own writes preprocessor_config.json (see loading.save_processor)
-        companions=(processor, processor.feature_extractor, generation_config),
+        companions=(processor, processor.feature_extractor, generation_config, rate_options(config)),
         full_context_ratio=config.full_context_ratio, short_context_frozen=tuple(short_context_frozen),
         full_context_frozen=tuple(full_context_frozen), retain=retain, primary_metric=plan.metric,
         spec_augment=config.spec_augment, distiller=make_distiller(config, plan.language, plan.args.device),
         consolidation=make_consolidation(config, model, data.replay_rows, processor.feature_extractor,
                                          plan.args.device),
         max_bad_examples=config.max_bad_examples if config.streaming else 0,
-        encoder_lr_ratio=config.encoder_lr_ratio, encoder_parameters=tuple(trained_halves(model, config)[1]))
+        rate_scales=learning_rate_scales(model, config))
     trainer = WhisperTrainer(
         model=model, args=plan.args, train_dataset=data.train, eval_dataset=data.eval, processing_class=processor,
         data_collator=DataCollatorSpeechSeq2SeqWithPadding(

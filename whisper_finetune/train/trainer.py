@@ -73,8 +73,7 @@ class TrainerParts:
     distiller: object = None  # distillation.Distiller: its term is added to training losses
     consolidation: object = None  # consolidation.Consolidation (--ewc_weight): its term too
     max_bad_examples: int = 0  # undecodable examples a stream may skip (counted in output_dir's bad_examples.jsonl)
-    encoder_lr_ratio: float = 1.0  # the encoder's learning rate as a share of the decoder's
-    encoder_parameters: tuple = ()  # the trained parameters that rate applies to
+    rate_scales: tuple = ()  # ((share of the learning rate, parameters), ...) where the share is not 1
 
 
 class TiedOutputNotice(logging.Filter):
@@ -200,26 +199,30 @@ class WhisperTrainer(Seq2SeqTrainer):
         return {**inputs, FEATURE_COLUMN: inputs[FEATURE_COLUMN][..., :frames]}, True  # (batch, n_mels, frames)
 
     def create_optimizer(self, model=None):
-        """The Trainer's optimizer, each of its parameter groups split in two with ``--encoder_lr_ratio``: the
-        decoder's (and anything else's) first, at the run's rate, so the logged rate is the decoder's; then the
-        encoder's at the ratio. Split before the scheduler exists, which takes each group's rate as its peak."""
+        """The Trainer's optimizer, each of its parameter groups (weight decay or none) split by the share of
+        the rate its parameters train at (``--encoder_lr_ratio``, ``--layer_lr_decay``). The whole rate's groups
+        come first (every share is at most 1: :func:`.config.check_values`), so the rate the Trainer logs, its
+        first group's, is the run's. Split before the scheduler exists, which takes each group's rate as its peak."""
+        fresh = self.optimizer is None  # split once: the Trainer hands back the optimizer it already has
         optimizer = super().create_optimizer(model)
-        ratio = self.parts.encoder_lr_ratio
-        if ratio == 1:
+        if not fresh or not self.parts.rate_scales:
             return optimizer
-        encoder = {id(parameter) for parameter in self.parts.encoder_parameters}
-        rest_groups, encoder_groups = [], []
+        share_of = {id(parameter): share for share, parameters in self.parts.rate_scales for parameter in parameters}
+        groups = {}  # share -> its groups
         for group in optimizer.param_groups:
             settings = {key: value for key, value in group.items() if key != "params"}
-            rest = [parameter for parameter in group["params"] if id(parameter) not in encoder]
-            in_encoder = [parameter for parameter in group["params"] if id(parameter) in encoder]
-            rest_groups += [{**settings, "params": rest}] if rest else []
-            encoder_groups += [{**settings, "params": in_encoder, "lr": settings["lr"] * ratio}] if in_encoder else []
+            by_share = {}
+            for parameter in group["params"]:
+                by_share.setdefault(share_of.get(id(parameter), 1.0), []).append(parameter)
+            for share, parameters in by_share.items():
+                groups.setdefault(share, []).append({**settings, "params": parameters, "lr": settings["lr"] * share})
         optimizer.param_groups.clear()
-        for group in rest_groups + encoder_groups:
-            optimizer.add_param_group(group)
-        logger.info("encoder learning rate: %g x %g (%d tensors); decoder: %g", self.args.learning_rate, ratio,
-                    len(encoder), self.args.learning_rate)
+        for share in sorted(groups, reverse=True):
+            for group in groups[share]:
+                optimizer.add_param_group(group)
+        logger.info("learning rates as shares of %g: %s", self.args.learning_rate,
+                    ", ".join(f"{share:.3g} ({sum(len(g['params']) for g in groups[share])} tensors)"
+                              for share in sorted(groups, reverse=True)))
         return optimizer
 
     def current_learning_rate(self):
