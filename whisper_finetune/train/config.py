@@ -391,7 +391,7 @@ def _check_choices_and_ranges(config: TrainConfig):
                         "freezes every encoder layer; pick one")
     if config.freeze_encoder and config.freeze_decoder:
         raise UserError("--freeze_encoder True and --freeze_decoder True together leave nothing to train; pick one")
-    _check_encoder_rate(config)
+    _check_rates(config)
     for name in ("deepspeed", "fsdp_config"):
         if getattr(config, name) and not os.path.isfile(getattr(config, name)):
             raise OptionError(name, getattr(config, name), "no such config file")
@@ -399,7 +399,7 @@ def _check_choices_and_ranges(config: TrainConfig):
         raise OptionError("deepspeed", config.deepspeed, "needs the deepspeed package: pip install deepspeed")
 
 
-def _check_encoder_rate(config: TrainConfig):
+def _check_rates(config: TrainConfig):
     ratio = config.encoder_lr_ratio
     if not (0 < ratio <= 1):
         raise OptionError("encoder_lr_ratio", ratio, "give a number above 0 and at most 1 (1: one rate for both)")

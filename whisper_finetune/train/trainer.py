@@ -216,13 +216,14 @@ class WhisperTrainer(Seq2SeqTrainer):
                 by_share.setdefault(share_of.get(id(parameter), 1.0), []).append(parameter)
             for share, parameters in by_share.items():
                 groups.setdefault(share, []).append({**settings, "params": parameters, "lr": settings["lr"] * share})
+        shares = sorted(groups, reverse=True)
         optimizer.param_groups.clear()
-        for share in sorted(groups, reverse=True):
+        for share in shares:
             for group in groups[share]:
                 optimizer.add_param_group(group)
         logger.info("learning rates as shares of %g: %s", self.args.learning_rate,
                     ", ".join(f"{share:.3g} ({sum(len(g['params']) for g in groups[share])} tensors)"
-                              for share in sorted(groups, reverse=True)))
+                              for share in shares))
         return optimizer
 
     def current_learning_rate(self):
